@@ -1,0 +1,47 @@
+# make demo   : create/refresh .venv from the project's own files, then run `fednode demo`
+# make test   : create/refresh .venv, then run the whole test suite (PostgreSQL tests included when
+#               the server at 127.0.0.1:5432 answers; CI makes them mandatory)
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test venv proto proto-check lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[postgres,dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/fednode demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+proto: $(STAMP)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. \
+		--mypy_out=. proto/fednode/v1/fednode.proto
+
+# fails when the committed generated code differs from what `make proto` produces
+proto-check: $(STAMP)
+	rm -rf build/proto-check && mkdir -p build/proto-check
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m grpc_tools.protoc -I . --python_out=build/proto-check \
+		--grpc_python_out=build/proto-check --mypy_out=build/proto-check proto/fednode/v1/fednode.proto
+	for f in fednode_pb2.py fednode_pb2.pyi fednode_pb2_grpc.py; do \
+		diff -u proto/fednode/v1/$$f build/proto-check/proto/fednode/v1/$$f >/dev/null || \
+		{ echo "proto/fednode/v1/$$f is stale: run 'make proto' and commit"; exit 1; }; done
+	@echo "generated protobuf code is current"
+
+lint: $(STAMP)
+	$(BIN)/ruff check node adapters tests bench
+	$(BIN)/mypy node adapters
+
+bench: $(STAMP)
+	$(BIN)/fednode bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

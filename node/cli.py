@@ -1,0 +1,317 @@
+"""The `fednode` command line. Each command is a small function: parse → call the module that does the
+work → print. Every command takes --json; errors print what is wrong and the fix, and the exit status
+is 0 (ok), 1 (the command ran and found a problem) or 2 (bad usage or configuration)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from node import __version__, pki
+from node import logging as node_logging
+from node.errors import FednodeError, UsageError
+from node.home import Home, resolve_dir
+from node.records import channel_name, channel_number
+
+Handler = Callable[[argparse.Namespace], int]
+COMMANDS: dict[str, Handler] = {}
+
+
+def command(name: str) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        COMMANDS[name] = fn
+        return fn
+
+    return register
+
+
+def emit(args: argparse.Namespace, data: Any, human: str | Callable[[], str] | None = None) -> None:
+    if getattr(args, "json", False) or human is None:
+        print(json.dumps(data, ensure_ascii=False, indent=2, default=str))
+    else:
+        print(human() if callable(human) else human)
+
+
+def open_home(args: argparse.Namespace) -> Home:
+    return Home(resolve_dir(args.dir))
+
+
+def _fmt_time(us: int | None) -> str:
+    if not us:
+        return "-"
+    return dt.datetime.fromtimestamp(us / 1e6, dt.UTC).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+# ---- init and pki ---------------------------------------------------------------------------------------
+
+
+@command("init")
+def cmd_init(args: argparse.Namespace) -> int:
+    from node import enrol
+
+    home = enrol.init(Path(args.dir), code=args.code, name=args.name, level=args.level, parent=args.parent or "",
+                      listen=args.listen or "", db=args.db or "")
+    data = {"home": str(home.dir), "code": home.code, "level": home.config.level, "store": home.config.store_url}
+    emit(args, data, f"created node home {home.dir} for {home.code} {home.config.name} ({home.config.level}).\n"
+         "next: the province runs `fednode pki init-root DIR`; other nodes run `fednode pki request DIR > CODE.csr` "
+         "and send it to their parent")
+    return 0
+
+
+@command("pki init-root")
+def cmd_pki_init_root(args: argparse.Namespace) -> int:
+    from node import enrol
+
+    home = open_home(args)
+    bundle = enrol.init_root(home)
+    emit(args, {"root": pki.path_of_cert(bundle.root), "path": bundle.path,
+                "root_not_after": pki.not_after(bundle.root).isoformat()},
+         f"root CA created for {home.code}; the province is enrolled as {bundle.path}. "
+         f"Keep a copy of {home.key_path('root.key')} offline.")
+    return 0
+
+
+@command("pki request")
+def cmd_pki_request(args: argparse.Namespace) -> int:
+    from node import enrol
+
+    home = open_home(args)
+    req = enrol.request(home)
+    print(req.to_json())
+    return 0
+
+
+@command("pki sign")
+def cmd_pki_sign(args: argparse.Namespace) -> int:
+    from node import enrol
+
+    home = open_home(args)
+    req = pki.Request.from_json(Path(args.csr).read_text(encoding="utf-8"), source=args.csr)
+    bundle = enrol.sign(home, req)
+    print(bundle.to_json())
+    structlog.get_logger().info("pki_signed", child=req.code, path=bundle.path)
+    return 0
+
+
+@command("pki install")
+def cmd_pki_install(args: argparse.Namespace) -> int:
+    from node import enrol
+
+    home = open_home(args)
+    bundle = pki.Bundle.from_json(Path(args.bundle).read_text(encoding="utf-8"), source=args.bundle)
+    enrol.install(home, bundle)
+    emit(args, {"code": home.code, "path": bundle.path, "parent_code": bundle.parent_code,
+                "key_id": home.key_certificate().key_id.hex()},
+         f"installed certificates for {bundle.path}; parent {bundle.parent_code or '-'}")
+    return 0
+
+
+@command("pki rotate")
+def cmd_pki_rotate(args: argparse.Namespace) -> int:
+    from node import enrol
+
+    home = open_home(args)
+    old, new = enrol.rotate(home)
+    emit(args, {"old_key_id": old.hex(), "new_key_id": new.hex()},
+         f"signing key rotated: {old.hex()[:16]} → {new.hex()[:16]} (records signed by the old key stay valid)")
+    return 0
+
+
+@command("pki revoke")
+def cmd_pki_revoke(args: argparse.Namespace) -> int:
+    home = open_home(args)
+    key_id = bytes.fromhex(args.key_id)
+    ledger = home.ledger()
+    if key_id not in ledger.keyring.keys:
+        raise UsageError(f"key {args.key_id} is not known here", fix="see `fednode status DIR --json` for keys")
+    if ledger.signer is not None and key_id == ledger.signer.key_id:
+        raise UsageError("this is the node's current signing key", fix="run `fednode pki rotate DIR` first")
+    ledger.revoke_key(key_id, args.reason)
+    emit(args, {"revoked": args.key_id, "reason": args.reason}, f"key {args.key_id[:16]} revoked")
+    return 0
+
+
+# ---- verify and proof -------------------------------------------------------------------------------------
+
+
+@command("verify")
+def cmd_verify(args: argparse.Namespace) -> int:
+    from node import integrity
+
+    if args.proof:
+        trusted = None
+        if args.dir or args.root:
+            trusted = pki.cert_from_pem(Path(args.root).read_bytes()) if args.root else open_home(args).root()
+        result = integrity.verify_proof(integrity.proof_from_text(Path(args.proof).read_text()), trusted)
+        emit(args, result, f"proof OK: {result['origin']}/{result['channel']} seq {result['seq']} ({result['kind']}), "
+             f"signed by {result['signer']} at checkpoint {result['checkpoint_seq']}")
+        return 0
+    home = open_home(args)
+    ledger = home.ledger()
+    show = sys.stderr.isatty() and not args.json
+    last = [0.0]
+
+    def progress(done: int, total: int) -> None:
+        import time
+
+        now = time.monotonic()
+        if show and (now - last[0] > 0.5 or done == total):
+            last[0] = now
+            print(f"\rverifying: {done}/{total} records", end="", file=sys.stderr, flush=True)
+
+    report = integrity.verify_store(home.store(), ledger.keyring, progress)
+    if show:
+        print(file=sys.stderr)
+
+    def human() -> str:
+        lines = [f"verified {report.logs} logs, {report.records} records, {report.checkpoints} checkpoints, "
+                 f"{report.down_records} downward records"]
+        if report.ok:
+            lines.append("OK: every chain and checkpoint verifies")
+        for p in report.problems:
+            lines.append(f"PROBLEM [{p['code']}] {p['origin']}/{p['channel']} seq {p['seq']}: {p['error']}")
+        return "\n".join(lines)
+
+    emit(args, report.as_dict(), human)
+    return 0 if report.ok else 1
+
+
+@command("proof")
+def cmd_proof(args: argparse.Namespace) -> int:
+    from node import integrity
+
+    home = open_home(args)
+    root = home.root()
+    if root is None:
+        raise UsageError("this node is not enrolled", fix="install its bundle first")
+    proof = integrity.export_proof(home.store(), home.ledger().keyring, root, args.origin,
+                                   channel_number(args.channel), args.seq)
+    print(json.dumps(integrity.proof_to_json(proof), ensure_ascii=False, indent=2))
+    return 0
+
+
+# ---- status ---------------------------------------------------------------------------------------------
+
+
+def status_data(home: Home) -> dict[str, Any]:
+    store = home.store()
+    heads = store.heads()
+    data: dict[str, Any] = {
+        "node": {"code": home.code, "name": home.config.name, "level": home.config.level,
+                 "path": home.path() if home.has("tls.crt") else None, "version": __version__},
+        "running": False,
+        "logs": [
+            {"origin": o, "channel": channel_name(c), "seq": h.seq, "head": h.chain.hex()}
+            for (o, c), h in sorted(heads.items())
+        ],
+        "certificates": {},
+        "incidents": store.count("incidents"),
+        "quarantine": store.count("quarantine"),
+        "links": [],
+    }
+    for name in ("tls.crt", "ca.crt", "sign.crt", "root.crt"):
+        if home.has(name):
+            data["certificates"][name] = pki.not_after(home.load_cert(name)).isoformat()
+    return data
+
+
+@command("status")
+def cmd_status(args: argparse.Namespace) -> int:
+    home = open_home(args)
+    data = status_data(home)
+
+    def human() -> str:
+        n = data["node"]
+        lines = [f"node {n['code']} {n['name']} ({n['level']}) path {n['path'] or 'not enrolled'}",
+                 f"incidents: {data['incidents']}   quarantine: {data['quarantine']}", "", "logs:"]
+        for lg in data["logs"]:
+            lines.append(f"  {lg['origin']:<12} {lg['channel']:<8} seq {lg['seq']:>9}  head {lg['head'][:16]}")
+        lines.append("certificates expire:")
+        for k, v in data["certificates"].items():
+            lines.append(f"  {k:<9} {v}")
+        return "\n".join(lines)
+
+    emit(args, data, human)
+    return 0
+
+
+# ---- argument parsing ---------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fednode", description="A node of the 电子监察 supervision tree.")
+    p.add_argument("--version", action="version", version=f"fednode {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(name: str, help_: str, parent: Any = sub, dir_arg: bool = True) -> argparse.ArgumentParser:
+        sp = parent.add_parser(name, help=help_, description=help_)
+        if dir_arg:
+            sp.add_argument("dir", nargs="?", help="node home (default: $FEDNODE_HOME)")
+        sp.add_argument("--json", action="store_true", help="print JSON for scripts")
+        return sp
+
+    sp = add("init", "create a node home: config, keys, store", dir_arg=False)
+    sp.add_argument("dir")
+    sp.add_argument("--code", required=True)
+    sp.add_argument("--name", required=True)
+    sp.add_argument("--level", required=True, choices=["province", "city", "county", "department"])
+    sp.add_argument("--parent", help="HOST:PORT of the parent node")
+    sp.add_argument("--listen", help="HOST:PORT to serve children on")
+    sp.add_argument("--db", help="store URL (default sqlite:///store.db in the home)")
+
+    pki_p = sub.add_parser("pki", help="certificates: init-root, request, sign, install, rotate, revoke")
+    pki_sub = pki_p.add_subparsers(dest="pki_command", required=True)
+    add("init-root", "province: create the root CA and enrol the province", pki_sub)
+    add("request", "print this node's certificate request (send it to the parent)", pki_sub)
+    sp = add("sign", "issue certificates for a child's request (prints the bundle)", pki_sub)
+    sp.add_argument("csr")
+    sp = add("install", "install the bundle the parent issued", pki_sub)
+    sp.add_argument("bundle")
+    add("rotate", "replace the signing key (old records stay verifiable)", pki_sub)
+    sp = add("revoke", "revoke a signing key (a signed record that travels the tree)", pki_sub)
+    sp.add_argument("key_id")
+    sp.add_argument("--reason", default="revoked by operator")
+
+    sp = add("verify", "verify every chain and checkpoint at rest; or a proof with --proof")
+    sp.add_argument("--proof", help="a proof file from `fednode proof`")
+    sp.add_argument("--root", help="root CA certificate to trust for --proof")
+
+    sp = add("proof", "export a self-contained proof of one record", dir_arg=False)
+    sp.add_argument("dir")
+    sp.add_argument("origin")
+    sp.add_argument("channel", choices=["control", "monitor", "bulk"])
+    sp.add_argument("seq", type=int)
+
+    sp = add("status", "links, backlog, logs, certificate expiry")
+    sp.add_argument("--tree", action="store_true", help="every link of the subtree (when running)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    node_logging.configure("warning" if args.command != "run" else "info")
+    name = args.command + (f" {args.pki_command}" if args.command == "pki" else "")
+    handler = COMMANDS[name]
+    try:
+        return handler(args)
+    except FednodeError as e:
+        if getattr(args, "json", False):
+            print(json.dumps({"ok": False, **e.as_dict()}, ensure_ascii=False, indent=2))
+        print(f"fednode {name}: {e.message}", file=sys.stderr)
+        if e.fix:
+            print(f"  fix: {e.fix}", file=sys.stderr)
+        return e.exit_status
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""Creating a node home and enrolling it in the tree (the `init` and `pki` commands).
+
+Enrolment is CSR → parent signs → child installs. The province creates the root CA and enrols itself
+against it. After `install`, the node's signing key is registered in its keyring and announced in its
+control log (`key.announce`), so every node that receives its records can verify them.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from node import config as config_mod
+from node import pki
+from node.codes import parse_code
+from node.errors import CertificateError, UsageError
+from node.home import Home, write_public, write_secret
+
+
+def init(directory: Path, *, code: str, name: str, level: str, parent: str = "", listen: str = "",
+         db: str = "") -> Home:
+    directory = Path(directory)
+    code = parse_code(code).text
+    if (directory / config_mod.CONFIG_NAME).exists():
+        raise UsageError(f"{directory} is already a node home", fix="use another directory")
+    directory.mkdir(parents=True, exist_ok=True)
+    cfg = config_mod.Config(path=directory / config_mod.CONFIG_NAME, code=code, name=name, level=level,
+                            parent=parent, listen=listen)
+    if db:
+        cfg.store_url = db
+    config_mod.write(cfg)
+    home = Home(directory)  # validates what we wrote
+    write_secret(home.key_path("tls.key"), pki.key_to_pem(pki.new_tls_key()))
+    write_secret(home.key_path("ca.key"), pki.key_to_pem(pki.new_tls_key()))
+    write_secret(home.key_path("sign.key"), pki.key_to_pem(pki.new_signing_key()))
+    home.store()
+    return home
+
+
+def init_root(home: Home) -> pki.Bundle:
+    """Province: create the root CA and enrol the province against it."""
+    if parse_code(home.code).level != "province":
+        raise UsageError(f"{home.code} is not a province: only the province holds the root CA",
+                         fix="run `fednode pki request` on this node and have its parent sign it")
+    if home.has("root.crt"):
+        raise UsageError(f"{home.key_path('root.crt')} already exists", fix="the root CA is created once")
+    root_key = pki.new_tls_key()
+    root = pki.create_root(home.code, home.config.name, root_key)
+    write_secret(home.key_path("root.key"), pki.key_to_pem(root_key))
+    req = request(home)
+    bundle = pki.sign_request(req, signer_code=home.code, signer_path=home.code, signer_ca_cert=root,
+                              signer_ca_key=root_key, signer_chain=[], root=root, self_enrol=True)
+    install(home, bundle)
+    return bundle
+
+
+def request(home: Home) -> pki.Request:
+    return pki.make_request(
+        home.code, home.config.name, home.config.level,
+        home.load_key("tls.key"), home.load_key("ca.key"), home.load_key("sign.key"),  # type: ignore[arg-type]
+    )
+
+
+def sign(home: Home, req: pki.Request) -> pki.Bundle:
+    """Parent: issue certificates for a child inside this node's subtree."""
+    if not home.has("ca.crt"):
+        raise UsageError(f"{home.code} has no CA certificate yet", fix="install this node's own bundle first")
+    root = home.root()
+    assert root is not None
+    ca_key = home.load_key("ca.key")
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    return pki.sign_request(
+        req, signer_code=home.code, signer_path=home.path(), signer_ca_cert=home.load_cert("ca.crt"),
+        signer_ca_key=ca_key, signer_chain=home.chain(), root=root,
+    )
+
+
+def install(home: Home, bundle: pki.Bundle) -> None:
+    """Child: check the bundle against our own keys and the root, then install it."""
+    if bundle.code != home.code:
+        raise CertificateError(f"the bundle is for {bundle.code}, this node is {home.code}",
+                               fix="install the bundle issued for this node's request")
+    for label, cert, keyname in (("tls", bundle.tls_cert, "tls.key"), ("ca", bundle.ca_cert, "ca.key"),
+                                 ("sign", bundle.sign_cert, "sign.key")):
+        key = home.load_key(keyname)
+        if cert.public_key().public_bytes(pki.serialization.Encoding.DER, pki.serialization.PublicFormat.SubjectPublicKeyInfo) != \
+                key.public_key().public_bytes(pki.serialization.Encoding.DER, pki.serialization.PublicFormat.SubjectPublicKeyInfo):  # type: ignore[attr-defined]
+            raise CertificateError(f"the bundle's {label} certificate is not for this node's {keyname}",
+                                   fix="the bundle answers another request; sign this node's current request")
+        pki.validate_chain(cert, bundle.chain, bundle.root)
+    write_public(home.key_path("root.crt"), pki.cert_to_pem(bundle.root))
+    write_public(home.key_path("chain.pem"), b"".join(pki.cert_to_pem(c) for c in bundle.chain))
+    write_public(home.key_path("tls.crt"), pki.cert_to_pem(bundle.tls_cert))
+    write_public(home.key_path("ca.crt"), pki.cert_to_pem(bundle.ca_cert))
+    write_public(home.key_path("sign.crt"), pki.cert_to_pem(bundle.sign_cert))
+    if bundle.parent_code and bundle.parent_code != home.code:
+        config_mod.set_field(home.config.path, "link", "parent_code", bundle.parent_code)
+        home.config = config_mod.load(home.config.path)
+    _register_own_key(home)
+
+
+def _register_own_key(home: Home) -> None:
+    ledger = home.ledger()
+    kc = home.key_certificate()
+    if kc.key_id not in ledger.keyring.keys:
+        ledger.admit_keys([kc])
+        ledger.announce_key(kc)
+
+
+def rotate(home: Home) -> tuple[bytes, bytes]:
+    """Replace the signing key by a new one certified by this node's own CA. Returns (old, new) key ids."""
+    old = home.key_certificate().key_id
+    new_key = pki.new_signing_key()
+    ca_key = home.load_key("ca.key")
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    cert = pki.issue_signing_cert(public_key=new_key.public_key(), code=home.code, path=home.path(),
+                                  ca_cert=home.load_cert("ca.crt"), ca_key=ca_key)
+    retired = home.keys / "retired"
+    retired.mkdir(mode=0o700, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    shutil.copy2(home.key_path("sign.key"), retired / f"sign-{old.hex()[:12]}-{stamp}.key")
+    shutil.copy2(home.key_path("sign.crt"), retired / f"sign-{old.hex()[:12]}-{stamp}.crt")
+    write_secret(home.key_path("sign.key"), pki.key_to_pem(new_key))
+    write_public(home.key_path("sign.crt"), pki.cert_to_pem(cert))
+    _register_own_key(home)
+    return old, home.key_certificate().key_id

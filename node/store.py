@@ -1,0 +1,488 @@
+"""The store: per-origin logs and everything else a node keeps, on SQLite (WAL) or PostgreSQL.
+
+Rules of this module (the store enforces them itself, whoever calls it):
+- per (origin, channel) the store holds the contiguous prefix 1..n of the log and chain[n]; an append
+  must continue exactly at n+1 (a gap raises MissingRecord);
+- the store computes the chain itself; when the caller knows the signed chain (a checkpoint), a
+  mismatch raises ChainMismatch and nothing is written;
+- appending a record that is already held is a no-op; a different record at a held seq raises
+  ForkDetected and is recorded as an incident (with the conflicting bytes) after the rollback:
+  nothing is ever overwritten;
+- every write runs in one transaction: ``BEGIN IMMEDIATE`` on SQLite (pysqlite's deferred
+  transactions lose read-modify-write updates across threads), a row lock on the head on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+from sqlalchemy import Connection, Engine, and_, create_engine, event, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+
+from node import schema as t
+from node.crypto import GENESIS, chain_over, chain_step, entry_hash
+from node.errors import ChainMismatch, ForkDetected, MissingRecord, OutOfOrder, StoreError
+from node.records import channel_name, now_us
+from proto.fednode.v1 import fednode_pb2 as pb
+
+log = structlog.get_logger(__name__)
+
+LogKey = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    seq: int
+    chain: bytes
+
+
+EMPTY_HEAD = Head(0, GENESIS)
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """A record to append (upward logs) or to hold (downward records)."""
+
+    seq: int
+    body: bytes
+    signature: bytes
+    key_id: bytes
+    kind: str
+    dest: str
+    time_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointRow:
+    origin: str
+    channel: int
+    seq: int
+    body: bytes
+    signature: bytes
+    key_id: bytes
+
+    def to_pb(self) -> pb.Checkpoint:
+        return pb.Checkpoint(body=self.body, signature=self.signature, key_id=self.key_id)
+
+
+@dataclass
+class AppendResult:
+    appended: int
+    duplicates: int
+    head: Head
+    checkpoints: list[CheckpointRow] = field(default_factory=list)
+
+
+def _sqlite_url_for(url: str, base_dir: Path | None) -> str:
+    u = make_url(url)
+    if u.get_backend_name() == "sqlite" and u.database and u.database != ":memory:" and base_dir is not None:
+        db = Path(u.database)
+        if not db.is_absolute():
+            return str(u.set(database=str((base_dir / db).resolve())))
+    return url
+
+
+class WriteTx:
+    """One write transaction. Obtain it from ``Store.write()``."""
+
+    def __init__(self, store: Store, conn: Connection) -> None:
+        self.store = store
+        self.conn = conn
+        self._touched: list[LogKey] = []
+
+    # -- heads --------------------------------------------------------------------------------------
+
+    def head(self, origin: str, channel: int) -> Head:
+        """The head of a log, locked for the rest of this transaction on PostgreSQL."""
+        q = select(t.heads.c.seq, t.heads.c.chain).where(
+            and_(t.heads.c.origin == origin, t.heads.c.channel == channel)
+        )
+        if self.store.is_postgres:
+            q = q.with_for_update()
+        row = self.conn.execute(q).first()
+        return Head(row.seq, bytes(row.chain)) if row else EMPTY_HEAD
+
+    def _set_head(self, origin: str, channel: int, head: Head) -> None:
+        values = {"origin": origin, "channel": channel, "seq": head.seq, "chain": head.chain, "updated_us": now_us()}
+        ins = (postgresql.insert if self.store.is_postgres else sqlite.insert)(t.heads).values(**values)
+        self.conn.execute(
+            ins.on_conflict_do_update(
+                index_elements=["origin", "channel"],
+                set_={"seq": head.seq, "chain": head.chain, "updated_us": values["updated_us"]},
+            )
+        )
+
+    # -- the append ---------------------------------------------------------------------------------
+
+    def append(
+        self,
+        origin: str,
+        channel: int,
+        rows: Sequence[Row],
+        *,
+        expected_chain: bytes | None = None,
+        checkpoint: CheckpointRow | None = None,
+        checkpoint_at: Callable[[int, bytes], CheckpointRow] | None = None,
+        checkpoint_every: int = 0,
+        source: str = "local",
+    ) -> AppendResult:
+        """Append ``rows`` (ascending, contiguous) to a log, enforcing the store invariants.
+
+        ``expected_chain``: the signed chain at the last row (from a checkpoint); ``checkpoint``: that
+        checkpoint, stored with the rows. ``checkpoint_at(seq, chain)``: called to make checkpoints for
+        our own logs, every ``checkpoint_every`` rows and at the end.
+        """
+        head = self.head(origin, channel)
+        if not rows:
+            return AppendResult(0, 0, head)
+        ch = channel_name(channel)
+        first = rows[0].seq
+        for i, r in enumerate(rows):
+            if r.seq != first + i:
+                raise OutOfOrder(
+                    f"records of {origin}/{ch} are not contiguous and ascending at position {i} (seq {r.seq})",
+                    origin=origin, channel=ch, seq=r.seq,
+                )
+        if first < 1 or first > head.seq + 1:
+            raise MissingRecord(
+                f"log {origin}/{ch} holds 1..{head.seq}, but the records start at {first}: "
+                f"{first - head.seq - 1} record(s) missing before them",
+                origin=origin, channel=ch, seq=head.seq + 1,
+                fix="the sender must resend from the receiver's head; links and reconcile do this by themselves",
+            )
+        last = rows[-1].seq
+        overlap = max(0, min(head.seq, last) - first + 1)
+        prev = head.chain
+        if overlap:
+            stored = self.store._chains(self.conn, origin, channel, first - 1, first + overlap - 1)
+            prev = stored[first - 1]
+            for r in rows[:overlap]:
+                c = chain_step(prev, r.body)
+                if c != stored[r.seq]:
+                    exc = ForkDetected(
+                        f"a different record at {origin}/{ch} seq {r.seq} than the one stored",
+                        origin=origin, channel=ch, seq=r.seq,
+                        fix="nothing was overwritten; see `fednode verify` and the incident list",
+                    )
+                    raise _with_evidence(exc, r, source)
+                prev = c
+        new = rows[overlap:]
+        if not new:
+            if expected_chain is not None and prev != expected_chain:
+                raise ChainMismatch(
+                    f"checkpoint of {origin}/{ch} at seq {last} does not match the stored chain",
+                    origin=origin, channel=ch, seq=last,
+                )
+            return AppendResult(0, overlap, head)
+        chains = chain_over(head.chain, [r.body for r in new])
+        if expected_chain is not None and chains[-1] != expected_chain:
+            raise ChainMismatch(
+                f"records {origin}/{ch} {new[0].seq}..{last} do not hash to the signed checkpoint: a body was "
+                "altered or replaced",
+                origin=origin, channel=ch, seq=last,
+                fix="the batch was refused; the sender's store may be damaged, run `fednode verify` there",
+            )
+        stored_us = now_us()
+        self.conn.execute(
+            t.records.insert(),
+            [
+                {
+                    "origin": origin, "channel": channel, "seq": r.seq, "kind": r.kind, "dest": r.dest,
+                    "time_us": r.time_us, "body": r.body, "signature": r.signature, "key_id": r.key_id,
+                    "chain": c, "stored_us": stored_us,
+                }
+                for r, c in zip(new, chains, strict=True)
+            ],
+        )
+        made: list[CheckpointRow] = []
+        if checkpoint_at is not None:
+            every = checkpoint_every or len(new)
+            for i in range(len(new)):
+                if (i + 1) % every == 0 or i == len(new) - 1:
+                    made.append(checkpoint_at(new[i].seq, chains[i]))
+        if checkpoint is not None:
+            made.append(checkpoint)
+        if made:
+            self.put_checkpoints(made)
+        new_head = Head(last, chains[-1])
+        self._set_head(origin, channel, new_head)
+        self._touched.append((origin, channel))
+        return AppendResult(len(new), overlap, new_head, made)
+
+    def put_checkpoints(self, cps: Sequence[CheckpointRow]) -> None:
+        ins = (postgresql.insert if self.store.is_postgres else sqlite.insert)(t.checkpoints)
+        self.conn.execute(
+            ins.on_conflict_do_nothing(),
+            [
+                {"origin": c.origin, "channel": c.channel, "seq": c.seq, "body": c.body, "signature": c.signature,
+                 "key_id": c.key_id}
+                for c in cps
+            ],
+        )
+
+    # -- downward records: a subset of an ancestor's log, each signed ---------------------------------
+
+    def hold_down(self, origin: str, channel: int, rows: Sequence[Row], source: str = "parent") -> tuple[int, int]:
+        """Hold records addressed into this subtree. Returns (new, duplicates)."""
+        if not rows:
+            return 0, 0
+        seqs = [r.seq for r in rows]
+        existing = {
+            r.seq: bytes(r.entry)
+            for r in self.conn.execute(
+                select(t.down_records.c.seq, t.down_records.c.entry).where(
+                    and_(t.down_records.c.origin == origin, t.down_records.c.channel == channel,
+                         t.down_records.c.seq.in_(seqs))
+                )
+            )
+        }
+        fresh = []
+        for r in rows:
+            e = entry_hash(r.body)
+            if r.seq in existing:
+                if existing[r.seq] != e:
+                    exc = ForkDetected(
+                        f"a different downward record at {origin}/{channel_name(channel)} seq {r.seq}",
+                        origin=origin, channel=channel_name(channel), seq=r.seq,
+                    )
+                    raise _with_evidence(exc, r, source)
+                continue
+            fresh.append((r, e))
+        if fresh:
+            stored_us = now_us()
+            self.conn.execute(
+                t.down_records.insert(),
+                [
+                    {"origin": origin, "channel": channel, "seq": r.seq, "kind": r.kind, "dest": r.dest,
+                     "time_us": r.time_us, "body": r.body, "signature": r.signature, "key_id": r.key_id,
+                     "entry": e, "stored_us": stored_us}
+                    for r, e in fresh
+                ],
+            )
+        return len(fresh), len(rows) - len(fresh)
+
+    # -- keys, quarantine, meta -----------------------------------------------------------------------
+
+    def put_key(self, key_id: bytes, code: str, public_key: bytes, certificate: bytes, not_after_us: int) -> bool:
+        ins = (postgresql.insert if self.store.is_postgres else sqlite.insert)(t.keys).values(
+            key_id=key_id, code=code, public_key=public_key, certificate=certificate,
+            not_after_us=not_after_us, added_us=now_us(),
+        )
+        return bool(self.conn.execute(ins.on_conflict_do_nothing()).rowcount)
+
+    def revoke_key(self, key_id: bytes, revoked_us: int, reason: str) -> None:
+        self.conn.execute(
+            update(t.keys)
+            .where(and_(t.keys.c.key_id == key_id,
+                        (t.keys.c.revoked_us.is_(None)) | (t.keys.c.revoked_us > revoked_us)))
+            .values(revoked_us=revoked_us, revoked_reason=reason)
+        )
+
+    def quarantine(self, *, source: str, position: str, kind: str, reason: str, raw: bytes) -> int:
+        res = self.conn.execute(
+            t.quarantine.insert().values(
+                source=source, position=position, kind=kind, reason=reason, raw=raw, created_us=now_us()
+            )
+        )
+        return int(res.inserted_primary_key[0])  # type: ignore[index]
+
+    def set_meta(self, key: str, value: str) -> None:
+        ins = (postgresql.insert if self.store.is_postgres else sqlite.insert)(t.meta).values(key=key, value=value)
+        self.conn.execute(ins.on_conflict_do_update(index_elements=["key"], set_={"value": value}))
+
+
+def _with_evidence(exc: ForkDetected, row: Row, source: str) -> ForkDetected:
+    exc.evidence = pb.SignedRecord(body=row.body, signature=row.signature, key_id=row.key_id).SerializeToString()
+    exc.source = source
+    return exc
+
+
+class Store:
+    """A node's store. ``Store.open(url)`` migrates the schema to the newest version."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.is_postgres = engine.dialect.name == "postgresql"
+        self.is_sqlite = engine.dialect.name == "sqlite"
+        self._write_lock = threading.Lock()  # one writer per store inside a process
+
+    @classmethod
+    def open(cls, url: str, *, base_dir: Path | None = None, migrate: bool = True) -> Store:
+        url = _sqlite_url_for(url, base_dir)
+        backend = make_url(url).get_backend_name()
+        if backend == "sqlite":
+            engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
+            _configure_sqlite(engine)
+        elif backend == "postgresql":
+            if make_url(url).drivername == "postgresql":
+                url = str(make_url(url).set(drivername="postgresql+psycopg"))
+            engine = create_engine(url, pool_pre_ping=True)
+        else:
+            raise StoreError(
+                f"unsupported store URL {url!r}",
+                fix="use sqlite:///store.db (the default) or postgresql://user@host/dbname",
+            )
+        store = cls(engine)
+        if migrate:
+            from node.migrate import upgrade
+
+            upgrade(engine)
+        return store
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- transactions -------------------------------------------------------------------------------
+
+    @contextmanager
+    def write(self) -> Iterator[WriteTx]:
+        fork: ForkDetected | None = None
+        with self._write_lock:
+            with self.engine.connect().execution_options(fednode_write=True) as conn:
+                tx = WriteTx(self, conn)
+                try:
+                    with conn.begin():
+                        yield tx
+                except ForkDetected as e:
+                    fork = e
+            if fork is not None:
+                self._record_fork(fork)
+                raise fork
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    def _record_fork(self, e: ForkDetected) -> None:
+        from node.records import channel_number
+
+        with self.engine.connect().execution_options(fednode_write=True) as conn, conn.begin():
+            conn.execute(
+                t.incidents.insert().values(
+                    kind="fork", origin=e.origin, channel=channel_number(e.channel), seq=e.seq,
+                    source=e.source, detail=e.message, evidence=e.evidence,
+                    created_us=now_us(),
+                )
+            )
+        log.error("fork_detected", origin=e.origin, channel=e.channel, seq=e.seq, source=e.source)
+
+    # -- reads --------------------------------------------------------------------------------------
+
+    def _chains(self, conn: Connection, origin: str, channel: int, lo: int, hi: int) -> dict[int, bytes]:
+        out = {0: GENESIS} if lo <= 0 else {}
+        for r in conn.execute(
+            select(t.records.c.seq, t.records.c.chain).where(
+                and_(t.records.c.origin == origin, t.records.c.channel == channel,
+                     t.records.c.seq >= max(lo, 1), t.records.c.seq <= hi)
+            )
+        ):
+            out[r.seq] = bytes(r.chain)
+        return out
+
+    def chains_at(self, origin: str, channel: int, seqs: Sequence[int]) -> dict[int, bytes]:
+        with self.read() as conn:
+            out = {0: GENESIS} if 0 in seqs else {}
+            for r in conn.execute(
+                select(t.records.c.seq, t.records.c.chain).where(
+                    and_(t.records.c.origin == origin, t.records.c.channel == channel,
+                         t.records.c.seq.in_([s for s in seqs if s > 0]))
+                )
+            ):
+                out[r.seq] = bytes(r.chain)
+            return out
+
+    def heads(self) -> dict[LogKey, Head]:
+        with self.read() as conn:
+            return {
+                (r.origin, r.channel): Head(r.seq, bytes(r.chain))
+                for r in conn.execute(select(t.heads.c.origin, t.heads.c.channel, t.heads.c.seq, t.heads.c.chain))
+            }
+
+    def head(self, origin: str, channel: int) -> Head:
+        with self.read() as conn:
+            r = conn.execute(
+                select(t.heads.c.seq, t.heads.c.chain).where(
+                    and_(t.heads.c.origin == origin, t.heads.c.channel == channel)
+                )
+            ).first()
+            return Head(r.seq, bytes(r.chain)) if r else EMPTY_HEAD
+
+    def records(self, origin: str, channel: int, lo: int = 1, hi: int | None = None,
+                limit: int | None = None) -> list[Any]:
+        q = select(t.records).where(
+            and_(t.records.c.origin == origin, t.records.c.channel == channel, t.records.c.seq >= lo)
+        )
+        if hi is not None:
+            q = q.where(t.records.c.seq <= hi)
+        q = q.order_by(t.records.c.seq)
+        if limit is not None:
+            q = q.limit(limit)
+        with self.read() as conn:
+            return list(conn.execute(q))
+
+    def checkpoints(self, origin: str, channel: int, lo: int = 0, hi: int | None = None) -> list[CheckpointRow]:
+        q = select(t.checkpoints).where(
+            and_(t.checkpoints.c.origin == origin, t.checkpoints.c.channel == channel, t.checkpoints.c.seq >= lo)
+        )
+        if hi is not None:
+            q = q.where(t.checkpoints.c.seq <= hi)
+        with self.read() as conn:
+            return [
+                CheckpointRow(r.origin, r.channel, r.seq, bytes(r.body), bytes(r.signature), bytes(r.key_id))
+                for r in conn.execute(q.order_by(t.checkpoints.c.seq))
+            ]
+
+    def first_checkpoint_at_or_after(self, origin: str, channel: int, seq: int) -> CheckpointRow | None:
+        q = (
+            select(t.checkpoints)
+            .where(and_(t.checkpoints.c.origin == origin, t.checkpoints.c.channel == channel,
+                        t.checkpoints.c.seq >= seq))
+            .order_by(t.checkpoints.c.seq)
+            .limit(1)
+        )
+        with self.read() as conn:
+            r = conn.execute(q).first()
+        return CheckpointRow(r.origin, r.channel, r.seq, bytes(r.body), bytes(r.signature), bytes(r.key_id)) if r else None
+
+    def incidents(self) -> list[Any]:
+        with self.read() as conn:
+            return list(conn.execute(select(t.incidents).order_by(t.incidents.c.id)))
+
+    def keys(self) -> list[Any]:
+        with self.read() as conn:
+            return list(conn.execute(select(t.keys)))
+
+    def count(self, table: str = "records") -> int:
+        tbl = t.metadata.tables[table]
+        with self.read() as conn:
+            return int(conn.execute(select(func.count()).select_from(tbl)).scalar_one())
+
+    def get_meta(self, key: str, default: str | None = None) -> str | None:
+        with self.read() as conn:
+            v = conn.execute(select(t.meta.c.value).where(t.meta.c.key == key)).scalar()
+        return v if v is not None else default
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (see the module rules)
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
+        cur.execute("PRAGMA busy_timeout=60000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        write = conn.get_execution_options().get("fednode_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
