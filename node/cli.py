@@ -224,8 +224,11 @@ def status_data(home: Home) -> dict[str, Any]:
 
 @command("status")
 def cmd_status(args: argparse.Namespace) -> int:
+    from node import admin
+
     home = open_home(args)
-    data = status_data(home)
+    resp = admin.call(home, {"op": "status"})
+    data = resp["result"] if resp is not None else status_data(home)
 
     def human() -> str:
         n = data["node"]
@@ -233,6 +236,22 @@ def cmd_status(args: argparse.Namespace) -> int:
                  f"incidents: {data['incidents']}   quarantine: {data['quarantine']}", "", "logs:"]
         for lg in data["logs"]:
             lines.append(f"  {lg['origin']:<12} {lg['channel']:<8} seq {lg['seq']:>9}  head {lg['head'][:16]}")
+        if data.get("running"):
+            lines.append("")
+            lines.append(f"{'link':<14}{'dir':<6}{'state':<11}{'since':<21}{'rtt ms':>8}  backlog (records, oldest s)")
+            for ln in data["links"]:
+                backlog = ", ".join(f"{ch} {b['records']} ({b['oldest_age_s']}s)" for ch, b in ln["backlog"].items())
+                rtt = f"{ln['rtt_ms']:.1f}" if ln["rtt_ms"] is not None else "-"
+                lines.append(f"{ln['peer']:<14}{ln['direction']:<6}{ln['state']:<11}{_fmt_time(ln['since_us']):<21}"
+                             f"{rtt:>8}  {backlog or '-'}")
+                if ln["last_error"]:
+                    lines.append(f"{'':<14}last error: {ln['last_error']}")
+            if args.tree and data.get("tree"):
+                lines.append("")
+                lines.append("subtree links (reported by children):")
+                lines.extend(_tree_lines(data["tree"], 1))
+        else:
+            lines.append("(node not running: links are shown while `fednode run` is up)")
         lines.append("certificates expire:")
         for k, v in data["certificates"].items():
             lines.append(f"  {k:<9} {v}")
@@ -240,6 +259,56 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     emit(args, data, human)
     return 0
+
+
+def _tree_lines(reports: dict[str, Any], depth: int) -> list[str]:
+    out = []
+    for code, rep in sorted(reports.items()):
+        for ln in rep.get("links", []):
+            backlog = sum(b["records"] for b in ln.get("backlog", {}).values())
+            out.append(f"{'  ' * depth}{code} → {ln['peer']} ({ln['direction']}): {ln['state']}, backlog {backlog}")
+        out.extend(_tree_lines(rep.get("children", {}), depth + 1))
+    return out
+
+
+@command("run")
+def cmd_run(args: argparse.Namespace) -> int:
+    from node import runtime
+
+    home = open_home(args)
+    node_logging.configure(home.config.log_level, home.config.log_format)
+    return runtime.run(home)
+
+
+@command("ingest")
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from node import admin, ingest
+
+    home = open_home(args)
+    if args.synthetic is None and not args.files:
+        raise UsageError("nothing to ingest", fix="pass FILE... or --synthetic N")
+    if args.files:
+        from node import files as file_ingest
+
+        req: dict[str, Any] = {"records": file_ingest.read_records(args.files, args.format), "source": "cli"}
+    else:
+        req = {"synthetic": args.synthetic, "seed": args.seed}
+    resp = admin.call(home, {"op": "ingest", **req})
+    if resp is not None:
+        result = resp["result"]
+        result["via"] = "admin"
+    else:
+        result = ingest.run_request(home.ledger(), req)
+        result["via"] = "store"
+    emit(args, result, f"ingested {result['ingested']} records into {home.code} ({result['via']})")
+    return 0
+
+
+@command("demo")
+def cmd_demo(args: argparse.Namespace) -> int:
+    from node import demo
+
+    return demo.main(args)
 
 
 # ---- argument parsing ---------------------------------------------------------------------------------
@@ -291,6 +360,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("status", "links, backlog, logs, certificate expiry")
     sp.add_argument("--tree", action="store_true", help="every link of the subtree (when running)")
+    sp = add("run", "run the node in the foreground (systemd runs this)")
+
+    sp = add("ingest", "append records: files, or --synthetic N generated case events", dir_arg=False)
+    sp.add_argument("dir")
+    sp.add_argument("files", nargs="*", help="CSV or JSON Lines files")
+    sp.add_argument("--format", choices=["csv", "jsonl"])
+    sp.add_argument("--synthetic", type=int, metavar="N")
+    sp.add_argument("--seed", type=int, default=0)
+
+    sp = add("demo", "build a local tree of nodes, feed it, and check the province holds everything", dir_arg=False)
+    sp.add_argument("--records", type=int, default=20000, help="records fed at each leaf (default 20000)")
+    sp.add_argument("--keep", metavar="DIR", help="leave the node homes in DIR")
     return p
 
 

@@ -20,7 +20,7 @@ import math
 import re
 import reprlib
 from collections.abc import Callable, Mapping
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final
 
@@ -127,7 +127,13 @@ PROJECT_STAGES: Final = {
 }  # fmt: skip
 
 # Exchange systems of the 2009-2012 era write some codes as their Chinese labels.
-_ACTION_ALIASES: Final = {"通过": "pass", "同意": "pass", "退回": "return", "不同意": "return", "其他": "other"}
+_ACTION_ALIASES: Final = {
+    "通过": "pass",
+    "同意": "pass",
+    "退回": "return",
+    "不同意": "return",
+    "其他": "other",
+}
 _UNIT_ALIASES: Final = {"工作日": "workday", "自然日": "day", "日": "day"}
 
 
@@ -162,15 +168,21 @@ def _text(max_len: int, *, single_line: bool = True) -> Check:
             raise _Fail(path, v, "must not be empty", "give a value, or leave an optional field out")
         if len(s) > max_len:
             raise _Fail(
-                path, v, f"is {len(s)} characters, longer than the limit of {max_len}",
+                path,
+                v,
+                f"is {len(s)} characters, longer than the limit of {max_len}",
                 "shorten it; attach long documents by reference, not inline",
-            )  # fmt: skip
+            )
         m = bad.search(s)
         if m:
             ch = m.group()
             if "\ud800" <= ch <= "\udfff" or ch == "\ufffd":
-                raise _Fail(path, v, f"contains U+{ord(ch):04X}: the text was decoded with the wrong encoding",
-                            _FIX_ENCODING)  # fmt: skip
+                raise _Fail(
+                    path,
+                    v,
+                    f"contains U+{ord(ch):04X}: the text was decoded with the wrong encoding",
+                    _FIX_ENCODING,
+                )
             what = "a line break" if ch in "\n\r\t" else f"control character U+{ord(ch):04X}"
             raise _Fail(path, v, f"contains {what}", "remove it (names and codes are single-line text)")
         return s
@@ -213,7 +225,9 @@ def _to_number(v: Any, path: str) -> int | float | Decimal:
                 return Decimal(s)
             except InvalidOperation:  # pragma: no cover - the regex admits only valid literals
                 pass
-        raise _Fail(path, v, "must be a number", "send digits with an optional decimal point, e.g. 5000 or 12.5")
+        raise _Fail(
+            path, v, "must be a number", "send digits with an optional decimal point, e.g. 5000 or 12.5"
+        )
     raise _Fail(path, v, f"must be a number, not {_typename(v)}", "send a JSON number")
 
 
@@ -287,7 +301,9 @@ def _code(codes: Mapping[str, str], aliases: Mapping[str, str] | None = None) ->
         elif isinstance(v, str):
             s = v.strip()
         else:
-            raise _Fail(path, v, f"must be a code (text), not {_typename(v)}", f"use one of: {_listing(codes)}")
+            raise _Fail(
+                path, v, f"must be a code (text), not {_typename(v)}", f"use one of: {_listing(codes)}"
+            )
         if s in codes:
             return s
         if aliases and s in aliases:
@@ -348,24 +364,28 @@ def _parse_moment(v: Any, path: str, *, need_time: bool) -> datetime:
         if need_time and parts[3] is None:
             raise _Fail(path, v, "is a date without a time of day", _FIX_TIME)
         try:
-            nums = [int(p) if p else 0 for p in parts[:6]]
+            y, mo, d, h, mi, sec = (int(p) if p else 0 for p in parts[:6])
             micro = int(parts[6].ljust(6, "0")) if len(parts) > 6 and parts[6] else 0
             if offset is None:
                 tz = CST
             elif offset == "Z":
-                tz = timezone.utc
+                tz = UTC
             else:
                 sign = -1 if offset[0] == "-" else 1
                 hh, mm = int(offset[1:3]), int(offset[-2:])
                 tz = timezone(sign * timedelta(hours=hh, minutes=mm))
-            dt = datetime(*nums, micro, tzinfo=tz).astimezone(CST)  # type: ignore[misc]
+            dt = datetime(y, mo, d, h, mi, sec, micro, tzinfo=tz).astimezone(CST)
         except (ValueError, OverflowError):
             raise _Fail(path, v, "is not a real date and time", _FIX_TIME) from None
     else:
         raise _Fail(path, v, f"must be a date and time, not {_typename(v)}", _FIX_TIME)
     if not MIN_YEAR <= dt.year <= MAX_YEAR:
-        raise _Fail(path, v, f"year {dt.year} is outside {MIN_YEAR}-{MAX_YEAR}",
-                    "a placeholder date (e.g. 1900-01-01) means 'unknown': leave the field out")  # fmt: skip
+        raise _Fail(
+            path,
+            v,
+            f"year {dt.year} is outside {MIN_YEAR}-{MAX_YEAR}",
+            "a placeholder date (e.g. 1900-01-01) means 'unknown': leave the field out",
+        )
     return dt
 
 
@@ -382,8 +402,12 @@ def _str_list(item: Check, max_items: int = MAX_LIST) -> Check:
         if not isinstance(v, list | tuple):
             raise _Fail(path, v, f"must be a list, not {_typename(v)}", "send a JSON array of strings")
         if len(v) > max_items:
-            raise _Fail(path, v, f"has {len(v)} entries, more than the limit of {max_items}",
-                        "split the record or send fewer entries")  # fmt: skip
+            raise _Fail(
+                path,
+                v,
+                f"has {len(v)} entries, more than the limit of {max_items}",
+                "split the record or send fewer entries",
+            )
         return [item(x, f"{path}[{i}]") for i, x in enumerate(v)]
 
     return check
@@ -394,8 +418,12 @@ def _obj_list(schema: Mapping[str, Spec], max_items: int = MAX_LIST, *, non_empt
         if not isinstance(v, list | tuple):
             raise _Fail(path, v, f"must be a list, not {_typename(v)}", "send a JSON array of objects")
         if len(v) > max_items:
-            raise _Fail(path, v, f"has {len(v)} entries, more than the limit of {max_items}",
-                        "split the record or send fewer entries")  # fmt: skip
+            raise _Fail(
+                path,
+                v,
+                f"has {len(v)} entries, more than the limit of {max_items}",
+                "split the record or send fewer entries",
+            )
         if non_empty and not v:
             raise _Fail(path, v, "must not be empty", "list at least one entry")
         return [_apply(schema, x, f"{path}[{i}].") for i, x in enumerate(v)]
@@ -433,7 +461,13 @@ _STEP_DEF: Final = {
 _DISCRETION: Final = {"circumstance": req(NAME), "min_amount": req(AMOUNT), "max_amount": req(AMOUNT)}
 _RISK_POINT: Final = {"step_code": req(ID), "evidence": req(NAME)}
 
-_CASE: Final = {"case_no": req(ID), "item_code": req(ID), "division": req(_division), "dept": req(ID), "time": req(_time)}
+_CASE: Final = {
+    "case_no": req(ID),
+    "item_code": req(ID),
+    "division": req(_division),
+    "dept": req(ID),
+    "time": req(_time),
+}
 
 SCHEMAS: Final[dict[str, dict[str, Spec]]] = {
     "item": {
@@ -601,33 +635,58 @@ def _moment(p: dict[str, Any], name: str) -> datetime:
 def _not_before(later: str, earlier: str) -> Callable[[dict[str, Any]], None]:
     def rule(p: dict[str, Any]) -> None:
         if later in p and earlier in p and _moment(p, later) < _moment(p, earlier):
-            raise _Fail(later, p[later], f"is before {earlier} ({p[earlier]})", "a record cannot end before it starts; check both times")
+            raise _Fail(
+                later,
+                p[later],
+                f"is before {earlier} ({p[earlier]})",
+                "a record cannot end before it starts; check both times",
+            )
 
     return rule
 
 
 def _item_rules(p: dict[str, Any]) -> None:
     if p["promised_days"] > p["statutory_days"]:
-        raise _Fail("promised_days", p["promised_days"], f"exceeds statutory_days ({p['statutory_days']})",
-                    "the promised limit (承诺时限) may only shorten the statutory limit (法定时限)")  # fmt: skip
+        raise _Fail(
+            "promised_days",
+            p["promised_days"],
+            f"exceeds statutory_days ({p['statutory_days']})",
+            "the promised limit (承诺时限) may only shorten the statutory limit (法定时限)",
+        )
     seen: dict[str, int] = {}
     for i, step in enumerate(p["steps"]):
         if step["step_code"] in seen:
-            raise _Fail(f"steps[{i}].step_code", step["step_code"], f"repeats steps[{seen[step['step_code']]}]",
-                        "each step of the fixed workflow needs its own step_code")  # fmt: skip
+            raise _Fail(
+                f"steps[{i}].step_code",
+                step["step_code"],
+                f"repeats steps[{seen[step['step_code']]}]",
+                "each step of the fixed workflow needs its own step_code",
+            )
         seen[step["step_code"]] = i
     for i, rp in enumerate(p["risk_points"]):
         if rp["step_code"] not in seen:
-            raise _Fail(f"risk_points[{i}].step_code", rp["step_code"], "names no step of this item",
-                        f"use one of the item's step codes: {', '.join(seen)}")  # fmt: skip
+            raise _Fail(
+                f"risk_points[{i}].step_code",
+                rp["step_code"],
+                "names no step of this item",
+                f"use one of the item's step codes: {', '.join(seen)}",
+            )
     circumstances: set[str] = set()
     for i, band in enumerate(p["discretion"]):
         if band["min_amount"] > band["max_amount"]:
-            raise _Fail(f"discretion[{i}].max_amount", band["max_amount"],
-                        f"is below min_amount ({band['min_amount']})", "swap or correct the band limits")  # fmt: skip
+            raise _Fail(
+                f"discretion[{i}].max_amount",
+                band["max_amount"],
+                f"is below min_amount ({band['min_amount']})",
+                "swap or correct the band limits",
+            )
         if band["circumstance"] in circumstances:
-            raise _Fail(f"discretion[{i}].circumstance", band["circumstance"], "repeats an earlier band",
-                        "give each circumstance one band")  # fmt: skip
+            raise _Fail(
+                f"discretion[{i}].circumstance",
+                band["circumstance"],
+                "repeats an earlier band",
+                "give each circumstance one band",
+            )
         circumstances.add(band["circumstance"])
 
 
@@ -649,15 +708,21 @@ def _apply(schema: Mapping[str, Spec], obj: Any, prefix: str) -> dict[str, Any]:
         if not isinstance(key, str):
             raise _Fail(where, key, "has a field name that is not text", "field names are strings")
         if key not in schema:
-            raise _Fail(prefix + key, obj[key], "unknown field",
-                        f"allowed fields: {', '.join(schema)}; see docs/records.md")  # fmt: skip
+            raise _Fail(
+                prefix + key,
+                obj[key],
+                "unknown field",
+                f"allowed fields: {', '.join(schema)}; see docs/records.md",
+            )
     out: dict[str, Any] = {}
     for name, (check, required, default) in schema.items():
         v = obj.get(name, _MISSING)
         if v is _MISSING or v is None or (isinstance(v, str) and not v.strip()):
             if required:
                 state = "missing" if v is _MISSING else ("null" if v is None else "empty")
-                raise _Fail(prefix + name, v, f"required field is {state}", f"add {name} (see docs/records.md)")
+                raise _Fail(
+                    prefix + name, v, f"required field is {state}", f"add {name} (see docs/records.md)"
+                )
             if default is not _MISSING:
                 out[name] = list(default) if isinstance(default, tuple) else default
             continue
@@ -669,8 +734,13 @@ def validate(kind: str, obj: Any) -> dict[str, Any]:
     """Check ``obj`` against ``kind``'s schema; return the normalised payload or raise ValidationError."""
     schema = SCHEMAS.get(kind) if isinstance(kind, str) else None
     if schema is None:
-        raise ValidationError(str(kind)[:80] if isinstance(kind, str) else "", "kind", kind, "unknown record kind",
-                              fix=f"use one of: {', '.join(KINDS)}")  # fmt: skip
+        raise ValidationError(
+            str(kind)[:80] if isinstance(kind, str) else "",
+            "kind",
+            kind,
+            "unknown record kind",
+            fix=f"use one of: {', '.join(KINDS)}",
+        )
     try:
         payload = _apply(schema, obj, "")
         for rule in _CROSS_RULES.get(kind, ()):
@@ -679,10 +749,17 @@ def validate(kind: str, obj: Any) -> dict[str, Any]:
     except _Fail as f:
         raise ValidationError(kind, f.path, f.value, f.rule, fix=f.fix) from None
     except RecursionError:
-        raise ValidationError(kind, "(payload)", obj, "is nested too deeply", fix="flatten the record") from None
+        raise ValidationError(
+            kind, "(payload)", obj, "is nested too deeply", fix="flatten the record"
+        ) from None
     except Exception as e:  # a hostile Mapping or value type; never let it stop an adapter
-        raise ValidationError(kind, "(payload)", obj, f"unreadable value ({type(e).__name__}: {_show(str(e))})",
-                              fix="send plain JSON types") from None  # fmt: skip
+        raise ValidationError(
+            kind,
+            "(payload)",
+            obj,
+            f"unreadable value ({type(e).__name__}: {_show(str(e))})",
+            fix="send plain JSON types",
+        ) from None
 
 
 def _key_part(value: Any) -> str:
@@ -697,11 +774,21 @@ def natural_key(kind: str, payload: Mapping[str, Any]) -> str:
     """
     fields = NATURAL_KEYS.get(kind) if isinstance(kind, str) else None
     if fields is None:
-        raise ValidationError(str(kind)[:80] if isinstance(kind, str) else "", "kind", kind, "unknown record kind",
-                              fix=f"use one of: {', '.join(KINDS)}")  # fmt: skip
+        raise ValidationError(
+            str(kind)[:80] if isinstance(kind, str) else "",
+            "kind",
+            kind,
+            "unknown record kind",
+            fix=f"use one of: {', '.join(KINDS)}",
+        )
     if not isinstance(payload, Mapping):
-        raise ValidationError(kind, "(payload)", payload, f"must be an object, not {_typename(payload)}",
-                              fix="send a JSON object {...}")  # fmt: skip
+        raise ValidationError(
+            kind,
+            "(payload)",
+            payload,
+            f"must be an object, not {_typename(payload)}",
+            fix="send a JSON object {...}",
+        )
     parts = [kind]
     for name in fields:
         check = SCHEMAS[kind][name][0]

@@ -20,7 +20,7 @@ from cryptography import x509
 
 from node import codes
 from node.crypto import CHECKPOINT_TYPE, RECORD_TYPE, Signer
-from node.errors import CertificateError, UsageError
+from node.errors import CertificateError, FednodeError, UsageError
 from node.keyring import KeyInfo, Keyring
 from node.records import (
     CONTROL,
@@ -165,6 +165,42 @@ class Ledger:
                     self._apply_key_records(tx, v.origin, v.rows[res.duplicates :])
                 out.append(res)
         return out
+
+    def accept_many(
+        self, segs: Sequence[pb.Segment], *, sender_subtree: str | None, source: str
+    ) -> tuple[dict[tuple[str, int], AppendResult], dict[tuple[str, int], FednodeError]]:
+        """Accept what can be accepted of a batch: verify every segment, append the good ones in one
+        transaction, and fall back to one transaction per segment if that one fails. Refused segments
+        come back with their error; the rest is committed."""
+        errors: dict[tuple[str, int], FednodeError] = {}
+        verified: list[VerifiedSegment] = []
+        for s in segs:
+            try:
+                verified.append(self.verify_segment(s, sender_subtree=sender_subtree))
+            except FednodeError as e:
+                errors[(s.origin, int(s.channel))] = e
+        results: dict[tuple[str, int], AppendResult] = {}
+        try:
+            with self.store.write() as tx:
+                for v in verified:
+                    results[(v.origin, v.channel)] = self._append_verified(tx, v, source)
+            return results, errors
+        except FednodeError:
+            results.clear()
+        for v in verified:
+            try:
+                with self.store.write() as tx:
+                    results[(v.origin, v.channel)] = self._append_verified(tx, v, source)
+            except FednodeError as e:
+                errors[(v.origin, v.channel)] = e
+        return results, errors
+
+    def _append_verified(self, tx: WriteTx, v: VerifiedSegment, source: str) -> AppendResult:
+        res = tx.append(v.origin, v.channel, v.rows, expected_chain=v.expected_chain, checkpoint=v.checkpoint,
+                        source=source)
+        if v.channel == CONTROL and res.appended:
+            self._apply_key_records(tx, v.origin, v.rows[res.duplicates :])
+        return res
 
     def accept_down(self, records: Sequence[pb.SignedRecord], *, sender: str, source: str = "parent") -> int:
         """Hold records from an ancestor, addressed into our subtree. Returns how many were new."""

@@ -771,11 +771,12 @@ def _mutate(st: TicketState, kind: str, p: dict[str, Any], new_state: str) -> No
 def _apply_in_place(
     state: TicketState | None, kind: str, payload: dict[str, Any], writer_code: str, fp: str
 ) -> TicketState:
-    """Check everything, then mutate ``state`` (or build a new one). On any error nothing changed."""
+    """Check everything, then mutate ``state`` (or build a new one). On any error nothing changed.
+
+    Duplicates are the callers' business (``apply`` checks ``seen``, ``project`` dedupes first).
+    """
     at = _validate(kind, payload)
     ticket = payload["ticket"]
-    if state is not None and fp in state.seen:
-        return state  # the same record again (rule 7)
     if state is None:
         if kind != ISSUE:
             _authorise_node_only(kind, payload, writer_code)

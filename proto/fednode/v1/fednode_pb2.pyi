@@ -406,6 +406,8 @@ class Ack(_message.Message):
     ERROR_CODE_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     HEADS_FIELD_NUMBER: _builtins.int
+    DOWN_HEADS_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
     batch_id: _builtins.int
     ok: _builtins.bool
     error_code: _builtins.str
@@ -416,6 +418,14 @@ class Ack(_message.Message):
     def heads(self) -> _containers.RepeatedCompositeFieldContainer[Global___LogHead]:
         """receiver's heads for the logs in the batch, after commit"""
 
+    @_builtins.property
+    def down_heads(self) -> _containers.RepeatedCompositeFieldContainer[Global___LogHead]:
+        """receiver's downward cursors after commit"""
+
+    @_builtins.property
+    def errors(self) -> _containers.RepeatedCompositeFieldContainer[Global___SegmentError]:
+        """segments refused (the rest of the batch was applied)"""
+
     def __init__(
         self,
         *,
@@ -424,14 +434,44 @@ class Ack(_message.Message):
         error_code: _builtins.str = ...,
         error: _builtins.str = ...,
         heads: _abc.Iterable[Global___LogHead] | None = ...,
+        down_heads: _abc.Iterable[Global___LogHead] | None = ...,
+        errors: _abc.Iterable[Global___SegmentError] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "error", b"error", "error_code", b"error_code", "heads", b"heads", "ok", b"ok"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "down_heads", b"down_heads", "error", b"error", "error_code", b"error_code", "errors", b"errors", "heads", b"heads", "ok", b"ok"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Ack: _TypeAlias = Ack  # noqa: Y015
+
+@_typing.final
+class SegmentError(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORIGIN_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    ERROR_CODE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    origin: _builtins.str
+    channel: Global___Channel.ValueType
+    error_code: _builtins.str
+    error: _builtins.str
+    def __init__(
+        self,
+        *,
+        origin: _builtins.str = ...,
+        channel: Global___Channel.ValueType = ...,
+        error_code: _builtins.str = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "error", b"error", "error_code", b"error_code", "origin", b"origin"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SegmentError: _TypeAlias = SegmentError  # noqa: Y015
 
 @_typing.final
 class LinkReport(_message.Message):

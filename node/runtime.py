@@ -1,0 +1,250 @@
+"""`fednode run`: one asyncio process holding the store, the links, the admin socket and health.
+
+All store work runs on one database thread (one writer per store, never blocking the loop). Local
+writers (ingest, tickets, rules) call ``notify()`` so the links wake at once instead of polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from node import pki, streams
+from node.home import Home
+from node.link import LOG, Outbox, StreamKey
+from node.records import channel_name, now_us
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+
+@dataclass
+class LinkState:
+    peer: str
+    direction: str  # "up": the link to our parent; "down": a link to a child
+    state: str = "down"
+    since_us: int = field(default_factory=now_us)
+    last_in_us: int = 0
+    last_out_us: int = 0
+    rtt_ms: float | None = None
+    records_in: int = 0
+    records_out: int = 0
+    batches_out: int = 0
+    last_error: str = ""
+    peer_heads: dict[StreamKey, int] = field(default_factory=dict)
+    local_heads: dict[StreamKey, int] = field(default_factory=dict)
+    outbox: Outbox | None = None
+
+    def set(self, state: str) -> None:
+        if state != self.state:
+            self.state, self.since_us = state, now_us()
+            log.info("link_state", peer=self.peer, direction=self.direction, state=state)
+
+    def connected(self, peer_heads: dict[StreamKey, int]) -> None:
+        self.peer_heads = peer_heads
+        self.set("connected")
+
+    def down(self, error: str, refused: bool = False) -> None:
+        self.last_error = error
+        self.set("refused" if refused else "down")
+        log.warning("link_down", peer=self.peer, direction=self.direction, error=error)
+
+
+class NodeRuntime:
+    def __init__(self, home: Home, *, window: int = 4, batch_records: int = 2000) -> None:
+        self.home = home
+        self.code = home.code
+        self.path = home.path()
+        self.parent_code = home.config.parent_code
+        self.ledger = home.ledger()
+        self.window = window
+        self.batch_records = batch_records
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fednode-db")
+        self.sessions: set[Any] = set()
+        self.links: dict[str, LinkState] = {}
+        self.child_reports: dict[str, Any] = {}
+        self.refused_peers: dict[str, int] = {}
+        self.stopping = asyncio.Event()
+        self.recovered = asyncio.Event()
+        self.recover_target: dict[tuple[str, int], int] = {}
+        self.started_us = now_us()
+        self.loop = asyncio.get_running_loop()
+
+    async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await self.loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+
+    def notify(self) -> None:
+        """Something was stored: wake every link."""
+        for s in list(self.sessions):
+            s.wake.set()
+        if not self.recovered.is_set():
+            self.loop.create_task(self._check_recovered())
+
+    def notify_threadsafe(self) -> None:
+        self.loop.call_soon_threadsafe(self.notify)
+
+    def child_state(self, child: str) -> LinkState:
+        st = self.links.get(child)
+        if st is None:
+            st = self.links[child] = LinkState(child, "down")
+        return st
+
+    # -- a restored node recovers its own logs before it appends ------------------------------------------
+
+    async def after_hello(self, parent_heads: dict[StreamKey, int]) -> None:
+        self.recover_target = {(o, c): s for (k, o, c), s in parent_heads.items() if k == LOG and o == self.code}
+        await self._check_recovered()
+
+    async def _check_recovered(self) -> None:
+        if self.recovered.is_set():
+            return
+        heads = await self.db(self.ledger.store.heads)
+        behind = {k: s for k, s in self.recover_target.items() if heads.get(k, None) is None or heads[k].seq < s}
+        if not behind:
+            self.recovered.set()
+            log.info("own_logs_current", code=self.code)
+        else:
+            log.warning("recovering_own_logs", behind={f"{o}/{channel_name(c)}": s for (o, c), s in behind.items()})
+
+    async def wait_recovered(self, timeout: float = 30.0) -> None:
+        from node.errors import FednodeError
+
+        try:
+            await asyncio.wait_for(self.recovered.wait(), timeout)
+        except TimeoutError:
+            raise FednodeError(
+                f"{self.code} is still recovering its own logs from its parent and may not append yet",
+                fix="wait until the link to the parent is up (`fednode status`); a node restored from an old "
+                "backup must first fetch what it had already sent",
+            ) from None
+
+    # -- status -------------------------------------------------------------------------------------------
+
+    def _link_status(self, st: LinkState) -> dict[str, Any]:
+        backlog: dict[str, Any] = {}
+        acked: list[dict[str, Any]] = []
+        if st.outbox is not None:
+            pending = st.outbox.backlog(st.local_heads)
+            for stream, n in sorted(pending.items()):
+                ch = channel_name(stream[2])
+                b = backlog.setdefault(ch, {"records": 0, "oldest_age_s": 0.0})
+                b["records"] += n
+                t = streams.oldest_pending_time(self.ledger, stream, st.outbox.cursor(stream).acked)
+                if t:
+                    b["oldest_age_s"] = max(b["oldest_age_s"], round((now_us() - t) / 1e6, 1))
+            acked = [{"kind": k, "origin": o, "channel": channel_name(c), "seq": cur.acked}
+                     for (k, o, c), cur in sorted(st.outbox.cursors.items())]
+        return {
+            "peer": st.peer, "direction": st.direction, "state": st.state, "since_us": st.since_us,
+            "last_in_us": st.last_in_us, "last_out_us": st.last_out_us, "rtt_ms": st.rtt_ms,
+            "records_in": st.records_in, "records_out": st.records_out, "backlog": backlog,
+            "acked": acked, "last_error": st.last_error,
+            "paused": {f"{o}/{channel_name(c)}": p.error for (_k, o, c), p in (st.outbox.paused.items() if st.outbox else [])},
+        }
+
+    def status_sync(self) -> dict[str, Any]:
+        from node.cli import status_data
+
+        data = status_data(self.home)
+        data["running"] = True
+        data["pid"] = os.getpid()
+        data["started_us"] = self.started_us
+        data["recovered"] = self.recovered.is_set()
+        data["links"] = [self._link_status(st) for st in self.links.values()]
+        data["refused_peers"] = self.refused_peers
+        data["tree"] = self.child_reports
+        return data
+
+    async def status(self) -> dict[str, Any]:
+        return await self.db(self.status_sync)
+
+    async def link_report(self) -> dict[str, Any]:
+        """What we send up: our links, and our children's reports beneath them."""
+        def build() -> dict[str, Any]:
+            return {"code": self.code, "time_us": now_us(),
+                    "links": [self._link_status(st) for st in self.links.values()],
+                    "children": self.child_reports}
+
+        return await self.db(build)
+
+    # -- running ------------------------------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        from node import admin, transport
+        from proto.fednode.v1 import fednode_pb2_grpc as pbg
+
+        cfg = self.home.config
+        server = None
+        health_servicer = health.HealthServicer()
+        if cfg.listen:
+            server = grpc.aio.server(options=transport.SERVER_OPTIONS)
+            pbg.add_FederationServicer_to_server(transport.FederationService(self), server)
+            health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+            server.add_secure_port(cfg.listen, transport.server_credentials(self))
+            await server.start()
+            health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+            health_servicer.set("fednode.v1.Federation", health_pb2.HealthCheckResponse.SERVING)
+            log.info("listening", address=cfg.listen, path=self.path)
+        tasks = []
+        if cfg.parent and self.parent_code:
+            up = self.links[self.parent_code] = LinkState(self.parent_code, "up")
+            tasks.append(asyncio.create_task(transport.dial_parent(self, up)))
+        else:
+            self.recovered.set()
+        admin_server = await admin.serve(self)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        log.info("node_running", code=self.code, pid=os.getpid())
+        await self.stopping.wait()
+        log.info("node_stopping", code=self.code)
+        # graceful: stop taking new work, let the in-flight transaction finish, then close
+        admin_server.close()
+        if server is not None:
+            health_servicer.enter_graceful_shutdown()
+            await server.stop(grace=3)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._executor.shutdown(wait=True)
+        with contextlib.suppress(FileNotFoundError):
+            Path(admin.socket_path(self.home)).unlink()
+        self.home.close()
+        log.info("node_stopped", code=self.code)
+
+
+def run(home: Home) -> int:
+    if not home.enrolled:
+        from node.errors import UsageError
+
+        raise UsageError(f"{home.code} is not enrolled", fix="install its certificate bundle (`fednode pki install`)")
+    if home.config.parent and not home.config.parent_code:
+        from node.errors import ConfigError
+
+        raise ConfigError(f"{home.config.path}: link.parent is set but link.parent_code is empty",
+                          fix="install the bundle from the parent (`fednode pki install`), which records it")
+
+    async def main() -> None:
+        rt = NodeRuntime(home)
+        await rt.serve()
+
+    t0 = time.monotonic()
+    asyncio.run(main())
+    log.info("exit", uptime_s=round(time.monotonic() - t0, 1))
+    return 0
+
+
+def tls_not_after(home: Home) -> str:
+    return pki.not_after(home.load_cert("tls.crt")).isoformat()

@@ -1,0 +1,190 @@
+"""The store side of links: which streams a link carries, reading batches for them, applying batches.
+
+Synchronous (it runs on the node's database thread); node/transport.py calls it through the runtime.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from sqlalchemy import and_, func, select
+
+from node import codes, schema
+from node.errors import FednodeError
+from node.ledger import Ledger
+from node.link import DOWN, LOG, Part, StreamKey, Want
+from node.records import SIGNED_CHANNELS
+from proto.fednode.v1 import fednode_pb2 as pb
+
+MAX_BATCH_BYTES = 16 * 1024 * 1024
+
+
+def up_heads(ledger: Ledger) -> dict[StreamKey, int]:
+    """Our logs that go up: every log we hold whose origin is in our subtree."""
+    return {(LOG, o, c): h.seq for (o, c), h in ledger.store.heads().items() if codes.within(o, ledger.code)}
+
+
+def subtree_heads(ledger: Ledger, child: str) -> dict[StreamKey, int]:
+    """Logs we hold that were born in ``child``'s subtree (what a child should hold too)."""
+    return {(LOG, o, c): h.seq for (o, c), h in ledger.store.heads().items() if codes.within(o, child)}
+
+
+def down_heads_for(ledger: Ledger, child: str) -> dict[StreamKey, int]:
+    """For each issuer log (us or our ancestors), the highest seq addressed into ``child``'s subtree."""
+    out: dict[StreamKey, int] = {}
+    with ledger.store.read() as conn:
+        for table in (schema.records, schema.down_records):
+            q = (
+                select(table.c.origin, table.c.channel, table.c.dest, func.max(table.c.seq))
+                .where(and_(table.c.dest != "", table.c.channel.in_(list(SIGNED_CHANNELS))))
+                .group_by(table.c.origin, table.c.channel, table.c.dest)
+            )
+            for origin, channel, dest, seq in conn.execute(q):
+                if codes.within(dest, child) and codes.within(ledger.code, origin):
+                    k = (DOWN, origin, channel)
+                    out[k] = max(out.get(k, 0), seq)
+    return out
+
+
+def held_down_heads(ledger: Ledger) -> dict[StreamKey, int]:
+    """Downward cursors we announce to our parent: highest seq held per issuer log."""
+    t = schema.down_records
+    with ledger.store.read() as conn:
+        return {
+            (DOWN, o, c): s
+            for o, c, s in conn.execute(select(t.c.origin, t.c.channel, func.max(t.c.seq)).group_by(t.c.origin, t.c.channel))
+        }
+
+
+def to_heads_pb(heads: dict[StreamKey, int], ledger: Ledger | None = None) -> list[pb.LogHead]:
+    return [pb.LogHead(origin=o, channel=c, seq=s) for (_k, o, c), s in heads.items()]  # type: ignore[arg-type]
+
+
+def from_heads_pb(heads: Any, kind: str) -> dict[StreamKey, int]:
+    return {(kind, h.origin, int(h.channel)): int(h.seq) for h in heads}
+
+
+def read_batch(ledger: Ledger, wants: list[Want], peer: str) -> tuple[pb.Batch, list[Part]]:
+    """Read what ``wants`` asks for, cutting log streams at checkpoints."""
+    batch = pb.Batch()
+    parts: list[Part] = []
+    key_ids: set[bytes] = set()
+    size = 0
+    for w in wants:
+        if size > MAX_BATCH_BYTES:
+            break
+        kind, origin, channel = w.stream
+        if kind == LOG:
+            seg = ledger.read_segment(origin, channel, w.after, w.limit)
+            if seg is None or not seg.records:
+                continue
+            key_ids.add(seg.checkpoint.key_id)
+            if channel in SIGNED_CHANNELS:
+                key_ids.update(r.key_id for r in seg.records)
+            last = w.after + len(seg.records)
+        else:
+            seg, last = _read_down(ledger, origin, channel, w.after, w.limit, peer)
+            if seg is None:
+                parts.append(Part(w.stream, w.after, last, 0))  # nothing for this peer up to `last`
+                continue
+            key_ids.update(r.key_id for r in seg.records)
+        size += sum(len(r.body) + 80 for r in seg.records)
+        batch.segments.append(seg)
+        parts.append(Part(w.stream, w.after, last, len(seg.records)))
+    batch.downward = any(p.stream[0] == DOWN for p in parts)
+    batch.keys.extend(ledger.key_certificates_for(k for k in key_ids if k))
+    return batch, parts
+
+
+def _read_down(ledger: Ledger, origin: str, channel: int, after: int, limit: int,
+               peer: str) -> tuple[pb.Segment | None, int]:
+    rows = []
+    last = after
+    for table in (schema.records, schema.down_records):
+        with ledger.store.read() as conn:
+            q = (
+                select(table.c.seq, table.c.dest, table.c.body, table.c.signature, table.c.key_id)
+                .where(and_(table.c.origin == origin, table.c.channel == channel, table.c.seq > after,
+                            table.c.dest != ""))
+                .order_by(table.c.seq)
+                .limit(limit * 4)
+            )
+            for r in conn.execute(q):
+                last = max(last, r.seq)
+                if codes.within(r.dest, peer):
+                    rows.append(r)
+        if rows:
+            break
+    if not rows:
+        return None, last
+    rows.sort(key=lambda r: r.seq)
+    rows = rows[:limit]
+    seg = pb.Segment(origin=origin, channel=channel,  # type: ignore[arg-type]
+                     records=[pb.SignedRecord(body=bytes(r.body), signature=bytes(r.signature), key_id=bytes(r.key_id))
+                              for r in rows])
+    return seg, rows[-1].seq
+
+
+def apply_batch(ledger: Ledger, batch: pb.Batch, *, peer: str, from_child: bool) -> pb.Ack:
+    """Verify and commit what a peer sent; the ack names what was committed and what was refused."""
+    ack = pb.Ack(batch_id=batch.batch_id, ok=True)
+    errors: dict[tuple[str, int], FednodeError] = {}
+    try:
+        ledger.admit_keys(batch.keys)
+    except FednodeError as e:
+        ack.ok, ack.error_code, ack.error = False, e.code, str(e)
+        return ack
+    log_segs = [s for s in batch.segments if s.checkpoint.body]
+    down_segs = [s for s in batch.segments if not s.checkpoint.body]
+    # a child may send only its own subtree's logs; a parent may repair only logs of our subtree
+    subtree = peer if from_child else ledger.code
+    if log_segs:
+        _results, errs = ledger.accept_many(log_segs, sender_subtree=subtree, source=peer)
+        errors.update(errs)
+    if down_segs:
+        if from_child:
+            for s in down_segs:
+                errors[(s.origin, int(s.channel))] = FednodeError(
+                    f"{peer} sent records of {s.origin} without a checkpoint", fix="children send only signed logs")
+        else:
+            for s in down_segs:
+                try:
+                    ledger.accept_down(s.records, sender=peer, source=peer)
+                except FednodeError as e:
+                    errors[(s.origin, int(s.channel))] = e
+    heads = ledger.store.heads()
+    held = held_down_heads(ledger)
+    for s in batch.segments:
+        key = (s.origin, int(s.channel))
+        if s.checkpoint.body:
+            h = heads.get(key)
+            ack.heads.append(pb.LogHead(origin=s.origin, channel=s.channel, seq=h.seq if h else 0,
+                                        chain=h.chain if h else b""))
+        else:
+            ack.down_heads.append(pb.LogHead(origin=s.origin, channel=s.channel, seq=held.get((DOWN, *key), 0)))
+    for (origin, channel), e in errors.items():
+        ack.errors.append(pb.SegmentError(origin=origin, channel=channel, error_code=e.code,  # type: ignore[arg-type]
+                                          error=str(e)))
+    if errors:
+        ack.ok = False
+        first = next(iter(errors.values()))
+        ack.error_code, ack.error = first.code, str(first)
+    return ack
+
+
+def oldest_pending_time(ledger: Ledger, stream: StreamKey, acked: int) -> int | None:
+    kind, origin, channel = stream
+    table = schema.records if kind == LOG else schema.down_records
+    with ledger.store.read() as conn:
+        return conn.execute(
+            select(table.c.time_us).where(and_(table.c.origin == origin, table.c.channel == channel,
+                                               table.c.seq > acked)).order_by(table.c.seq).limit(1)
+        ).scalar()
+
+
+def group_by_channel(backlog: dict[StreamKey, int]) -> dict[int, int]:
+    out: dict[int, int] = defaultdict(int)
+    for (_k, _o, c), n in backlog.items():
+        out[c] += n
+    return dict(out)

@@ -1,0 +1,325 @@
+"""gRPC shells around the link protocol: mutual TLS, the Federation service, the child's dialler.
+
+Rules of this module:
+- the peer's identity is the URI SAN of its TLS client certificate (auth_context), never anything it
+  says in a message; a child must be a direct child of this node in the certificate tree;
+- grpc.aio objects are created inside the running loop; blocking store work goes to the runtime's
+  database thread (``rt.db``);
+- keepalive: the client pings every 20 s; the server permits pings every 10 s, so links never drop
+  with too_many_pings; message limits are explicit on both ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import structlog
+from cryptography import x509
+
+from node import pki, streams
+from node.link import DOWN, LOG, Outbox, StreamKey
+from node.records import now_us
+from proto.fednode.v1 import fednode_pb2 as pb
+from proto.fednode.v1 import fednode_pb2_grpc as pbg
+
+if TYPE_CHECKING:
+    from node.runtime import LinkState, NodeRuntime
+
+log = structlog.get_logger(__name__)
+
+MAX_MESSAGE = 64 * 1024 * 1024
+CLIENT_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE),
+    ("grpc.max_receive_message_length", MAX_MESSAGE),
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.enable_retries", 0),
+]
+SERVER_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE),
+    ("grpc.max_receive_message_length", MAX_MESSAGE),
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_ping_strikes", 0),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+REPORT_EVERY_S = 5.0
+
+
+def server_credentials(rt: NodeRuntime) -> grpc.ServerCredentials:
+    h = rt.home
+    chain = h.key_path("tls.crt").read_bytes() + h.key_path("chain.pem").read_bytes()
+    return grpc.ssl_server_credentials(
+        [(h.key_path("tls.key").read_bytes(), chain)],
+        root_certificates=h.key_path("root.crt").read_bytes(),
+        require_client_auth=True,
+    )
+
+
+def channel_credentials(rt: NodeRuntime) -> grpc.ChannelCredentials:
+    h = rt.home
+    chain = h.key_path("tls.crt").read_bytes() + h.key_path("chain.pem").read_bytes()
+    return grpc.ssl_channel_credentials(
+        root_certificates=h.key_path("root.crt").read_bytes(),
+        private_key=h.key_path("tls.key").read_bytes(),
+        certificate_chain=chain,
+    )
+
+
+def peer_certificate(context: grpc.aio.ServicerContext) -> x509.Certificate | None:
+    auth = context.auth_context()
+    pem = auth.get("x509_pem_cert")
+    if not pem:
+        return None
+    return pki.cert_from_pem(pem[0])
+
+
+class Session:
+    """One connected link, either side. The outbox decides; this moves messages."""
+
+    def __init__(self, rt: NodeRuntime, state: LinkState, read: Callable[[], Awaitable[Any]],
+                 write: Callable[[pb.LinkMessage], Awaitable[None]]) -> None:
+        self.rt = rt
+        self.state = state
+        self.peer = state.peer
+        self.is_child_side = state.direction == "up"  # we are the child; we send our logs up
+        self._read = read
+        self._write_raw = write
+        self._write_lock = asyncio.Lock()
+        self.wake = asyncio.Event()
+        self.outbox = Outbox(window=rt.window, max_records=rt.batch_records)
+        self.sent_at: dict[int, float] = {}
+        state.outbox = self.outbox
+
+    async def write(self, msg: pb.LinkMessage) -> None:
+        async with self._write_lock:
+            await self._write_raw(msg)
+        self.state.last_out_us = now_us()
+
+    async def local_heads(self) -> dict[StreamKey, int]:
+        if self.is_child_side:
+            return await self.rt.db(streams.up_heads, self.rt.ledger)
+
+        def both() -> dict[StreamKey, int]:
+            h = streams.subtree_heads(self.rt.ledger, self.peer)
+            h.update(streams.down_heads_for(self.rt.ledger, self.peer))
+            return h
+
+        return await self.rt.db(both)
+
+    async def hello(self) -> pb.Hello:
+        if self.is_child_side:
+            heads = await self.rt.db(streams.up_heads, self.rt.ledger)
+            down = await self.rt.db(streams.held_down_heads, self.rt.ledger)
+            await self.write(pb.LinkMessage(hello=pb.Hello(node_code=self.rt.code, heads=streams.to_heads_pb(heads),
+                                                           down_heads=streams.to_heads_pb(down),
+                                                           software="fednode")))
+            msg = await self._read()
+            if msg is grpc.aio.EOF or msg is None or not msg.HasField("hello"):
+                raise ConnectionError("the parent closed the link before its Hello")
+            return msg.hello
+        msg = await self._read()
+        if msg is grpc.aio.EOF or msg is None or not msg.HasField("hello"):
+            raise ConnectionError("the child closed the link before its Hello")
+        heads = await self.rt.db(streams.subtree_heads, self.rt.ledger, self.peer)
+        await self.write(pb.LinkMessage(hello=pb.Hello(node_code=self.rt.code, heads=streams.to_heads_pb(heads),
+                                                       software="fednode")))
+        return msg.hello
+
+    async def run(self) -> None:
+        peer_hello = await self.hello()
+        peer_heads = streams.from_heads_pb(peer_hello.heads, LOG)
+        peer_heads.update(streams.from_heads_pb(peer_hello.down_heads, DOWN))
+        self.outbox.reset(peer_heads)
+        self.state.connected(peer_heads)
+        if self.is_child_side:
+            await self.rt.after_hello(peer_heads)
+        self.rt.sessions.add(self)
+        reader = asyncio.create_task(self._reader())
+        try:
+            await self._writer(reader)
+        finally:
+            self.rt.sessions.discard(self)
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+
+    async def _writer(self, reader: asyncio.Task[None]) -> None:
+        last_report = 0.0
+        while not reader.done():
+            if self.outbox.can_send:
+                heads = await self.local_heads()
+                self.state.local_heads = heads
+                wants = self.outbox.wants(heads, time.monotonic())
+                if wants:
+                    batch, parts = await self.rt.db(streams.read_batch, self.rt.ledger, wants, self.peer)
+                    if parts:
+                        batch.batch_id = self.outbox.sent(parts)
+                        if batch.segments:
+                            self.sent_at[batch.batch_id] = time.monotonic()
+                            await self.write(pb.LinkMessage(batch=batch))
+                            self.state.batches_out += 1
+                            self.state.records_out += sum(len(s.records) for s in batch.segments)
+                        else:
+                            self.outbox.inflight.pop(batch.batch_id, None)
+                        continue
+            if self.is_child_side and time.monotonic() - last_report > REPORT_EVERY_S:
+                last_report = time.monotonic()
+                await self.write(pb.LinkMessage(report=pb.LinkReport(
+                    node_code=self.rt.code, time_us=now_us(),
+                    json=json.dumps(await self.rt.link_report(), ensure_ascii=False).encode())))
+            self.wake.clear()
+            waiter = asyncio.create_task(self.wake.wait())
+            done, _ = await asyncio.wait({waiter, reader}, timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+        reader.result()  # re-raise the reader's error, if any
+
+    async def _reader(self) -> None:
+        while True:
+            msg = await self._read()
+            if msg is grpc.aio.EOF or msg is None:
+                raise ConnectionError(f"{self.peer} closed the link")
+            self.state.last_in_us = now_us()
+            which = msg.WhichOneof("msg")
+            if which == "batch":
+                ack = await self.rt.db(streams.apply_batch, self.rt.ledger, msg.batch, peer=self.peer,
+                                       from_child=not self.is_child_side)
+                self.state.records_in += sum(len(s.records) for s in msg.batch.segments)
+                # the peer evidently holds what it just sent us: never echo it back
+                for h in ack.heads:
+                    c = self.outbox.cursor((LOG, h.origin, int(h.channel)))
+                    c.acked = max(c.acked, h.seq)
+                    c.sent = max(c.sent, c.acked)
+                if ack.errors:
+                    for e in ack.errors:
+                        log.warning("batch_refused", peer=self.peer, origin=e.origin, channel=int(e.channel),
+                                    code=e.error_code, error=e.error)
+                    self.state.last_error = ack.error
+                await self.write(pb.LinkMessage(ack=ack))
+                self.rt.notify()
+            elif which == "ack":
+                self._on_ack(msg.ack)
+            elif which == "report":
+                try:
+                    self.rt.child_reports[self.peer] = json.loads(msg.report.json)
+                except ValueError:
+                    log.warning("bad_link_report", peer=self.peer)
+            elif which == "hello":
+                raise ConnectionError(f"{self.peer} sent a second Hello")
+
+    def _on_ack(self, ack: pb.Ack) -> None:
+        now = time.monotonic()
+        sent = self.sent_at.pop(ack.batch_id, None)
+        if sent is not None:
+            self.state.rtt_ms = (now - sent) * 1000
+        heads = streams.from_heads_pb(ack.heads, LOG)
+        heads.update(streams.from_heads_pb(ack.down_heads, DOWN))
+        errors: dict[StreamKey, tuple[str, str]] = {}
+        for e in ack.errors:
+            for kind in (LOG, DOWN):
+                errors[(kind, e.origin, int(e.channel))] = (e.error_code, e.error)
+        if not ack.ok and not ack.errors:
+            # the whole batch was refused (e.g. a key certificate): retry every stream in it later
+            for p in self.outbox.inflight.get(ack.batch_id, []):
+                errors[p.stream] = (ack.error_code, ack.error)
+        self.outbox.acked(ack.batch_id, heads, errors, now)
+        if ack.error:
+            self.state.last_error = f"refused by {self.peer}: {ack.error}"
+            log.warning("peer_refused", peer=self.peer, code=ack.error_code, error=ack.error)
+        self.wake.set()
+
+
+class FederationService(pbg.FederationServicer):
+    def __init__(self, rt: NodeRuntime) -> None:
+        self.rt = rt
+
+    def _authorise_child(self, context: grpc.aio.ServicerContext) -> str | None:
+        cert = peer_certificate(context)
+        if cert is None:
+            return None
+        try:
+            path = pki.path_of_cert(cert)
+        except pki.CertificateError:
+            return None
+        code = path.rsplit("/", 1)[-1]
+        if path != f"{self.rt.path}/{code}":
+            return None
+        return code
+
+    async def Link(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:  # noqa: N802
+        child = self._authorise_child(context)
+        if child is None:
+            cert = peer_certificate(context)
+            who = pki.path_of_cert(cert) if cert is not None else "a peer without a certificate"
+            log.warning("link_refused", peer=who, reason="not a direct child of this node")
+            self.rt.refused_peers[who] = now_us()
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                f"{who} is not a direct child of {self.rt.path}; enrol it under its own parent")
+            return
+        state = self.rt.child_state(child)
+        state.set("connecting")
+        session = Session(self.rt, state, context.read, context.write)
+        try:
+            await session.run()
+        except (ConnectionError, asyncio.CancelledError) as e:
+            state.down(str(e) or type(e).__name__)
+        except grpc.aio.AioRpcError as e:
+            state.down(f"{e.code().name}: {e.details()}")
+        except Exception as e:
+            log.exception("link_failed", peer=child)
+            state.down(f"{type(e).__name__}: {e}")
+
+    async def Heads(self, request: pb.HeadsRequest, context: grpc.aio.ServicerContext) -> pb.HeadsReply:  # noqa: N802
+        child = self._authorise_child(context)
+        if child is None:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "not a direct child of this node")
+        heads = await self.rt.db(self.rt.ledger.store.heads)
+        from node import codes
+
+        return pb.HeadsReply(heads=[pb.LogHead(origin=o, channel=c, seq=h.seq, chain=h.chain)  # type: ignore[arg-type]
+                                    for (o, c), h in heads.items() if codes.within(o, child or "")])
+
+
+async def dial_parent(rt: NodeRuntime, state: LinkState) -> None:
+    """Keep one link to the parent up, forever: reconnect with exponential backoff and jitter."""
+    backoff = 0.5
+    creds = channel_credentials(rt)
+    options = [*CLIENT_OPTIONS, ("grpc.ssl_target_name_override", pki.dns_name_for(rt.parent_code))]
+    while not rt.stopping.is_set():
+        state.set("connecting")
+        started = time.monotonic()
+        channel = grpc.aio.secure_channel(rt.home.config.parent, creds, options=options)
+        try:
+            call = pbg.FederationStub(channel).Link()
+            session = Session(rt, state, call.read, call.write)
+            await session.run()
+        except grpc.aio.AioRpcError as e:
+            refused = e.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
+            state.down(f"{e.code().name}: {e.details()}", refused=refused)
+        except (ConnectionError, OSError) as e:
+            state.down(str(e))
+        except asyncio.CancelledError:
+            state.down("stopping")
+            await channel.close(grace=None)
+            raise
+        except Exception as e:
+            log.exception("uplink_failed")
+            state.down(f"{type(e).__name__}: {e}")
+        finally:
+            await channel.close(grace=None)
+        if time.monotonic() - started > 10:
+            backoff = 0.5
+        delay = backoff * (0.5 + random.random())
+        backoff = min(backoff * 2, 30.0)
+        try:
+            await asyncio.wait_for(rt.stopping.wait(), delay)
+        except TimeoutError:
+            pass
