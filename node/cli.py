@@ -311,6 +311,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo.main(args)
 
 
+@command("bench")
+def cmd_bench(args: argparse.Namespace) -> int:
+    from node import bench
+
+    return bench.main(args)
+
+
 # ---- argument parsing ---------------------------------------------------------------------------------
 
 
@@ -372,6 +379,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("demo", "build a local tree of nodes, feed it, and check the province holds everything", dir_arg=False)
     sp.add_argument("--records", type=int, default=20000, help="records fed at each leaf (default 20000)")
     sp.add_argument("--keep", metavar="DIR", help="leave the node homes in DIR")
+    sp = add("bench", "benchmarks, each beside its reference measured in the same run", dir_arg=False)
+    sp.add_argument("--records", type=int, default=200_000)
+    sp.add_argument("--backlog", type=int, default=100_000)
+    sp.add_argument("--only", choices=["e2e", "control_latency"])
     return p
 
 

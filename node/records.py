@@ -98,5 +98,6 @@ def parse_body(body: bytes, *, origin: str = "", channel: str = "", seq: int = 0
 
 
 def encode_payload(obj: Any) -> bytes:
-    """Domain objects travel as compact UTF-8 JSON with sorted keys (deterministic, human-readable)."""
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode("utf-8")
+    """Domain objects travel as compact UTF-8 JSON. The bytes are stored as signed, never re-encoded, so
+    they need not be canonical."""
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")

@@ -190,14 +190,11 @@ class WriteTx:
                 fix="the batch was refused; the sender's store may be damaged, run `fednode verify` there",
             )
         stored_us = now_us()
-        self.conn.execute(
-            t.records.insert(),
+        # the hot path: plain DB-API executemany, without SQLAlchemy's per-row bind processing (~2x faster)
+        self.conn.exec_driver_sql(
+            self.store.insert_records_sql,
             [
-                {
-                    "origin": origin, "channel": channel, "seq": r.seq, "kind": r.kind, "dest": r.dest,
-                    "time_us": r.time_us, "body": r.body, "signature": r.signature, "key_id": r.key_id,
-                    "chain": c, "stored_us": stored_us,
-                }
+                (origin, channel, r.seq, r.kind, r.dest, r.time_us, r.body, r.signature, r.key_id, c, stored_us)
                 for r, c in zip(new, chains, strict=True)
             ],
         )
@@ -312,6 +309,9 @@ class Store:
         self.is_postgres = engine.dialect.name == "postgresql"
         self.is_sqlite = engine.dialect.name == "sqlite"
         self._write_lock = threading.Lock()  # one writer per store inside a process
+        mark = "%s" if self.is_postgres else "?"
+        cols = "origin, channel, seq, kind, dest, time_us, body, signature, key_id, chain, stored_us"
+        self.insert_records_sql = f"INSERT INTO records ({cols}) VALUES ({', '.join([mark] * 11)})"
 
     @classmethod
     def open(cls, url: str, *, base_dir: Path | None = None, migrate: bool = True) -> Store:

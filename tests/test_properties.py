@@ -315,7 +315,7 @@ def make_machine(province: Home, city: Home, backend: str) -> type[RuleBasedStat
 SETTINGS = {
     "sqlite": settings(max_examples=30, stateful_step_count=10, deadline=None,
                        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]),
-    "postgres": settings(max_examples=10, stateful_step_count=8, deadline=None,
+    "postgres": settings(max_examples=8, stateful_step_count=6, deadline=None,
                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]),
 }
 

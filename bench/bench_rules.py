@@ -1,0 +1,202 @@
+"""Rules engine benchmark (not a test): printed figures beside references measured in the same run.
+
+- rule evaluation rate: 1M case events (apply, accept, steps, suspensions, corrections, completion)
+  fed to ``RulesEngine.feed``; target >= 50,000 events/s. Reference: ``json.loads`` of the same
+  payloads (the least any consumer of the records does per event); ratio = engine / reference.
+- periodic scan: 100k open cases (one open step each, a tenth suspended), first scan (cold: every
+  case's clocks computed) and a second scan (warm); target < 5 s. Reference: one working-minute
+  index per case (the least a scan can compute); ratio = scan / reference.
+
+Run: ``python -m bench.bench_rules [size_factor]`` (``0.1`` for a quick look).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import random
+import sys
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from typing import Any
+
+from node.calendar import CST, Calendar
+from node.rules import RulesEngine
+
+Record = tuple[str, dict[str, Any]]
+
+EVENT_TARGET = 50_000.0  # events/s, at least
+SCAN_TARGET = 5.0  # seconds, at most
+_DIVISIONS = ["320302", "320303", "320305", "320311", "320312", "320321", "320322", "320324", "320381"]
+_BASE = datetime(2025, 9, 1, 9, 0)
+
+
+def _items(n: int) -> list[dict[str, Any]]:
+    items = []
+    for i in range(n):
+        items.append(
+            {
+                "item_code": f"320300-ZJ-{i:03d}",
+                "name": f"事项{i}",
+                "item_type": "02" if i % 3 == 0 else "01",
+                "unit": "workday",
+                "statutory_days": 20,
+                "promised_days": 10,
+                "steps": [
+                    {"step_code": "S1", "name": "受理", "limit_days": 1, "posts": ["窗口"]},
+                    {"step_code": "S2", "name": "审核", "limit_days": 3, "posts": ["科员", "科长"]},
+                    {"step_code": "S3", "name": "批准", "limit_days": 2, "posts": ["局长"]},
+                ],
+                "discretion": [{"circumstance": "一般", "min_amount": 1000, "max_amount": 5000}],
+                "risk_points": [{"step_code": "S3", "evidence": "集体讨论记录"}],
+                "major_threshold": 1_000_000,
+            }
+        )
+    return items
+
+
+def _stamp(hours: float) -> str:
+    return (_BASE + timedelta(hours=hours)).isoformat() + "+08:00"
+
+
+def _case_events(rng: random.Random, n: int, *, items: int, open_case: bool) -> list[Record]:
+    """The events of one case; an open case stops with its second step still running."""
+    common = {"case_no": f"C{n:08d}", "division": _DIVISIONS[n % len(_DIVISIONS)], "dept": "320300-ZJ",
+              "item_code": f"320300-ZJ-{n % items:03d}"}  # fmt: skip
+    h = rng.uniform(0, 24 * 40)
+    ev: list[Record] = [
+        ("case.apply", {**common, "time": _stamp(h), "applicant_type": "1", "applicant_name": "申请人",
+                        "channel_code": "2", "assigned": rng.random() < 0.01,
+                        "amount": rng.choice([None, 5000, 2_000_000])}),
+        ("case.accept", {**common, "time": _stamp(h + 1), "handler": "窗口甲", "accepted": True,
+                         "refuse_reason": "", "case_kind": "2"}),
+    ]  # fmt: skip
+    t = h + 1
+    last = 2 if open_case else 3
+    for no, (code, post) in enumerate((("S1", "窗口"), ("S2", "科员"), ("S3", "局长")), 1):
+        start, t = t, t + rng.uniform(1, 60)
+        running = open_case and no == last
+        ev.append(
+            ("case.step", {**common, "step_no": no, "step_code": code, "step_name": code, "handler": "h",
+                           "post": post if rng.random() > 0.02 else "临时工", "opinion": "同意",
+                           "action": "pass", "started_at": _stamp(start),
+                           "ended_at": None if running else _stamp(t), "evidence": ["集体讨论记录"]})
+        )  # fmt: skip
+        if no == last:
+            break
+    if rng.random() < 0.1:
+        ev.append(("case.suspend", {**common, "suspend_no": "1", "suspend_kind": "2", "reason": "专家评审",
+                                    "approver": "局长", "started_at": _stamp(t), "approved_days": 5}))  # fmt: skip
+        if not open_case:
+            ev.append(("case.resume", {**common, "suspend_no": "1", "ended_at": _stamp(t + 30)}))
+    if rng.random() < 0.1:
+        ev.append(("case.correction_notice", {**common, "notice_no": "1", "materials": ["图纸"],
+                                              "issuer": "李四", "time": _stamp(h + 2)}))  # fmt: skip
+        ev.append(("case.correction_accepted", {**common, "notice_no": "1", "time": _stamp(h + 26)}))
+    if not open_case:
+        ev.append(("case.complete", {**common, "time": _stamp(t + 5), "result_code": "6", "cert_name": "许可证",
+                                     "cert_no": "X", "fee": 0}))  # fmt: skip
+    return ev
+
+
+def _chunks(total_events: int, *, items: int, seed: int, chunk: int = 100_000) -> Iterator[list[Record]]:
+    rng = random.Random(seed)
+    produced, n, buf = 0, 0, []
+    while produced < total_events:
+        evs = _case_events(rng, n, items=items, open_case=False)[: total_events - produced]
+        n += 1
+        produced += len(evs)
+        buf.extend(evs)
+        if len(buf) >= chunk:
+            yield buf
+            buf = []
+    if buf:
+        yield buf
+
+
+def bench_events(n_events: int, *, items: int = 200) -> dict[str, Any]:
+    engine = RulesEngine(Calendar())
+    for item in _items(items):
+        engine.feed("item", item)
+    elapsed = ref_elapsed = 0.0
+    fed = ref_n = alerts = 0
+    for chunk in _chunks(n_events, items=items, seed=1):
+        gc.collect()
+        t0 = time.perf_counter()
+        for kind, payload in chunk:
+            alerts += len(engine.feed(kind, payload))
+        elapsed += time.perf_counter() - t0
+        fed += len(chunk)
+        # reference on the same chunk: parsing its payloads, nothing else
+        texts = [json.dumps(p, ensure_ascii=False, separators=(",", ":"), sort_keys=True) for _, p in chunk]
+        t0 = time.perf_counter()
+        for text in texts:
+            json.loads(text)
+        ref_elapsed += time.perf_counter() - t0
+        ref_n += len(texts)
+    rate = fed / elapsed
+    ref = ref_n / ref_elapsed
+    return {"name": f"rule evaluation over {fed:,} case events", "value": round(rate), "unit": "events/s",
+            "target": f">= {EVENT_TARGET:,.0f}", "reference": round(ref), "ratio": round(rate / ref, 3),
+            "ok": rate >= EVENT_TARGET, "alerts": alerts}  # fmt: skip
+
+
+def bench_scan(n_cases: int, *, items: int = 200) -> list[dict[str, Any]]:
+    engine = RulesEngine(Calendar())
+    for item in _items(items):
+        engine.feed("item", item)
+    rng = random.Random(2)
+    accept_times: list[str] = []
+    for n in range(n_cases):
+        for kind, payload in _case_events(rng, n, items=items, open_case=True):
+            engine.feed(kind, payload)
+            if kind == "case.accept":
+                accept_times.append(payload["time"])
+    assert engine.open_case_count() == n_cases
+    now = datetime(2025, 10, 20, 10, 0, tzinfo=CST)
+    gc.collect()
+    t0 = time.perf_counter()
+    cold_alerts = engine.scan(now)
+    cold = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    warm_alerts = engine.scan(now + timedelta(minutes=5))
+    warm = time.perf_counter() - t0
+    # reference: one working-minute index per case, on a calendar with warm year caches
+    cal = engine.calendar
+    t0 = time.perf_counter()
+    for text in accept_times:
+        cal.working_minute_index(datetime.fromisoformat(text))
+    ref = time.perf_counter() - t0
+    common = {"unit": "s", "target": f"< {SCAN_TARGET:g}", "reference": round(ref, 4)}
+    return [
+        {"name": f"periodic scan over {n_cases:,} open cases (cold)", "value": round(cold, 4), **common,
+         "ratio": round(cold / ref, 2), "ok": cold < SCAN_TARGET, "alerts": len(cold_alerts)},
+        {"name": f"periodic scan over {n_cases:,} open cases (warm)", "value": round(warm, 4), **common,
+         "ratio": round(warm / ref, 2), "ok": warm < SCAN_TARGET, "alerts": len(warm_alerts)},
+    ]  # fmt: skip
+
+
+def run(size_factor: float = 1.0) -> list[dict[str, Any]]:
+    """Measure both figures; ``size_factor`` scales 1M events and 100k cases."""
+    rows = [bench_events(max(1, int(1_000_000 * size_factor)))]
+    rows.extend(bench_scan(max(1, int(100_000 * size_factor))))
+    return rows
+
+
+def _print(rows: list[dict[str, Any]]) -> None:
+    head = ("benchmark", "value", "unit", "target", "reference", "ratio", "ok")
+    table = [head] + [
+        (r["name"], f"{r['value']:,}", r["unit"], r["target"], f"{r['reference']:,}", str(r["ratio"]),
+         "yes" if r["ok"] else "NO")
+        for r in rows
+    ]  # fmt: skip
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(head))]
+    for row in table:
+        print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)))
+    print("reference: events -> json.loads rate of the same payloads (events/s); "
+          "scan -> one working-minute index per case (s)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    _print(run(float(sys.argv[1]) if len(sys.argv) > 1 else 1.0))
