@@ -60,12 +60,12 @@ RATES: Final = {
     "major": 0.04,  # amount above the item's major threshold
     "assigned": 0.01,  # 市委市政府交办
     "single_bidder": 0.06,
-    "over_budget": 0.05,
+    "over_budget": 0.06,
     "contract_before_award": 0.04,
-    "overspent": 0.06,  # project spending above its approved estimate
+    "overspent": 0.06,  # share of project records with spending above the approved estimate (about)
 }
 # Share of arrivals that are not cases.
-_OTHER_ARRIVALS: Final = (("complaint", 0.03), ("market", 0.02), ("project", 0.02))
+_OTHER_ARRIVALS: Final = (("complaint", 0.03), ("market", 0.025), ("project", 0.025))
 # Measured mean records per arrival (cases and others); sets the arrival rate so a run of any
 # size spreads over the whole period.
 _EVENTS_PER_ARRIVAL: Final = 8.3
@@ -278,11 +278,15 @@ def _round_to(x: float, digits: int) -> int | float:
 
 
 def is_workday(d: date) -> bool:
-    """Official working day; beyond the years chinese-calendar knows, Monday to Friday."""
+    """Official working day. Beyond the years chinese-calendar knows: Monday to Friday except the
+    fixed-date holidays (the lunar ones and 调休 cannot be guessed; the node's calendar loads them)."""
     try:
         return bool(chinese_calendar.is_workday(d))
     except NotImplementedError:
-        return d.weekday() < 5
+        return d.weekday() < 5 and (d.month, d.day) not in _FIXED_HOLIDAYS
+
+
+_FIXED_HOLIDAYS: Final = frozenset({(1, 1), (5, 1), (10, 1), (10, 2), (10, 3)})
 
 
 def _weighted(pairs: tuple[tuple[str, int], ...]) -> tuple[tuple[str, ...], list[float]]:
@@ -319,7 +323,8 @@ class _Generator:
         self.t0 = min(max(offset, 0), WORK_LEN - 1) if first_is_start else 0
         self.clock = _clock()
         cases_and_more = max(1.0, (n_events - len(ITEMS)) / _EVENTS_PER_ARRIVAL)
-        self.mean_gap = max(1.0, (span_days * WORK_LEN - self.t0) / cases_and_more)
+        # arrivals stop ~25 working days before the end, so flows still open then finish inside it
+        self.mean_gap = max(1.0, (max(1, span_days - 25) * WORK_LEN - self.t0) / cases_and_more)
         self.tick = itertools.count()  # heap tie-breaker: keeps a flow's records in push order
         self.heap: list[tuple[int, int, str, dict[str, Any]]] = []
         self.counters = {"case": 0, "complaint": 0, "market": 0, "project": 0, "cert": 0}
@@ -638,6 +643,10 @@ class _Generator:
                 payload["evidence"] = [risk[code]]
             if amount_circ is not None and code in ("CB", "PZ"):
                 payload["amount"], payload["circumstance"] = amount_circ
+                if code == "CB" and action == "pass":
+                    payload["opinion"] = (
+                        f"经调查，违法事实清楚，证据确凿，拟按“{amount_circ[1]}”情节处罚款{amount_circ[0]}元"
+                    )
             push(t, "case.step", payload)
             if i == stall_after:
                 return
@@ -784,14 +793,21 @@ class _Generator:
     def _project(self, t: int) -> None:
         rng = self.rng
         r = rng.random
-        if not self.projects or (len(self.projects) < 40 and r() < 0.15):
+        if len(self.projects) < 4 or (len(self.projects) < 12 and r() < 0.1):
             self.counters["project"] += 1
-            name, category = _PROJECTS[int(r() * len(_PROJECTS))]
+            k = self.counters["project"] - 1
+            name, category = _PROJECTS[k % len(_PROJECTS)]
+            phase = f"（{k // len(_PROJECTS) + 1}期）" if k >= len(_PROJECTS) else ""
+            # half the projects are already under way when supervision starts recording them
+            progress = 20 + r() * 65 if r() < 0.5 else 0.0
+            pace = 1.15 + r() * 0.25 if r() < RATES["overspent"] * 3 else 0.85 + r() * 0.13
             estimate = _round_to(10 ** (7 + r() * 2.5), -4)
             self.projects.append(
-                {"no": f"XM{self.division}{self.seed3}{self.counters['project']:04d}", "name": name.format(d=self.dname),
-                 "category": category, "source": rng.choice(_PROJECT_SOURCES), "estimate": estimate,
-                 "stage": 0, "spent": 0.0, "progress": 0.0, "last": -1}
+                {"no": f"XM{self.division}{self.seed3}{self.counters['project']:04d}",
+                 "name": name.format(d=self.dname) + phase, "category": category,
+                 "source": rng.choice(_PROJECT_SOURCES), "estimate": estimate, "pace": pace,
+                 "stage": 3 if progress else 0, "spent": estimate * progress / 100 * pace, "progress": progress,
+                 "last": -1}
             )  # fmt: skip
             p = self.projects[-1]
         else:
@@ -801,11 +817,10 @@ class _Generator:
         stage = _PROJECT_STAGES[p["stage"]] if p["stage"] < 3 else rng.choice(_PROJECT_STAGES[3:])
         p["stage"] += 1
         if stage in ("progress", "funds"):
-            p["progress"] = min(100.0, p["progress"] + r() * 12)
-            target = p["estimate"] * p["progress"] / 100
-            p["spent"] = max(
-                p["spent"], target * (1.1 + r() * 0.4 if r() < RATES["overspent"] else 0.85 + r() * 0.1)
-            )
+            p["progress"] = min(100.0, p["progress"] + 2 + r() * 10)
+            p["spent"] = max(p["spent"], p["estimate"] * p["progress"] / 100 * p["pace"])
+            if p["progress"] >= 100.0:
+                self.projects.remove(p)  # finished: make room for a new one
         detail = _STAGE_DETAIL[stage].format(
             e=round(p["estimate"] / 10_000),
             c=self.companies[int(r() * len(self.companies))][0],

@@ -64,9 +64,9 @@ def build_tree(base: Path, tree: list[tuple[str, str, str, str | None]] = TREE) 
 
 def start(home_dir: Path, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     env = {**os.environ, **(extra_env or {})}
-    logf = open(home_dir / "node.log", "ab")  # noqa: SIM115 - the child process owns it
-    return subprocess.Popen([sys.executable, "-m", "node.cli", "run", str(home_dir)], stdout=logf, stderr=logf,
-                            env=env, start_new_session=True)
+    with open(home_dir / "node.log", "ab") as logf:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen([sys.executable, "-m", "node.cli", "run", str(home_dir)], stdout=logf, stderr=logf,
+                                env=env, start_new_session=True)
 
 
 def wait_admin(home: Home, timeout: float = 30.0) -> None:

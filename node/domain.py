@@ -149,14 +149,14 @@ _FIX_ENCODING = "decode the source with its real encoding (GB18030 for most loca
 
 
 def _as_str(v: Any, path: str) -> str:
+    if isinstance(v, str):
+        return v
     if isinstance(v, bytes | bytearray):
         try:
             return bytes(v).decode("utf-8")
         except UnicodeDecodeError:
             raise _Fail(path, v, "bytes that are not valid UTF-8", _FIX_ENCODING) from None
-    if not isinstance(v, str):
-        raise _Fail(path, v, f"must be text, not {_typename(v)}", "send this field as a JSON string")
-    return v
+    raise _Fail(path, v, f"must be text, not {_typename(v)}", "send this field as a JSON string")
 
 
 def _text(max_len: int, *, single_line: bool = True) -> Check:
@@ -219,6 +219,10 @@ def _to_number(v: Any, path: str) -> int | float | Decimal:
         return v
     if isinstance(v, str | bytes | bytearray):
         s = _as_str(v, path).strip()
+        if len(s) > 64:
+            raise _Fail(
+                path, v, "must be a number", "send digits with an optional decimal point, e.g. 5000 or 12.5"
+            )
         # CSV files and old exchange tables carry numbers as text; accept plain decimal notation only
         if _NUM_RE.fullmatch(s):
             try:
@@ -340,7 +344,15 @@ _FIX_TIME = (
 )
 
 
-def _parse_moment(v: Any, path: str, *, need_time: bool) -> datetime:
+def _check_year(year: int, v: Any, path: str, max_year: int = MAX_YEAR) -> None:
+    if not MIN_YEAR <= year <= max_year:
+        raise _Fail(path, v, f"year {year} is outside {MIN_YEAR}-{max_year}",
+                    "a placeholder date (e.g. 1900-01-01) means 'unknown': leave the field out")  # fmt: skip
+
+
+def _parse_moment(v: Any, path: str, *, need_time: bool, max_year: int = MAX_YEAR) -> datetime:
+    if isinstance(v, date):
+        _check_year(v.year, v, path, max_year)  # before any conversion: year 1 or 9999 would overflow it
     if isinstance(v, datetime):
         try:
             dt = v.replace(tzinfo=CST) if v.tzinfo is None else v.astimezone(CST)
@@ -352,6 +364,8 @@ def _parse_moment(v: Any, path: str, *, need_time: bool) -> datetime:
         dt = datetime(v.year, v.month, v.day, tzinfo=CST)
     elif isinstance(v, str | bytes | bytearray):
         s = _as_str(v, path).strip()
+        if len(s) > 64:
+            raise _Fail(path, v, "is not a date and time", _FIX_TIME)
         m = _COMPACT_RE.fullmatch(s)
         offset = None
         if m:
@@ -365,6 +379,7 @@ def _parse_moment(v: Any, path: str, *, need_time: bool) -> datetime:
             raise _Fail(path, v, "is a date without a time of day", _FIX_TIME)
         try:
             y, mo, d, h, mi, sec = (int(p) if p else 0 for p in parts[:6])
+            _check_year(y, v, path, max_year)
             micro = int(parts[6].ljust(6, "0")) if len(parts) > 6 and parts[6] else 0
             if offset is None:
                 tz = CST
@@ -379,22 +394,27 @@ def _parse_moment(v: Any, path: str, *, need_time: bool) -> datetime:
             raise _Fail(path, v, "is not a real date and time", _FIX_TIME) from None
     else:
         raise _Fail(path, v, f"must be a date and time, not {_typename(v)}", _FIX_TIME)
-    if not MIN_YEAR <= dt.year <= MAX_YEAR:
-        raise _Fail(
-            path,
-            v,
-            f"year {dt.year} is outside {MIN_YEAR}-{MAX_YEAR}",
-            "a placeholder date (e.g. 1900-01-01) means 'unknown': leave the field out",
-        )
+    _check_year(dt.year, v, path, max_year)
     return dt
 
 
+_CANONICAL_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\+08:00", re.ASCII)
+
+
 def _time(v: Any, path: str) -> str:
+    # fast path: most sources already send the canonical form (and validation is on the ingest path)
+    if type(v) is str and _CANONICAL_TIME.fullmatch(v):
+        try:
+            if MIN_YEAR <= datetime.fromisoformat(v).year <= MAX_YEAR:
+                return v
+        except ValueError:
+            pass  # the full parser below reports it
     return _parse_moment(v, path, need_time=True).isoformat()
 
 
 def _date(v: Any, path: str) -> str:
-    return _parse_moment(v, path, need_time=False).date().isoformat()
+    # validity dates: 9999-12-31 is how many systems write 长期有效 (no expiry)
+    return _parse_moment(v, path, need_time=False, max_year=9999).date().isoformat()
 
 
 def _str_list(item: Check, max_items: int = MAX_LIST) -> Check:

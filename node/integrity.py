@@ -18,7 +18,7 @@ from cryptography import x509
 from sqlalchemy import and_, select
 
 from node import pki, schema
-from node.crypto import CHECKPOINT_TYPE, GENESIS, RECORD_TYPE, chain_step, entry_hash, verify
+from node.crypto import GENESIS, RECORD_TYPE, chain_step, entry_hash, verify
 from node.errors import (
     BadSignature,
     ChainMismatch,

@@ -163,9 +163,9 @@ def apply_batch(ledger: Ledger, batch: pb.Batch, *, peer: str, from_child: bool)
                                         chain=h.chain if h else b""))
         else:
             ack.down_heads.append(pb.LogHead(origin=s.origin, channel=s.channel, seq=held.get((DOWN, *key), 0)))
-    for (origin, channel), e in errors.items():
-        ack.errors.append(pb.SegmentError(origin=origin, channel=channel, error_code=e.code,  # type: ignore[arg-type]
-                                          error=str(e)))
+    for (origin, channel), err in errors.items():
+        ack.errors.append(pb.SegmentError(origin=origin, channel=channel, error_code=err.code,  # type: ignore[arg-type]
+                                          error=str(err)))
     if errors:
         ack.ok = False
         first = next(iter(errors.values()))

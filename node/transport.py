@@ -12,6 +12,7 @@ Rules of this module:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import time
@@ -98,6 +99,7 @@ class Session:
         self.wake = asyncio.Event()
         self.outbox = Outbox(window=rt.window, max_records=rt.batch_records)
         self.sent_at: dict[int, float] = {}
+        self.established = False  # Hello exchanged: the dialler resets its backoff
         state.outbox = self.outbox
 
     async def write(self, msg: pb.LinkMessage) -> None:
@@ -140,6 +142,7 @@ class Session:
         peer_heads = streams.from_heads_pb(peer_hello.heads, LOG)
         peer_heads.update(streams.from_heads_pb(peer_hello.down_heads, DOWN))
         self.outbox.reset(peer_heads)
+        self.established = True
         self.state.connected(peer_heads)
         if self.is_child_side:
             await self.rt.after_hello(peer_heads)
@@ -178,8 +181,10 @@ class Session:
                     json=json.dumps(await self.rt.link_report(), ensure_ascii=False).encode())))
             self.wake.clear()
             waiter = asyncio.create_task(self.wake.wait())
-            done, _ = await asyncio.wait({waiter, reader}, timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
+            try:
+                await asyncio.wait({waiter, reader}, timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
         reader.result()  # re-raise the reader's error, if any
 
     async def _reader(self) -> None:
@@ -297,6 +302,7 @@ async def dial_parent(rt: NodeRuntime, state: LinkState) -> None:
         state.set("connecting")
         started = time.monotonic()
         channel = grpc.aio.secure_channel(rt.home.config.parent, creds, options=options)
+        session: Session | None = None
         try:
             call = pbg.FederationStub(channel).Link()
             session = Session(rt, state, call.read, call.write)
@@ -306,6 +312,11 @@ async def dial_parent(rt: NodeRuntime, state: LinkState) -> None:
             state.down(f"{e.code().name}: {e.details()}", refused=refused)
         except (ConnectionError, OSError) as e:
             state.down(str(e))
+        except asyncio.InvalidStateError:
+            # grpc.aio: a write after the RPC ended, i.e. the link was cut; report the real reason
+            code, details = await call.code(), await call.details()
+            state.down(f"{code.name}: {details}", refused=code in (grpc.StatusCode.PERMISSION_DENIED,
+                                                                   grpc.StatusCode.UNAUTHENTICATED))
         except asyncio.CancelledError:
             state.down("stopping")
             await channel.close(grace=None)
@@ -315,11 +326,9 @@ async def dial_parent(rt: NodeRuntime, state: LinkState) -> None:
             state.down(f"{type(e).__name__}: {e}")
         finally:
             await channel.close(grace=None)
-        if time.monotonic() - started > 10:
+        if (session is not None and session.established) or time.monotonic() - started > 10:
             backoff = 0.5
         delay = backoff * (0.5 + random.random())
         backoff = min(backoff * 2, 30.0)
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(rt.stopping.wait(), delay)
-        except TimeoutError:
-            pass

@@ -3,7 +3,7 @@ State Council notices, and cross-checked against chinese_calendar where it appli
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import chinese_calendar
@@ -89,7 +89,7 @@ def test_working_minutes_between(start: str, end: str, minutes: int, why: str) -
 
 
 def test_other_time_zones_are_converted_to_china_time() -> None:
-    utc = datetime(2025, 10, 9, 1, 0, tzinfo=timezone.utc)  # 09:00 in Beijing
+    utc = datetime(2025, 10, 9, 1, 0, tzinfo=UTC)  # 09:00 in Beijing
     assert CAL.working_minutes_between(utc, t("2025-10-09T10:00")) == 60
 
 
@@ -137,6 +137,10 @@ _instants = st.datetimes(min_value=datetime(2025, 1, 1), max_value=datetime(2026
 def test_add_then_measure_round_trips(start: datetime, minutes: int) -> None:
     end = CAL.add_working_minutes(start, minutes)
     assert CAL.working_minutes_between(start, end) == minutes
+    # the fast path for record timestamps agrees with the datetime path
+    for instant in (start, end):
+        assert CAL.index_of_iso(instant.isoformat()) == CAL.working_minute_index(instant)
+        assert CAL.index_of_iso(instant.replace(tzinfo=None).isoformat()) == CAL.working_minute_index(instant)
     if minutes > 0:  # earliest instant: one minute earlier, the time is not yet used up
         assert CAL.working_minutes_between(start, end - timedelta(minutes=1)) == minutes - 1
 

@@ -18,7 +18,13 @@ from node.errors import FednodeError
 from node.records import encode_payload
 
 T = "2025-10-09T09:30:00+08:00"
-CASE = {"case_no": "3203032025100900100001", "item_code": "320303010002", "division": "320303", "dept": "320303-SCJG", "time": T}
+CASE = {
+    "case_no": "3203032025100900100001",
+    "item_code": "320303010002",
+    "division": "320303",
+    "dept": "320303-SCJG",
+    "time": T,
+}
 
 VALID: dict[str, dict[str, Any]] = {
     "item": {
@@ -231,6 +237,9 @@ REJECTIONS: list[tuple[str, dict[str, Any], str, str]] = [
     # bad dates
     ("case.apply", {"time": "2025-13-01 09:00:00"}, "time", "not a real date"),
     ("case.apply", {"time": "20250230093000"}, "time", "not a real date"),
+    ("case.apply", {"time": "2025-02-30T09:30:00+08:00"}, "time", "not a real date"),
+    ("case.apply", {"time": "0001-01-01T00:00:00+08:00"}, "time", "outside"),
+    ("case.apply", {"time": "2" * 100}, "time", "not a date and time"),
     ("case.apply", {"time": "yesterday"}, "time", "not a date and time"),
     ("case.apply", {"time": "2025-10-09"}, "time", "without a time of day"),
     ("case.apply", {"time": date(2025, 10, 9)}, "time", "without a time of day"),
@@ -285,7 +294,9 @@ REJECTIONS: list[tuple[str, dict[str, Any], str, str]] = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("kind", "changes", "field", "rule"), REJECTIONS, ids=[f"{r[0]}-{r[2]}-{r[3]}" for r in REJECTIONS])
+@pytest.mark.parametrize(
+    ("kind", "changes", "field", "rule"), REJECTIONS, ids=[f"{r[0]}-{r[2]}-{r[3]}" for r in REJECTIONS]
+)
 def test_rejection_names_the_field(kind: str, changes: dict[str, Any], field: str, rule: str) -> None:
     with pytest.raises(ValidationError) as ei:
         validate(kind, _with(kind, **changes))
@@ -345,16 +356,26 @@ def test_time_formats(given: Any, expected: str) -> None:
 @pytest.mark.parametrize(
     ("given", "expected"),
     [("20301008", "2030-10-08"), ("2030-10-08", "2030-10-08"), (date(2030, 10, 8), "2030-10-08"),
-     ("2030-10-08 00:00:00", "2030-10-08"), (datetime(2030, 10, 8, 23, 0), "2030-10-08")],
+     ("2030-10-08 00:00:00", "2030-10-08"), (datetime(2030, 10, 8, 23, 0), "2030-10-08"),
+     ("9999-12-31", "9999-12-31"), ("2030-10-08T23:30:00+00:00", "2030-10-09")],
 )  # fmt: skip
 def test_date_formats(given: Any, expected: str) -> None:
-    assert validate("case.complete", {**VALID["case.complete"], "cert_valid_until": given})["cert_valid_until"] == expected
+    assert (
+        validate("case.complete", {**VALID["case.complete"], "cert_valid_until": given})["cert_valid_until"]
+        == expected
+    )
 
 
 def test_numbers_codes_and_text_are_normalised() -> None:
     out = validate(
         "case.step",
-        {**VALID["case.step"], "step_no": "3", "amount": Decimal("60000.00"), "action": "通过", "handler": "  李强 "},
+        {
+            **VALID["case.step"],
+            "step_no": "3",
+            "amount": Decimal("60000.00"),
+            "action": "通过",
+            "handler": "  李强 ",
+        },
     )
     assert out["step_no"] == 3 and out["amount"] == 60000 and isinstance(out["amount"], int)
     assert out["action"] == "pass" and out["handler"] == "李强"
@@ -371,7 +392,9 @@ def test_numbers_codes_and_text_are_normalised() -> None:
 
 
 def test_optional_fields_and_defaults() -> None:
-    minimal_apply = {k: v for k, v in VALID["case.apply"].items() if k not in ("materials", "assigned", "amount")}
+    minimal_apply = {
+        k: v for k, v in VALID["case.apply"].items() if k not in ("materials", "assigned", "amount")
+    }
     out = validate("case.apply", minimal_apply)
     assert out["materials"] == [] and out["assigned"] is False and "amount" not in out
     # absent, null and blank optional fields give the same payload (same bytes on re-delivery)
@@ -381,7 +404,11 @@ def test_optional_fields_and_defaults() -> None:
     b = validate("case.accept", {**refused, "refuse_reason": None, "promised_at": None})
     c = validate("case.accept", {**refused, "refuse_reason": "  "})
     assert a == b == c and "refuse_reason" not in a  # refusal without reason stays valid: an anomaly
-    item = {k: v for k, v in VALID["item"].items() if k not in ("discretion", "risk_points", "major_threshold", "unit")}
+    item = {
+        k: v
+        for k, v in VALID["item"].items()
+        if k not in ("discretion", "risk_points", "major_threshold", "unit")
+    }
     out = validate("item", item)
     assert out["discretion"] == [] and out["risk_points"] == [] and out["major_threshold"] is None
     assert out["unit"] == "workday"
@@ -428,7 +455,11 @@ def test_natural_key(kind: str) -> None:
 
 def test_natural_key_of_raw_row_matches_validated_payload() -> None:
     raw = {**VALID["case.step"], "step_no": "3", "case_no": " 3203032025100900100001 "}
-    assert natural_key("case.step", raw) == natural_key("case.step", validate("case.step", raw)) == KEYS["case.step"]
+    assert (
+        natural_key("case.step", raw)
+        == natural_key("case.step", validate("case.step", raw))
+        == KEYS["case.step"]
+    )
     raw_p = {**VALID["project.record"], "at": "20251009093000"}
     assert natural_key("project.record", raw_p) == KEYS["project.record"]
 
@@ -467,9 +498,15 @@ _scalars = st.one_of(
     st.text(max_size=10).map(lambda s: s.encode("gb18030", "replace").decode("utf-8", "surrogateescape")),
     st.datetimes(),
     st.dates(),
-    st.sampled_from(["", " ", "20251009093000", "2025-10-09 09:30:00", "1", "01", "pass", "nan", "1e5", "是", HUGE]),
+    st.sampled_from(
+        ["", " ", "20251009093000", "2025-10-09 09:30:00", "1", "01", "pass", "nan", "1e5", "是", HUGE]
+    ),
 )
-_json_like = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
+_json_like = st.recursive(
+    _scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -506,8 +543,10 @@ def test_fuzz_one_field_replaced(kind: str, data: st.DataObject) -> None:
     except ValidationError as e:
         assert "unreadable" not in e.rule, e
         # the replaced field is the one named (or a cross-field rule that involves it)
-        assert e.field.split("[")[0] == field or e.field in ("promised_days", "ended_at", "due_at") or (
-            kind == "item" and field == "steps"
+        assert (
+            e.field.split("[")[0] == field
+            or e.field in ("promised_days", "ended_at", "due_at")
+            or (kind == "item" and field == "steps")
         ), (field, e)
 
 

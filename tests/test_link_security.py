@@ -429,12 +429,25 @@ def test_restored_child_recovers_its_logs_before_it_appends(tmp_path: Path) -> N
         assert total_seq(final) == born, f"{born} records born at 320303 but its logs hold {total_seq(final)}"
         _, total, distinct = root_counts(province, list(final))
         assert total == distinct == born
+
+        # restored again, and an ingest arrives at once: the node itself must hold it until it has
+        # recovered (the admin ingest waits), so it still never reuses a seq
+        cl.stop(COUNTY)
+        restore_store(county, tmp_path / "backup-320303")
+        cl.start(COUNTY)
+        born += cl.ingest(COUNTY, 700, seed=4)
+        assert cl.status(COUNTY)["recovered"]
+        again = wait_same_heads(city, county, COUNTY)
+        wait_same_heads(province, county, COUNTY)
+        assert total_seq(again) == total_seq(final) + 700 == born
+        _, total, distinct = root_counts(province, list(again))
+        assert total == distinct == born
         cl.stop(PROVINCE, CITY, COUNTY)
 
         for h in (province, city, county):
             assert incidents_of(h) == [], f"{h.code} recorded integrity incidents (a fork)"
             report = verify_cli(h)
-            assert report.get("ok", True) and not report.get("problems"), report
+            assert report["ok"] and not report["problems"], report
         assert heads_of(county, COUNTY) == heads_of(city, COUNTY) == heads_of(province, COUNTY)
 
 
@@ -462,7 +475,7 @@ def test_restored_parent_gets_missing_tail_from_child(tmp_path: Path) -> None:
         assert heads_of(city, COUNTY) != heads_of(county, COUNTY)
 
         cl.start(CITY)
-        wait_same_heads(city, county, COUNTY, timeout=60)
+        wait_same_heads(city, county, COUNTY, timeout=90)
         assert incidents_of(city) == []
 
         cl.start(PROVINCE)
@@ -472,9 +485,21 @@ def test_restored_parent_gets_missing_tail_from_child(tmp_path: Path) -> None:
         assert total_seq(final) == born
         _, total, distinct = root_counts(province, list(final))
         assert total == distinct == born
+
+        # restored again while the province runs: the county (from below) and the province (from
+        # above) may both re-send the tail; idempotent appends, no fork
+        cl.stop(CITY)
+        restore_store(city, tmp_path / "backup-320300")
+        cl.start(CITY)
+        born += cl.ingest(COUNTY, 600, seed=4)
+        again = wait_same_heads(city, county, COUNTY, timeout=90)
+        wait_same_heads(province, county, COUNTY, timeout=90)
+        assert total_seq(again) == born
+        _, total, distinct = root_counts(province, list(again))
+        assert total == distinct == born
         cl.stop(PROVINCE, CITY, COUNTY)
 
         for h in (province, city, county):
             assert incidents_of(h) == [], f"{h.code} recorded integrity incidents (a fork)"
             report = verify_cli(h)
-            assert report.get("ok", True) and not report.get("problems"), report
+            assert report["ok"] and not report["problems"], report

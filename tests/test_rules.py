@@ -81,12 +81,12 @@ def levels(alerts: Iterable[Mapping[str, Any]], rule: str) -> list[int]:
 
 # ---- case cards on the exact working minute --------------------------------------------------------
 
-SUSPEND = [
+SUSPEND: list[Record] = [
     ("case.suspend", {**COMMON, "suspend_no": "1", "suspend_kind": "2", "reason": "专家评审",
                       "approver": "局长", "started_at": iso("2025-10-09T09:00"), "approved_days": 5}),
     ("case.resume", {**COMMON, "suspend_no": "1", "ended_at": iso("2025-10-13T09:00")}),
 ]  # fmt: skip  # pauses exactly 3 working days (10-9, 10-10, 10-11)
-CORRECTION = [
+CORRECTION: list[Record] = [
     ("case.correction_notice", {**COMMON, "notice_no": "1", "materials": ["图纸"], "issuer": "李四",
                                 "time": iso("2025-09-29T10:00")}),
     ("case.correction_accepted", {**COMMON, "notice_no": "1", "time": iso("2025-09-30T10:00")}),

@@ -192,6 +192,10 @@ class _Complaint(NamedTuple):
     respondent_unit: str
 
 
+def _step_ended(r: _Step) -> bool:
+    return r.ended_at is not None
+
+
 def _prefer(old: Any, new: Any, complete: Callable[[Any], bool]) -> Any:
     """Deterministic merge of two versions of one record (see the module rules)."""
     if old is None or old == new:
@@ -241,6 +245,20 @@ class _OpenComplaint:
         self.dirty = True
         self.watch: list[list[Any]] = []
         self.next_pos: float = _INF
+
+
+@dataclass(frozen=True, slots=True)
+class _Limits:
+    """An item's time thresholds as (level, minutes) pairs on its clock."""
+
+    natural: bool
+    case: tuple[tuple[int, int], ...]
+    promised_fallback: bool  # item unknown: derive the promised limit from accept.promised_at
+    warn_before: int
+    yellow_after: int
+    steps: tuple[tuple[tuple[int, int], ...] | None, ...]  # per fixed step position
+    special: tuple[int, int, int] | None  # warn before, yellow after, red after the approved end
+    days: Callable[[float], int]
 
 
 def _parse(ts: str) -> datetime:
@@ -293,6 +311,7 @@ class RulesEngine:
         self.config = config or RulesConfig()
         self.division = division  # this node, for operator alerts
         self._items: dict[str, ItemSpec] = {}
+        self._limits_cache: dict[str, _Limits] = {}
         self._cases: dict[str, _Case] = {}
         self._open: dict[str, _Case] = {}
         self._by_item: dict[str, set[str]] = {}
@@ -463,6 +482,7 @@ class RulesEngine:
     def _on_item(self, p: Mapping[str, Any], out: list[Alert]) -> None:
         item = ItemSpec.from_payload(p)
         self._items[item.item_code] = item
+        self._limits_cache.pop(item.item_code, None)
         # cases seen before their item: everything that needed the item is evaluated now
         for key in sorted(self._by_item.get(item.item_code, ())):
             case = self._cases[key]
@@ -495,10 +515,11 @@ class RulesEngine:
             str(p.get("handler") or ""), str(p.get("post") or ""), str(p.get("action") or ""),
             p.get("started_at"), p.get("ended_at"), _num(p.get("amount")),
             None if p.get("circumstance") is None else str(p["circumstance"]),
-            tuple(str(e) for e in evidence),
+            tuple(map(str, evidence)),
         )  # fmt: skip
         n = rec.step_no
-        case.steps[n] = _prefer(case.steps.get(n), rec, lambda r: r.ended_at is not None)
+        old = case.steps.get(n)
+        case.steps[n] = rec if old is None else _prefer(old, rec, _step_ended)
         self._check_step(case, n, out)
         if n + 1 in case.steps:
             self._check_step(case, n + 1, out)
@@ -693,88 +714,135 @@ class RulesEngine:
 
     # -- time rules ---------------------------------------------------------------------------------
 
+    def _limits(self, item: ItemSpec | None) -> _Limits:
+        """Thresholds of an item in minutes of its clock, computed once per item (hot in scans)."""
+        code = item.item_code if item else ""
+        limits = self._limits_cache.get(code)
+        if limits is None:
+            th = self._thresholds(item)
+            natural = item is not None and item.unit == "day"
+            days = self.natural.days_to_minutes if natural else self.calendar.days_to_minutes
+            case_levels: list[tuple[int, int]] = []
+            if item is not None and item.promised_days:
+                promised = days(item.promised_days)
+                case_levels.append((WARN, max(promised - days(th.case_warn_before_days), 0)))
+                case_levels.append((YELLOW, promised + days(th.case_yellow_after_days) + 1))
+            if item is not None and item.statutory_days:
+                case_levels.append((RED, days(item.statutory_days) + days(th.case_red_after_days) + 1))
+            steps: list[tuple[tuple[int, int], ...] | None] = []
+            for limit_days in item.step_limits if item else ():
+                if not limit_days:
+                    steps.append(None)
+                    continue
+                limit = days(limit_days)
+                steps.append(
+                    (
+                        (WARN, max(round(limit * th.step_warn_ratio), 0)),
+                        (YELLOW, round(limit * th.step_yellow_ratio) + 1),
+                        (RED, round(limit * th.step_red_ratio) + 1),
+                    )
+                )
+            limits = _Limits(
+                natural=natural,
+                case=tuple(case_levels) if "case_time" not in th.disabled_rules else (),
+                promised_fallback="case_time" not in th.disabled_rules and item is None,
+                warn_before=days(th.case_warn_before_days),
+                yellow_after=days(th.case_yellow_after_days),
+                steps=tuple(steps) if "step_time" not in th.disabled_rules else (),
+                special=(
+                    (days(th.special_warn_before_days), days(th.special_yellow_after_days),
+                     days(th.special_red_after_days))
+                    if "special_time" not in th.disabled_rules else None
+                ),
+                days=days,
+            )  # fmt: skip
+            self._limits_cache[code] = limits
+        return limits
+
     def _build_case_watch(self, case: _Case) -> None:
         item = self._items.get(case.item_code)
-        th = self._thresholds(item)
-        clock: Calendar | NaturalClock = self.calendar
-        case.natural = item is not None and item.unit == "day"
-        if case.natural:
-            clock = self.natural
-        idx = clock.working_minute_index
-        days = clock.days_to_minutes
-        disabled = th.disabled_rules
+        lim = self._limits(item)
+        case.natural = lim.natural
+        idx = self.natural.index_of_iso if lim.natural else self.calendar.index_of_iso
+        levels_done = self._levels
         pauses: list[tuple[int, float]] = []
         for no, sp in case.suspends.items():
             if sp.started_at:
                 end = case.resumes.get(no)
-                pauses.append((idx(_parse(sp.started_at)), idx(_parse(end)) if end else _INF))
+                pauses.append((idx(sp.started_at), idx(end) if end else _INF))
         for no, t in case.notices.items():
             end = case.corrections.get(no)
-            pauses.append((idx(_parse(t)), idx(_parse(end)) if end else _INF))
-        pauses = _merge(pauses)
+            pauses.append((idx(t), idx(end) if end else _INF))
+        if len(pauses) > 1:
+            pauses = _merge(pauses)
         watch: list[list[Any]] = []
+        next_pos = _INF
         base = f"{case.division}:{case.case_no}"
 
-        def add(obj_key: str, rule: str, step_no: int | None, sub: str | None,
-                levels: list[tuple[int, float]], cap: float) -> None:  # fmt: skip
-            done = self._levels.get(obj_key, 0)
-            keep = [(lv, pos) for lv, pos in levels if lv > done and pos <= cap and pos != _INF]
-            if keep:
-                watch.append([obj_key, rule, step_no, sub, keep])
-
         acc = case.accept
-        if acc is not None and acc.time and "case_time" not in disabled:
-            start = idx(_parse(acc.time))
-            promised: int | None = None
-            if item is not None and item.promised_days:
-                promised = days(item.promised_days)
-            elif item is None and acc.promised_at:
-                promised = idx(_parse(acc.promised_at)) - start
-            levels: list[tuple[int, float]] = []
-            if promised is not None and promised > 0:
-                levels.append(
-                    (WARN, _crossing(start, pauses, max(promised - days(th.case_warn_before_days), 0)))
-                )
-                levels.append(
-                    (YELLOW, _crossing(start, pauses, promised + days(th.case_yellow_after_days) + 1))
-                )
-            if item is not None and item.statutory_days:
-                statutory = days(item.statutory_days)
-                levels.append((RED, _crossing(start, pauses, statutory + days(th.case_red_after_days) + 1)))
-            add(f"case_time:{base}", "case_time", None, None, levels, _INF)
-        if item is not None and "step_time" not in disabled:
+        if acc is not None and acc.time:
+            thresholds = lim.case
+            start = idx(acc.time)
+            if lim.promised_fallback and acc.promised_at:
+                # no item: the promised limit is the one the source system computed at acceptance
+                promised = idx(acc.promised_at) - start
+                if promised > 0:
+                    thresholds = (
+                        (WARN, max(promised - lim.warn_before, 0)),
+                        (YELLOW, promised + lim.yellow_after + 1),
+                    )
+            if thresholds:
+                obj_key = f"case_time:{base}"
+                done = levels_done.get(obj_key, 0)
+                keep = [
+                    (lv, _crossing(start, pauses, m) if pauses else start + m)
+                    for lv, m in thresholds
+                    if lv > done
+                ]
+                keep = [(lv, pos) for lv, pos in keep if pos != _INF]
+                if keep:
+                    watch.append([obj_key, "case_time", None, None, keep])
+                    next_pos = min(next_pos, min(pos for _, pos in keep))
+        if lim.steps and item is not None:
             for n, s in case.steps.items():
                 q = item.position.get(s.step_code)
                 if q is None or not s.started_at:
                     continue
-                limit_days = item.step_limits[q]
-                if not limit_days:
+                thresholds_s = lim.steps[q]
+                if thresholds_s is None:
                     continue
-                limit = days(limit_days)
-                start = idx(_parse(s.started_at))
-                cap = idx(_parse(s.ended_at)) if s.ended_at else _INF
-                levels = [
-                    (WARN, _crossing(start, pauses, max(round(limit * th.step_warn_ratio), 0))),
-                    (YELLOW, _crossing(start, pauses, round(limit * th.step_yellow_ratio) + 1)),
-                    (RED, _crossing(start, pauses, round(limit * th.step_red_ratio) + 1)),
-                ]
-                add(f"step_time:{base}:{n}", "step_time", n, None, levels, cap)
-        if "special_time" not in disabled:
+                obj_key = f"step_time:{base}:{n}"
+                done = levels_done.get(obj_key, 0)
+                start = idx(s.started_at)
+                cap = idx(s.ended_at) if s.ended_at else _INF
+                keep = [(lv, _crossing(start, pauses, m) if pauses else start + m)
+                        for lv, m in thresholds_s if lv > done]  # fmt: skip
+                keep = [(lv, pos) for lv, pos in keep if pos <= cap and pos != _INF]
+                if keep:
+                    watch.append([obj_key, "step_time", n, None, keep])
+                    next_pos = min(next_pos, min(pos for _, pos in keep))
+        if lim.special is not None:
+            warn_before, yellow_after, red_after = lim.special
             for no, sp in case.suspends.items():
                 if not sp.started_at or not sp.approved_days:
                     continue
-                start = idx(_parse(sp.started_at))
-                approved = days(sp.approved_days)
+                obj_key = f"special_time:{base}:{no}"
+                done = levels_done.get(obj_key, 0)
+                start = idx(sp.started_at)
+                approved = lim.days(sp.approved_days)
                 end = case.resumes.get(no)
-                cap = idx(_parse(end)) if end else _INF
-                levels = [
-                    (WARN, start + max(approved - days(th.special_warn_before_days), 0)),
-                    (YELLOW, start + approved + days(th.special_yellow_after_days) + 1),
-                    (RED, start + approved + days(th.special_red_after_days) + 1),
-                ]
-                add(f"special_time:{base}:{no}", "special_time", None, no, levels, cap)
+                cap = idx(end) if end else _INF
+                specials = (
+                    (WARN, start + max(approved - warn_before, 0)),
+                    (YELLOW, start + approved + yellow_after + 1),
+                    (RED, start + approved + red_after + 1),
+                )
+                keep = [(lv, pos) for lv, pos in specials if lv > done and pos <= cap]
+                if keep:
+                    watch.append([obj_key, "special_time", None, no, keep])
+                    next_pos = min(next_pos, min(pos for _, pos in keep))
         case.watch = watch
-        case.next_pos = min((pos for w in watch for _, pos in w[4]), default=_INF)
+        case.next_pos = next_pos
         case.dirty = False
 
     def _build_complaint_watch(self, c: _OpenComplaint) -> None:
