@@ -73,6 +73,9 @@ async def _handle(rt: NodeRuntime, reader: asyncio.StreamReader, writer: asyncio
 
 
 async def serve(rt: NodeRuntime) -> asyncio.AbstractServer:
+    from node.commands import load_all
+
+    load_all()  # feature modules register their admin ops on import
     path = socket_path(rt.home)
     if os.path.exists(path):
         os.unlink(path)

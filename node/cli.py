@@ -379,6 +379,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("demo", "build a local tree of nodes, feed it, and check the province holds everything", dir_arg=False)
     sp.add_argument("--records", type=int, default=20000, help="records fed at each leaf (default 20000)")
     sp.add_argument("--keep", metavar="DIR", help="leave the node homes in DIR")
+    from node.commands import load_all
+
+    for module in load_all():
+        if hasattr(module, "add_parsers"):
+            module.add_parsers(sub, add)
+
     sp = add("bench", "benchmarks, each beside its reference measured in the same run", dir_arg=False)
     sp.add_argument("--records", type=int, default=200_000)
     sp.add_argument("--backlog", type=int, default=100_000)
@@ -390,7 +396,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     node_logging.configure("warning" if args.command != "run" else "info")
-    name = args.command + (f" {args.pki_command}" if args.command == "pki" else "")
+    nested = getattr(args, f"{args.command.replace('-', '_')}_command", None)
+    name = args.command + (f" {nested}" if nested else "")
     handler = COMMANDS[name]
     try:
         return handler(args)

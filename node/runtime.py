@@ -81,14 +81,18 @@ class NodeRuntime:
         self.recover_target: dict[tuple[str, int], int] = {}
         self.started_us = now_us()
         self.loop = asyncio.get_running_loop()
+        self.services: list[Any] = []
+        self.scheduler: Any = None
 
     async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await self.loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
 
     def notify(self) -> None:
-        """Something was stored: wake every link."""
+        """Something was stored: wake every link and every service."""
         for s in list(self.sessions):
             s.wake.set()
+        for svc in self.services:
+            svc.on_stored()
         if not self.recovered.is_set():
             self.loop.create_task(self._check_recovered())
 
@@ -165,6 +169,10 @@ class NodeRuntime:
         data["links"] = [self._link_status(st) for st in self.links.values()]
         data["refused_peers"] = self.refused_peers
         data["tree"] = self.child_reports
+        for svc in self.services:
+            section = svc.status()
+            if section is not None:
+                data[svc.name] = section
         return data
 
     async def status(self) -> dict[str, Any]:
@@ -179,50 +187,119 @@ class NodeRuntime:
 
         return await self.db(build)
 
+    def _start_uplink(self) -> None:
+        from node import transport
+
+        up = self.links.get(self.parent_code) or LinkState(self.parent_code, "up")
+        self.links[self.parent_code] = up
+        self._uplink = asyncio.create_task(transport.dial_parent(self, up))
+
+    async def reload(self) -> None:
+        """SIGHUP: re-read node.toml and apply what can change without a restart. A changed parent
+        address redials (the link resumes from the heads, so nothing is lost); a changed listen address
+        or store URL needs a restart, which is logged."""
+        from node import config as config_mod
+        from node import logging as node_logging
+
+        try:
+            new = config_mod.load(self.home.config.path)
+        except Exception as e:
+            log.error("reload_failed", error=str(e), note="the running configuration stays in force")
+            return
+        old, self.home.config = self.home.config, new
+        node_logging.configure(new.log_level, new.log_format)
+        if (new.parent, new.parent_code) != (old.parent, old.parent_code):
+            self.parent_code = new.parent_code
+            if self._uplink is not None:
+                self._uplink.cancel()
+                await asyncio.gather(self._uplink, return_exceptions=True)
+                self._uplink = None
+            if new.parent and new.parent_code:
+                self._start_uplink()
+            log.info("reload_parent_changed", parent=new.parent)
+        for name in ("listen", "store_url", "code", "admin_socket"):
+            if getattr(new, name) != getattr(old, name):
+                log.warning("reload_needs_restart", field=name, running=getattr(old, name), configured=getattr(new, name))
+                setattr(self.home.config, name, getattr(old, name))
+        for svc in self.services:
+            hook = getattr(svc, "reload", None)
+            if hook is not None:
+                await hook()
+        log.info("reloaded", config=str(new.path))
+
     # -- running ------------------------------------------------------------------------------------------
 
     async def serve(self) -> None:
         from node import admin, transport
+        from node.commands import load_all
         from proto.fednode.v1 import fednode_pb2_grpc as pbg
 
         cfg = self.home.config
+        self.scheduler = make_scheduler(self)
+        self.services = [cls(self) for m in load_all() for cls in getattr(m, "SERVICES", [])]
         server = None
         health_servicer = health.HealthServicer()
         if cfg.listen:
             server = grpc.aio.server(options=transport.SERVER_OPTIONS)
             pbg.add_FederationServicer_to_server(transport.FederationService(self), server)
             health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+            for svc in self.services:
+                svc.add_to_server(server)
             server.add_secure_port(cfg.listen, transport.server_credentials(self))
             await server.start()
             health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
             health_servicer.set("fednode.v1.Federation", health_pb2.HealthCheckResponse.SERVING)
             log.info("listening", address=cfg.listen, path=self.path)
-        tasks = []
+        self._uplink: asyncio.Task[None] | None = None
         if cfg.parent and self.parent_code:
-            up = self.links[self.parent_code] = LinkState(self.parent_code, "up")
-            tasks.append(asyncio.create_task(transport.dial_parent(self, up)))
+            self._start_uplink()
         else:
             self.recovered.set()
         admin_server = await admin.serve(self)
+        self.scheduler.start()
+        for svc in self.services:
+            await svc.start()
+            log.info("service_started", service=svc.name)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
         log.info("node_running", code=self.code, pid=os.getpid())
         await self.stopping.wait()
         log.info("node_stopping", code=self.code)
         # graceful: stop taking new work, let the in-flight transaction finish, then close
         admin_server.close()
+        for svc in reversed(self.services):
+            try:
+                await svc.stop()
+            except Exception:
+                log.exception("service_stop_failed", service=svc.name)
+        self.scheduler.shutdown(wait=False)
         if server is not None:
             health_servicer.enter_graceful_shutdown()
             await server.stop(grace=3)
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._uplink is not None:
+            self._uplink.cancel()
+            await asyncio.gather(self._uplink, return_exceptions=True)
         self._executor.shutdown(wait=True)
         with contextlib.suppress(FileNotFoundError):
             Path(admin.socket_path(self.home)).unlink()
         self.home.close()
         log.info("node_stopped", code=self.code)
+
+
+def make_scheduler(rt: NodeRuntime) -> Any:
+    """APScheduler 3.x on our loop, its jobs persisted in the node's own database (table apscheduler_jobs),
+    so scheduled work survives restarts; misfires within an hour still run once (coalesced)."""
+    from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+    return AsyncIOScheduler(
+        jobstores={"default": SQLAlchemyJobStore(engine=rt.ledger.store.engine, tablename="apscheduler_jobs")},
+        job_defaults={"coalesce": True, "misfire_grace_time": 3600, "max_instances": 1},
+        timezone="Asia/Shanghai",
+        event_loop=rt.loop,
+    )
 
 
 def run(home: Home) -> int:

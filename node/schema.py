@@ -1,5 +1,9 @@
 """The store's tables (SQLAlchemy Core). Migrations in node/migrations/ create exactly these.
 
+Both record tables carry ``local_seq``: one counter per node, shared by the two tables, stamped when a
+record is stored here. It is this node's change feed (``Store.changes``): projections (rules,
+tickets, statistics) follow it with a cursor instead of scanning.
+
 ``records`` holds, per (origin, channel), the contiguous prefix 1..n of that log; ``heads`` holds n
 and chain[n]. ``down_records`` holds records from ancestors addressed into this node's subtree: only
 a subset of the issuer's log, so each is verified by its own signature and never chained here.
@@ -36,8 +40,10 @@ records = Table(
     Column("key_id", LargeBinary, nullable=False),
     Column("chain", LargeBinary, nullable=False),
     Column("stored_us", BigInteger, nullable=False),
+    Column("local_seq", BigInteger, nullable=False),  # this node's change feed: order of arrival here
     Index("ix_records_dest", "dest", "channel"),
     Index("ix_records_kind", "kind"),
+    Index("ix_records_local_seq", "local_seq", unique=True),
 )
 
 heads = Table(
@@ -75,7 +81,9 @@ down_records = Table(
     Column("key_id", LargeBinary, nullable=False),
     Column("entry", LargeBinary, nullable=False),
     Column("stored_us", BigInteger, nullable=False),
+    Column("local_seq", BigInteger, nullable=False),
     Index("ix_down_dest", "dest", "channel"),
+    Index("ix_down_local_seq", "local_seq", unique=True),
 )
 
 keys = Table(

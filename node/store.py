@@ -72,6 +72,26 @@ class CheckpointRow:
         return pb.Checkpoint(body=self.body, signature=self.signature, key_id=self.key_id)
 
 
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One entry of the change feed (see ``Store.changes``)."""
+
+    local_seq: int
+    origin: str
+    channel: int
+    seq: int
+    kind: str
+    dest: str
+    time_us: int
+    body: bytes
+    down: bool  # held from an ancestor (down_records), not part of a contiguous log here
+
+    def payload(self) -> Any:
+        from node.records import parse_body
+
+        return parse_body(self.body).payload_json()
+
+
 @dataclass
 class AppendResult:
     appended: int
@@ -190,12 +210,14 @@ class WriteTx:
                 fix="the batch was refused; the sender's store may be damaged, run `fednode verify` there",
             )
         stored_us = now_us()
+        local = self.next_local_seq(len(new))
         # the hot path: plain DB-API executemany, without SQLAlchemy's per-row bind processing (~2x faster)
         self.conn.exec_driver_sql(
             self.store.insert_records_sql,
             [
-                (origin, channel, r.seq, r.kind, r.dest, r.time_us, r.body, r.signature, r.key_id, c, stored_us)
-                for r, c in zip(new, chains, strict=True)
+                (origin, channel, r.seq, r.kind, r.dest, r.time_us, r.body, r.signature, r.key_id, c, stored_us,
+                 local + i)
+                for i, (r, c) in enumerate(zip(new, chains, strict=True))
             ],
         )
         made: list[CheckpointRow] = []
@@ -254,16 +276,24 @@ class WriteTx:
             fresh.append((r, e))
         if fresh:
             stored_us = now_us()
+            local = self.next_local_seq(len(fresh))
             self.conn.execute(
                 t.down_records.insert(),
                 [
                     {"origin": origin, "channel": channel, "seq": r.seq, "kind": r.kind, "dest": r.dest,
                      "time_us": r.time_us, "body": r.body, "signature": r.signature, "key_id": r.key_id,
-                     "entry": e, "stored_us": stored_us}
-                    for r, e in fresh
+                     "entry": e, "stored_us": stored_us, "local_seq": local + i}
+                    for i, (r, e) in enumerate(fresh)
                 ],
             )
         return len(fresh), len(rows) - len(fresh)
+
+    def next_local_seq(self, n: int) -> int:
+        """Reserve ``n`` numbers of the change feed; returns the first. Runs inside the write lock."""
+        cur = self.conn.execute(select(t.meta.c.value).where(t.meta.c.key == "local_seq")).scalar()
+        first = int(cur or 0) + 1
+        self.set_meta("local_seq", str(first + n - 1))
+        return first
 
     # -- keys, quarantine, meta -----------------------------------------------------------------------
 
@@ -310,8 +340,8 @@ class Store:
         self.is_sqlite = engine.dialect.name == "sqlite"
         self._write_lock = threading.Lock()  # one writer per store inside a process
         mark = "%s" if self.is_postgres else "?"
-        cols = "origin, channel, seq, kind, dest, time_us, body, signature, key_id, chain, stored_us"
-        self.insert_records_sql = f"INSERT INTO records ({cols}) VALUES ({', '.join([mark] * 11)})"
+        cols = "origin, channel, seq, kind, dest, time_us, body, signature, key_id, chain, stored_us, local_seq"
+        self.insert_records_sql = f"INSERT INTO records ({cols}) VALUES ({', '.join([mark] * 12)})"
 
     @classmethod
     def open(cls, url: str, *, base_dir: Path | None = None, migrate: bool = True) -> Store:
@@ -451,6 +481,24 @@ class Store:
         with self.read() as conn:
             r = conn.execute(q).first()
         return CheckpointRow(r.origin, r.channel, r.seq, bytes(r.body), bytes(r.signature), bytes(r.key_id)) if r else None
+
+    def changes(self, after: int, limit: int = 5000, kinds: tuple[str, ...] | None = None) -> list[Change]:
+        """The change feed: records stored here (own, from children, from ancestors) after ``after``, in the
+        order they arrived. ``kinds``: only kinds starting with one of these prefixes."""
+        out: list[Change] = []
+        with self.read() as conn:
+            for table, down in ((t.records, False), (t.down_records, True)):
+                q = select(table.c.local_seq, table.c.origin, table.c.channel, table.c.seq, table.c.kind,
+                           table.c.dest, table.c.time_us, table.c.body).where(table.c.local_seq > after)
+                if kinds:
+                    from sqlalchemy import or_
+
+                    q = q.where(or_(*[table.c.kind.startswith(k) for k in kinds]))
+                for r in conn.execute(q.order_by(table.c.local_seq).limit(limit)):
+                    out.append(Change(r.local_seq, r.origin, r.channel, r.seq, r.kind, r.dest, r.time_us,
+                                      bytes(r.body), down))
+        out.sort(key=lambda c: c.local_seq)
+        return out[:limit]
 
     def incidents(self) -> list[Any]:
         with self.read() as conn:

@@ -282,15 +282,31 @@ class FederationService(pbg.FederationServicer):
             log.exception("link_failed", peer=child)
             state.down(f"{type(e).__name__}: {e}")
 
-    async def Heads(self, request: pb.HeadsRequest, context: grpc.aio.ServicerContext) -> pb.HeadsReply:  # noqa: N802
+    # Reconciliation RPCs: the logic lives in node/reconcile.py (serve_heads, serve_fetch, serve_chains).
+
+    async def _child_or_abort(self, context: grpc.aio.ServicerContext) -> str:
         child = self._authorise_child(context)
         if child is None:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, "not a direct child of this node")
-        heads = await self.rt.db(self.rt.ledger.store.heads)
-        from node import codes
+        assert child is not None
+        return child
 
-        return pb.HeadsReply(heads=[pb.LogHead(origin=o, channel=c, seq=h.seq, chain=h.chain)  # type: ignore[arg-type]
-                                    for (o, c), h in heads.items() if codes.within(o, child or "")])
+    async def Heads(self, request: pb.HeadsRequest, context: grpc.aio.ServicerContext) -> pb.HeadsReply:  # noqa: N802
+        from node import reconcile
+
+        return await reconcile.serve_heads(self.rt, await self._child_or_abort(context), request)
+
+    async def Fetch(self, request: pb.FetchRequest, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        from node import reconcile
+
+        child = await self._child_or_abort(context)
+        async for batch in reconcile.serve_fetch(self.rt, child, request):
+            yield batch
+
+    async def Chains(self, request: pb.ChainsRequest, context: grpc.aio.ServicerContext) -> pb.ChainsReply:  # noqa: N802
+        from node import reconcile
+
+        return await reconcile.serve_chains(self.rt, await self._child_or_abort(context), request)
 
 
 async def dial_parent(rt: NodeRuntime, state: LinkState) -> None:

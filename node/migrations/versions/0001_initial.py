@@ -29,9 +29,11 @@ def upgrade() -> None:
         sa.Column("key_id", sa.LargeBinary, nullable=False),
         sa.Column("chain", sa.LargeBinary, nullable=False),
         sa.Column("stored_us", sa.BigInteger, nullable=False),
+        sa.Column("local_seq", sa.BigInteger, nullable=False),
     )
     op.create_index("ix_records_dest", "records", ["dest", "channel"])
     op.create_index("ix_records_kind", "records", ["kind"])
+    op.create_index("ix_records_local_seq", "records", ["local_seq"], unique=True)
     op.create_table(
         "heads",
         sa.Column("origin", _origin, primary_key=True),
@@ -62,8 +64,10 @@ def upgrade() -> None:
         sa.Column("key_id", sa.LargeBinary, nullable=False),
         sa.Column("entry", sa.LargeBinary, nullable=False),
         sa.Column("stored_us", sa.BigInteger, nullable=False),
+        sa.Column("local_seq", sa.BigInteger, nullable=False),
     )
     op.create_index("ix_down_dest", "down_records", ["dest", "channel"])
+    op.create_index("ix_down_local_seq", "down_records", ["local_seq"], unique=True)
     op.create_table(
         "keys",
         sa.Column("key_id", sa.LargeBinary, primary_key=True),
