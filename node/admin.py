@@ -53,6 +53,18 @@ async def _ingest(rt: NodeRuntime, req: dict[str, Any]) -> Any:
     return result
 
 
+@op("probe")
+async def _probe(rt: NodeRuntime, req: dict[str, Any]) -> Any:
+    """Append one `link.probe` control record (latency measurements, smoke tests of a deployment)."""
+    from node.ledger import NewRecord
+    from node.records import CONTROL, now_us
+
+    payload = {"note": str(req.get("note", ""))[:200], "at_us": now_us()}
+    res = await rt.db(rt.ledger.append, [NewRecord("link.probe", payload)])
+    rt.notify()
+    return {"channel": "control", "seq": res[CONTROL].head.seq}
+
+
 async def _handle(rt: NodeRuntime, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
         line = await reader.readline()

@@ -90,8 +90,7 @@ def control_latency(base: Path, backlog: int) -> dict[str, Any]:
         before = _head(homes["320000"], "320303", 3)
         target = _head(homes["320303"], "320303", CONTROL) + 1
         t0 = time.perf_counter()
-        admin.call(homes["320303"], {"op": "ingest", "records": [
-            {"kind": "link.ping", "payload": {"note": "control latency probe"}}]})
+        admin.call(homes["320303"], {"op": "probe", "note": "control latency probe"})
         while _head(homes["320000"], "320303", CONTROL) < target:
             time.sleep(0.01)
             if time.perf_counter() - t0 > 60:
@@ -105,43 +104,183 @@ def control_latency(base: Path, backlog: int) -> dict[str, Any]:
             "backlog": backlog, "bulk_still_draining": still_draining}
 
 
-def run(records: int = 200_000, backlog: int = 100_000, only: str | None = None) -> list[dict[str, Any]]:
+def catchup(base: Path, backlog: int) -> dict[str, Any]:
+    """A county builds up a backlog while its city is down; after the city comes back, the drain."""
+    homes = demo.build_tree(base / f"catchup{backlog}", CHAIN)
+    preload(homes["320303"].dir, backlog, 3)
+    procs = {code: demo.start(homes[code].dir) for code in ("320000", "320303")}
+    try:
+        time.sleep(1.0)  # the county dials a city that is down
+        procs["320300"] = demo.start(homes["320300"].dir)
+        t0 = time.perf_counter()
+        ok, want = demo.wait_converged(homes, ["320303"], "320000", timeout=900, progress=False)
+        elapsed = time.perf_counter() - t0
+        rss = {code: _rss_peak_mb(p.pid) for code, p in procs.items()}
+    finally:
+        demo.stop_all(procs)
+    return {"ok": ok, "records": sum(want.values()), "elapsed_s": elapsed, "rss_mb": rss}
+
+
+def _pg_url() -> str:
+    import os
+
+    return os.environ.get("FEDNODE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def bench_references(base: Path, scale: float) -> list[dict[str, Any]]:
+    from node import benchrefs
+
+    ed = benchrefs.ed25519(int(20_000 * scale) or 1000)
+    rows = [
+        {"name": "ref: Ed25519 sign", "value": round(ed["sign_per_s"]), "unit": "ops/s", "target": "-",
+         "reference": "cryptography, one process", "ratio": None, "ok": True},
+        {"name": "ref: Ed25519 verify", "value": round(ed["verify_per_s"]), "unit": "ops/s", "target": "-",
+         "reference": "cryptography, one process", "ratio": None, "ok": True},
+        {"name": "ref: raw SQLite insert (WAL, commit/1000)", "value": round(benchrefs.sqlite_insert(int(100_000 * scale) or 5000)),
+         "unit": "rows/s", "target": "-", "reference": "sqlite3 executemany", "ratio": None, "ok": True},
+    ]
+    pg = benchrefs.pg_insert(_pg_url(), int(50_000 * scale) or 5000)
+    rows.append({"name": "ref: raw PostgreSQL insert (commit/1000)", "value": round(pg) if pg else None,
+                 "unit": "rows/s", "target": "-", "reference": "psycopg executemany", "ratio": None, "ok": True})
+    rows.append({"name": "ref: raw gRPC batch stream (TLS, 1000/msg)", "value": round(benchrefs.grpc_stream(int(200_000 * scale) or 20000)),
+                 "unit": "records/s", "target": "-", "reference": "grpc.aio, window 4", "ratio": None, "ok": True})
+    return rows
+
+
+def bench_e2e(base: Path, scale: float) -> list[dict[str, Any]]:
+    records = int(200_000 * scale) or 2000
+    ref = single_node_append_rate(base, min(records, 100_000))
+    r = e2e(base, records)
+    rate = r["records"] / r["elapsed_s"]
+    rows = [{"name": "e2e county→city→province", "value": round(rate), "unit": "records/s",
+             "target": ">= 10000, ratio >= 0.5", "reference": f"single-node append {ref:,.0f}/s",
+             "ratio": round(rate / ref, 3), "ok": r["ok"] and rate >= 10_000 and rate / ref >= 0.5}]
+    for code, mb in r["rss_mb"].items():
+        rows.append({"name": f"e2e peak RSS {code}", "value": round(mb, 1), "unit": "MB", "target": "< 300",
+                     "reference": f"{r['records']} records backlog", "ratio": None, "ok": mb < 300})
+    return rows
+
+
+def bench_control_latency(base: Path, scale: float) -> list[dict[str, Any]]:
+    c = control_latency(base, int(100_000 * scale) or 2000)
+    return [{"name": "control record leaf→province during bulk drain", "value": round(c["latency_s"], 3),
+             "unit": "s", "target": "< 2",
+             "reference": f"bulk at root {c['bulk_at_root_before']}→{c['bulk_at_root_after']} of {c['backlog']}",
+             "ratio": None, "ok": c["latency_s"] < 2 and c["bulk_still_draining"]}]
+
+
+def bench_catchup(base: Path, scale: float) -> list[dict[str, Any]]:
+    small, big = int(100_000 * scale) or 2000, int(500_000 * scale) or 10000
+    rs = catchup(base, small)
+    rb = catchup(base, big)
+    rate = rb["records"] / rb["elapsed_s"]
+    rows = [{"name": "catch-up drain after reconnect", "value": round(rate), "unit": "records/s", "target": ">= 30000",
+             "reference": f"{rb['records']} records built up while the city was down", "ratio": None,
+             "ok": rb["ok"] and rate >= 30_000}]
+    for code in rb["rss_mb"]:
+        grow = rb["rss_mb"][code] / rs["rss_mb"][code]
+        rows.append({"name": f"catch-up peak RSS {code}", "value": round(rb["rss_mb"][code], 1), "unit": "MB",
+                     "target": "no growth with backlog", "reference": f"{rs['rss_mb'][code]:.1f} MB at {rs['records']} records",
+                     "ratio": round(grow, 3), "ok": grow < 1.25})
+    return rows
+
+
+def _module_bench(module: str) -> Any:
+    def run_it(base: Path, scale: float) -> list[dict[str, Any]]:
+        import importlib
+        import inspect
+
+        try:
+            mod = importlib.import_module(module)
+        except ImportError as e:
+            return [{"name": module, "value": None, "unit": "", "target": "-", "reference": f"not available: {e}",
+                     "ratio": None, "ok": True}]
+        params = inspect.signature(mod.run).parameters
+        kwargs = {}
+        for name in ("scale", "size_factor"):
+            if name in params:
+                kwargs[name] = scale
+        rows: list[dict[str, Any]] = mod.run(**kwargs)
+        return rows
+
+    return run_it
+
+
+BENCHES = {
+    "references": bench_references,
+    "foundation": _module_bench("bench.bench_foundation"),
+    "e2e": bench_e2e,
+    "control_latency": bench_control_latency,
+    "catchup": bench_catchup,
+    "ingest": _module_bench("bench.bench_ingest"),
+    "rules": _module_bench("bench.bench_rules"),
+    "tickets": _module_bench("bench.bench_tickets"),
+    "reconcile": _module_bench("bench.bench_reconcile"),
+}
+
+
+def run(only: str | None = None, scale: float = 1.0, progress: bool = True) -> list[dict[str, Any]]:
     base = Path(tempfile.mkdtemp(prefix="fednode-bench-"))
     rows: list[dict[str, Any]] = []
     try:
-        if only in (None, "e2e"):
-            ref = single_node_append_rate(base, min(records, 100_000))
-            r = e2e(base, records)
-            rate = r["records"] / r["elapsed_s"]
-            rows.append({"name": "e2e county→city→province", "value": round(rate), "unit": "records/s",
-                         "target": ">= 10000, ratio >= 0.5", "reference": f"single-node append {ref:,.0f}/s",
-                         "ratio": round(rate / ref, 3), "ok": r["ok"]})
-            for code, mb in r["rss_mb"].items():
-                rows.append({"name": f"peak RSS {code}", "value": round(mb, 1), "unit": "MB", "target": "< 300",
-                             "reference": f"{r['records']} records backlog", "ratio": None, "ok": mb < 300})
-        if only in (None, "control_latency"):
-            c = control_latency(base, backlog)
-            rows.append({"name": "control record leaf→province during bulk drain", "value": round(c["latency_s"], 3),
-                         "unit": "s", "target": "< 2",
-                         "reference": f"bulk at root {c['bulk_at_root_before']}→{c['bulk_at_root_after']} of "
-                                      f"{c['backlog']}", "ratio": None,
-                         "ok": c["latency_s"] < 2 and c["bulk_still_draining"]})
+        for name, fn in BENCHES.items():
+            if only is not None and name != only:
+                continue
+            t0 = time.perf_counter()
+            if progress:
+                print(f"bench {name} ...", file=sys.stderr, flush=True)
+            try:
+                got = fn(base, scale)
+            except Exception as e:  # one broken benchmark must not hide the others
+                got = [{"name": name, "value": None, "unit": "", "target": "-", "reference": f"FAILED: {e!r}",
+                        "ratio": None, "ok": False}]
+            for r in got:
+                r.setdefault("group", name)
+            rows.extend(got)
+            if progress:
+                print(f"bench {name} done in {time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(base, ignore_errors=True)
     return rows
 
 
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:,.3f}" if abs(v) < 100 else f"{v:,.0f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
 def print_table(rows: list[dict[str, Any]]) -> str:
-    out = [f"{'benchmark':<48}{'value':>12} {'unit':<10}{'target':<24}{'ratio':>7}  reference"]
+    out = [f"{'benchmark':<50}{'value':>14} {'unit':<11}{'target':<26}{'ratio':>8}  reference"]
     for r in rows:
-        ratio = "" if r["ratio"] is None else f"{r['ratio']:.3f}"
-        out.append(f"{r['name']:<48}{r['value']:>12} {r['unit']:<10}{r['target']:<24}{ratio:>7}  {r['reference']}"
-                   f"{'' if r.get('ok', True) else '   <-- MISSED'}")
+        out.append(f"{r['name'][:49]:<50}{_fmt(r['value']):>14} {r['unit']:<11}{str(r['target'])[:25]:<26}"
+                   f"{_fmt(r['ratio']):>8}  {r['reference']}{'' if r.get('ok', True) else '   <-- MISSED'}")
     return "\n".join(out)
 
 
+def markdown(rows: list[dict[str, Any]]) -> str:
+    import datetime as dt
+    import platform
+
+    lines = ["# fednode benchmark results", "",
+             f"Generated by `fednode bench --markdown docs/benchmarks.md` on {dt.datetime.now():%Y-%m-%d %H:%M} "
+             f"({platform.machine()}, {__import__('os').cpu_count()} cores, Python {platform.python_version()}). "
+             "References are measured in the same run; the machine is shared, so compare ratios, not absolutes.", "",
+             "| benchmark | value | unit | target | ratio | reference | met |", "|---|---:|---|---|---:|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['name']} | {_fmt(r['value'])} | {r['unit']} | {r['target']} | {_fmt(r['ratio'])} | "
+                     f"{r['reference']} | {'yes' if r.get('ok', True) else '**no**'} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(args: argparse.Namespace) -> int:
-    rows = run(args.records, args.backlog, args.only)
+    rows = run(args.only, args.scale)
+    if args.markdown:
+        Path(args.markdown).write_text(markdown(rows), encoding="utf-8")
     if args.json:
         print(json.dumps(rows, ensure_ascii=False, indent=2))
     else:
@@ -151,8 +290,8 @@ def main(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
-    p.add_argument("--records", type=int, default=200_000)
-    p.add_argument("--backlog", type=int, default=100_000)
-    p.add_argument("--only")
+    p.add_argument("--only", choices=list(BENCHES))
+    p.add_argument("--scale", type=float, default=1.0)
+    p.add_argument("--markdown")
     p.add_argument("--json", action="store_true")
     sys.exit(main(p.parse_args()))

@@ -385,10 +385,12 @@ def build_parser() -> argparse.ArgumentParser:
         if hasattr(module, "add_parsers"):
             module.add_parsers(sub, add)
 
-    sp = add("bench", "benchmarks, each beside its reference measured in the same run", dir_arg=False)
-    sp.add_argument("--records", type=int, default=200_000)
-    sp.add_argument("--backlog", type=int, default=100_000)
-    sp.add_argument("--only", choices=["e2e", "control_latency"])
+    from node.bench import BENCHES
+
+    sp = add("bench", "every benchmark, each beside its reference measured in the same run", dir_arg=False)
+    sp.add_argument("--only", choices=list(BENCHES), metavar="NAME", help=", ".join(BENCHES))
+    sp.add_argument("--scale", type=float, default=1.0, help="size factor (0.05 for a quick run)")
+    sp.add_argument("--markdown", metavar="FILE", help="also write the results page (docs/benchmarks.md)")
     return p
 
 

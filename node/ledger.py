@@ -261,13 +261,14 @@ class Ledger:
         cp = cps[-1] if cps else self.store.first_checkpoint_at_or_after(origin, channel, after_seq + 1)
         if cp is None:
             return None
-        rows = self.store.records(origin, channel, after_seq + 1, cp.seq)
-        return pb.Segment(
-            origin=origin, channel=channel,  # type: ignore[arg-type]
-            records=[pb.SignedRecord(body=bytes(r.body), signature=bytes(r.signature), key_id=bytes(r.key_id))
-                     for r in rows],
-            checkpoint=cp.to_pb(),
-        )
+        seg = pb.Segment(origin=origin, channel=channel, checkpoint=cp.to_pb())  # type: ignore[arg-type]
+        add = seg.records.add
+        for body, sig, kid in self.store.bodies(origin, channel, after_seq + 1, cp.seq):
+            if sig:
+                add(body=body, signature=sig, key_id=kid)
+            else:
+                add(body=body)
+        return seg
 
     def key_certificates_for(self, key_ids: Iterable[bytes]) -> list[pb.KeyCertificate]:
         out = []

@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 
 metadata = MetaData()
@@ -41,8 +42,8 @@ records = Table(
     Column("chain", LargeBinary, nullable=False),
     Column("stored_us", BigInteger, nullable=False),
     Column("local_seq", BigInteger, nullable=False),  # this node's change feed: order of arrival here
-    Index("ix_records_dest", "dest", "channel"),
-    Index("ix_records_kind", "kind"),
+    # partial: only records travelling down (tickets, incidents) have a dest; bulk never pays for it
+    Index("ix_records_dest", "dest", "channel", sqlite_where=text("dest != ''"), postgresql_where=text("dest != ''")),
     Index("ix_records_local_seq", "local_seq", unique=True),
 )
 

@@ -458,6 +458,14 @@ class Store:
         with self.read() as conn:
             return list(conn.execute(q))
 
+    def bodies(self, origin: str, channel: int, lo: int, hi: int) -> list[tuple[bytes, bytes, bytes]]:
+        """(body, signature, key_id) of seq lo..hi in order: the link's hot read path, without ORM rows."""
+        mark = "%s" if self.is_postgres else "?"
+        sql = (f"SELECT body, signature, key_id FROM records WHERE origin = {mark} AND channel = {mark} "
+               f"AND seq >= {mark} AND seq <= {mark} ORDER BY seq")
+        with self.read() as conn:
+            return [(bytes(b), bytes(s), bytes(k)) for b, s, k in conn.exec_driver_sql(sql, (origin, channel, lo, hi)).fetchall()]
+
     def checkpoints(self, origin: str, channel: int, lo: int = 0, hi: int | None = None) -> list[CheckpointRow]:
         q = select(t.checkpoints).where(
             and_(t.checkpoints.c.origin == origin, t.checkpoints.c.channel == channel, t.checkpoints.c.seq >= lo)

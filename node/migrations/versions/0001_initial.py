@@ -31,8 +31,8 @@ def upgrade() -> None:
         sa.Column("stored_us", sa.BigInteger, nullable=False),
         sa.Column("local_seq", sa.BigInteger, nullable=False),
     )
-    op.create_index("ix_records_dest", "records", ["dest", "channel"])
-    op.create_index("ix_records_kind", "records", ["kind"])
+    op.create_index("ix_records_dest", "records", ["dest", "channel"], sqlite_where=sa.text("dest != ''"),
+                    postgresql_where=sa.text("dest != ''"))
     op.create_index("ix_records_local_seq", "records", ["local_seq"], unique=True)
     op.create_table(
         "heads",
