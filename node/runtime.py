@@ -72,6 +72,9 @@ class NodeRuntime:
         self.window = window
         self.batch_records = batch_records
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fednode-db")
+        # background services (rules scans, projections, reconciliation) get their own thread, so a long
+        # scan never stalls the links; writes still serialise on the store's write lock
+        self._bg_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fednode-bg")
         self.sessions: set[Any] = set()
         self.links: dict[str, LinkState] = {}
         self.child_reports: dict[str, Any] = {}
@@ -86,6 +89,10 @@ class NodeRuntime:
 
     async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await self.loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+
+    async def bg(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Like ``db`` but on the background thread: for services' long work, in chunks."""
+        return await self.loop.run_in_executor(self._bg_executor, lambda: fn(*args, **kwargs))
 
     def notify(self) -> None:
         """Something was stored: wake every link and every service."""
@@ -281,6 +288,7 @@ class NodeRuntime:
         if self._uplink is not None:
             self._uplink.cancel()
             await asyncio.gather(self._uplink, return_exceptions=True)
+        self._bg_executor.shutdown(wait=True)
         self._executor.shutdown(wait=True)
         with contextlib.suppress(FileNotFoundError):
             Path(admin.socket_path(self.home)).unlink()

@@ -1,7 +1,8 @@
 """What the running node hosts besides its links: rules, tickets, adapters, reconciliation, metrics.
 
 A service is started after the links' server is up and stopped before it goes down. It gets the
-runtime, which gives it the store thread (``rt.db``), the ledger, the scheduler (``rt.scheduler``,
+runtime, which gives it the store threads (``rt.bg`` for long or periodic work — use it, in chunks, so
+the links' thread ``rt.db`` stays free; ``rt.db`` for short admin-op work), the ledger, the scheduler (``rt.scheduler``,
 APScheduler with its job store in the node's own database) and ``rt.notify()`` to wake the links
 after it stored records. ``on_stored`` is called on the event loop whenever records were stored here
 (local appends and records from peers alike): a service follows ``Store.changes`` with its own cursor
