@@ -86,6 +86,7 @@ class NodeRuntime:
         self.loop = asyncio.get_running_loop()
         self.services: list[Any] = []
         self.scheduler: Any = None
+        self._uplink: asyncio.Task[None] | None = None
 
     async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await self.loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
@@ -257,7 +258,6 @@ class NodeRuntime:
             health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
             health_servicer.set("fednode.v1.Federation", health_pb2.HealthCheckResponse.SERVING)
             log.info("listening", address=cfg.listen, path=self.path)
-        self._uplink: asyncio.Task[None] | None = None
         if cfg.parent and self.parent_code:
             self._start_uplink()
         else:
