@@ -150,8 +150,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
         if args.dir or args.root:
             trusted = pki.cert_from_pem(Path(args.root).read_bytes()) if args.root else open_home(args).root()
         result = integrity.verify_proof(integrity.proof_from_text(Path(args.proof).read_text()), trusted)
+        note = "" if result["root_trusted"] else (
+            f"\nnote: checked against the root CA inside the proof (sha256 {result['root_sha256'][:16]}…); pass DIR or "
+            "--root ROOT.crt to check it against your own tree's root")
         emit(args, result, f"proof OK: {result['origin']}/{result['channel']} seq {result['seq']} ({result['kind']}), "
-             f"signed by {result['signer']} at checkpoint {result['checkpoint_seq']}")
+             f"signed by {result['signer']} at checkpoint {result['checkpoint_seq']}{note}")
         return 0
     home = open_home(args)
     ledger = home.ledger()

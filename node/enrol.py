@@ -26,13 +26,21 @@ def init(directory: Path, *, code: str, name: str, level: str, parent: str = "",
     code = parse_code(code).text
     if (directory / config_mod.CONFIG_NAME).exists():
         raise UsageError(f"{directory} is already a node home", fix="use another directory")
+    created = not directory.exists()
     directory.mkdir(parents=True, exist_ok=True)
     cfg = config_mod.Config(path=directory / config_mod.CONFIG_NAME, code=code, name=name, level=level,
                             parent=parent, listen=listen)
     if db:
         cfg.store_url = db
     config_mod.write(cfg)
-    home = Home(directory)  # validates what we wrote
+    try:
+        home = Home(directory)  # validates what we wrote
+    except Exception:
+        # a refused init leaves nothing behind, so the corrected command can simply be run again
+        cfg.path.unlink(missing_ok=True)
+        if created:
+            shutil.rmtree(directory, ignore_errors=True)
+        raise
     write_secret(home.key_path("tls.key"), pki.key_to_pem(pki.new_tls_key()))
     write_secret(home.key_path("ca.key"), pki.key_to_pem(pki.new_tls_key()))
     write_secret(home.key_path("sign.key"), pki.key_to_pem(pki.new_signing_key()))

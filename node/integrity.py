@@ -9,6 +9,7 @@ problem of the store (only at the first of each log, since everything after it i
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -201,10 +202,21 @@ def proof_to_json(proof: pb.RecordProof) -> dict[str, Any]:
 
 
 def proof_from_text(text: str) -> pb.RecordProof:
+    """Read a proof file. The readable fields beside the proof must say exactly what the proof says:
+    a reader trusts what is shown, so an edited field is refused, not ignored."""
     try:
-        return pb.RecordProof.FromString(base64.b64decode(json.loads(text)["proof"]))
-    except (ValueError, KeyError, TypeError) as e:
+        doc = json.loads(text)
+        proof = pb.RecordProof.FromString(base64.b64decode(doc["proof"]))
+        shown = proof_to_json(proof)
+    except (ValueError, KeyError, TypeError, MalformedRecord) as e:
         raise FednodeError(f"not a fednode proof file ({e})", fix="create one with `fednode proof DIR ORIGIN CHANNEL SEQ > P`") from None
+    altered = sorted(k for k, v in doc.items() if k in shown and shown[k] != v)
+    if altered or set(doc) - set(shown):
+        raise ChainMismatch(
+            f"the proof file's readable fields do not match the signed proof: {', '.join(altered or sorted(set(doc) - set(shown)))}",
+            fix="the file was edited after `fednode proof` wrote it; ask for a fresh proof",
+        )
+    return proof
 
 
 def verify_proof(proof: pb.RecordProof, trusted_root: x509.Certificate | None = None) -> dict[str, Any]:
@@ -236,4 +248,6 @@ def verify_proof(proof: pb.RecordProof, trusted_root: x509.Certificate | None = 
             raise BadSignature(f"{b.origin}/{ch} seq {b.seq}: the record's signature does not verify",
                                origin=b.origin, channel=ch, seq=b.seq)
     return {"ok": True, "origin": b.origin, "channel": ch, "seq": b.seq, "kind": b.kind,
-            "checkpoint_seq": cpb.seq, "signer": ring.keys[cpb.key_id].code}
+            "checkpoint_seq": cpb.seq, "signer": ring.keys[cpb.key_id].code,
+            "root_trusted": trusted_root is not None,
+            "root_sha256": hashlib.sha256(proof.root_certificate).hexdigest()}

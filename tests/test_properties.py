@@ -21,10 +21,11 @@ signature of their own, are covered by a checkpoint signed with that key).
 
 from __future__ import annotations
 
+import functools
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,19 @@ def _pg_drop(url: str) -> None:
     admin.dispose()
 
 
+def step(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark the machine broken while a rule runs, so teardown does not mask a rule's failure."""
+
+    @functools.wraps(fn)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        self.broken = True
+        out = fn(self, *args, **kwargs)
+        self.broken = False
+        return out
+
+    return wrapper
+
+
 def make_machine(province: Home, city: Home, backend: str) -> type[RuleBasedStateMachine]:
     root = province.root()
 
@@ -117,10 +131,12 @@ def make_machine(province: Home, city: Home, backend: str) -> type[RuleBasedStat
             self.retired: list[bytes] = []
             self.revoked: set[bytes] = set()
             self.tag = 0
+            self.broken = False
 
         def teardown(self) -> None:
             try:
-                self.ship_everything_and_check()
+                if not self.broken:  # a failed rule has already reported
+                    self.ship_everything_and_check()
             finally:
                 self.receiver.store.close()
                 self.home.close()
@@ -190,6 +206,7 @@ def make_machine(province: Home, city: Home, backend: str) -> type[RuleBasedStat
         # -- rules ---------------------------------------------------------------------------------
 
         @rule(sizes=st.dictionaries(st.sampled_from(CHANNELS), st.integers(1, 700), min_size=1, max_size=3))
+        @step
         def append(self, sizes: dict[int, int]) -> None:
             self.tag += 1
             before = {ch: self.head(self.sender, ch) for ch in sizes}
@@ -206,6 +223,7 @@ def make_machine(province: Home, city: Home, backend: str) -> type[RuleBasedStat
                 self.keys[ch].extend([self.current] * n)
 
         @rule()
+        @step
         def rotate(self) -> None:
             old, new = enrol.rotate(self.home)
             assert old == self.current and new != old
@@ -217,6 +235,7 @@ def make_machine(province: Home, city: Home, backend: str) -> type[RuleBasedStat
 
         @precondition(lambda self: any(k not in self.revoked for k in self.retired))
         @rule(data=st.data())
+        @step
         def revoke_retired_key(self, data: st.DataObject) -> None:
             kid = data.draw(st.sampled_from([k for k in self.retired if k not in self.revoked]))
             self.sender.revoke_key(kid, "retired by the property test")
@@ -230,6 +249,7 @@ def make_machine(province: Home, city: Home, backend: str) -> type[RuleBasedStat
             limit=st.none() | st.integers(1, 3),
             together=st.booleans(),
         )
+        @step
         def ship(self, channel: int, max_records: int, limit: int | None, together: bool) -> Any:
             self.admit_sender_keys()
             start = self.head(self.receiver, channel)
@@ -246,6 +266,7 @@ def make_machine(province: Home, city: Home, backend: str) -> type[RuleBasedStat
             return segs[-1] if segs else None
 
         @rule(seg=consumes(shipped))
+        @step
         def resend_shipped_segment(self, seg: pb.Segment | None) -> None:
             if seg is None:
                 return
@@ -257,6 +278,7 @@ def make_machine(province: Home, city: Home, backend: str) -> type[RuleBasedStat
             assert self.receiver.store.count() == count
 
         @rule(channel=st.sampled_from(CHANNELS), max_records=st.integers(1, 1500), data=st.data())
+        @step
         def resend_overlapping(self, channel: int, max_records: int, data: st.DataObject) -> None:
             held = self.head(self.receiver, channel)
             if held == 0:
@@ -271,6 +293,7 @@ def make_machine(province: Home, city: Home, backend: str) -> type[RuleBasedStat
             assert self.head(self.receiver, channel) == max(held, last)
 
         @rule(channel=st.sampled_from(CHANNELS), data=st.data(), on_receiver=st.booleans())
+        @step
         def reappend_stored_rows(self, channel: int, data: st.DataObject, on_receiver: bool) -> None:
             """The store itself: the same rows again are a no-op; a different row at a held seq is a fork."""
             ledger = self.receiver if on_receiver else self.sender
@@ -300,6 +323,7 @@ def make_machine(province: Home, city: Home, backend: str) -> type[RuleBasedStat
             assert len(ledger.store.incidents()) == incidents + 1
 
         @rule()
+        @step
         def verify_at_rest(self) -> None:
             self.check_verifies()
             self.check_key_ids()
@@ -322,8 +346,7 @@ SETTINGS = {
 
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def test_log_properties(backend: str, upper: tuple[Home, Home], request: pytest.FixtureRequest) -> None:
-    if backend == "postgres":
-        if not request.getfixturevalue("pg_ok"):  # fails instead under FEDNODE_REQUIRE_PG=1
-            pytest.skip(f"PostgreSQL at {PG_ADMIN_URL} does not answer")
+    if backend == "postgres" and not request.getfixturevalue("pg_ok"):  # fails under FEDNODE_REQUIRE_PG=1
+        pytest.skip(f"PostgreSQL at {PG_ADMIN_URL} does not answer")
     province, city = upper
     run_state_machine_as_test(make_machine(province, city, backend), settings=SETTINGS[backend])
