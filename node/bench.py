@@ -216,6 +216,7 @@ BENCHES = {
     "rules": _module_bench("bench.bench_rules"),
     "tickets": _module_bench("bench.bench_tickets"),
     "reconcile": _module_bench("bench.bench_reconcile"),
+    "stats": _module_bench("bench.bench_stats"),
 }
 
 

@@ -405,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     name = args.command + (f" {nested}" if nested else "")
     handler = COMMANDS[name]
     try:
-        return handler(args)
+        rc = handler(args)
     except FednodeError as e:
         if getattr(args, "json", False):
             print(json.dumps({"ok": False, **e.as_dict()}, ensure_ascii=False, indent=2))
@@ -415,6 +415,10 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_status
     except KeyboardInterrupt:
         return 130
+    from node.auditlog import audit_command
+
+    audit_command(args, name, rc)  # the 监察日志 (supervisor work log); never fails the command
+    return rc
 
 
 if __name__ == "__main__":

@@ -134,3 +134,8 @@ meta = Table(
     Column("key", String(128), primary_key=True),
     Column("value", Text, nullable=False),
 )
+
+
+# Feature modules define their own tables on this metadata; importing them here keeps Alembic's view of
+# the schema (migrations/env.py) and every comparison complete, whatever else was imported.
+import node.stats.tables  # noqa: E402,F401
