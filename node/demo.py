@@ -94,16 +94,22 @@ def leaf_heads(homes: dict[str, Home], leaves: list[str]) -> dict[tuple[str, int
     return out
 
 
-def root_counts(root: Home, logs: list[tuple[str, int]]) -> tuple[dict[tuple[str, int], int], int, int]:
+def root_counts(root: Home, logs: list[tuple[str, int]] | dict[tuple[str, int], int]
+                ) -> tuple[dict[tuple[str, int], int], int, int]:
+    """The root's heads, and (rows, distinct seqs) over ``logs``; with a dict, only seqs up to its values
+    (a snapshot: nodes keep appending alerts of their own meanwhile)."""
     store = Store.open(root.config.store_url, base_dir=root.dir, migrate=False)
     try:
         heads = {k: h.seq for k, h in store.heads().items()}
         t = schema.records
+        limits = logs if isinstance(logs, dict) else dict.fromkeys(logs)
         with store.read() as conn:
             total = distinct = 0
-            for o, c in logs:
-                n, d = conn.execute(select(func.count(), func.count(func.distinct(t.c.seq)))
-                                    .where((t.c.origin == o) & (t.c.channel == c))).one()
+            for (o, c), upto in limits.items():
+                q = select(func.count(), func.count(func.distinct(t.c.seq))).where((t.c.origin == o) & (t.c.channel == c))
+                if upto is not None:
+                    q = q.where(t.c.seq <= upto)
+                n, d = conn.execute(q).one()
                 total += n
                 distinct += d
         return heads, total, distinct
@@ -168,7 +174,7 @@ def main(args: argparse.Namespace) -> int:
             assert resp is not None
             ingested += int(resp["result"]["ingested"])
         ok, want = wait_converged(homes, LEAVES, "320000", timeout=max(60.0, args.records / 500))
-        heads, total, distinct = root_counts(homes["320000"], list(want))
+        heads, total, distinct = root_counts(homes["320000"], want)
         born = sum(want.values())
         lost = sum(max(0, v - heads.get(k, 0)) for k, v in want.items())
         status = {code: admin.call(homes[code], {"op": "status"})["result"] for code, *_ in TREE}  # type: ignore[index]

@@ -2,13 +2,19 @@
 
 A key enters the keyring only with its certificate chain, validated up to this node's root CA with the
 subtree rule (node.pki.validate_chain); the certificate's node code is the only origin the key may
-sign for. A revoked key stays in the keyring (records it signed before the revocation time remain
-verifiable) but signs nothing dated at or after that time.
+sign for.
+
+Revocation is by position, not by time: the `key.revoke` record names, per channel, the last seq of the
+owner's logs the key may have signed (``revoked_through``: the revoker's heads when it revoked). A
+revoked key keeps verifying what it signed up to there and nothing beyond, whatever time the signer
+writes into its checkpoint — the holder of a leaked key controls that time, so a time rule alone
+could be defeated by backdating. (Revocations without positions fall back to the time rule.)
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -17,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from node import pki
 from node.crypto import public_from_raw, public_raw
 from node.errors import CertificateError, KeyNotForOrigin, RevokedKey, UnknownKey
+from node.records import channel_number
 from proto.fednode.v1 import fednode_pb2 as pb
 
 
@@ -29,6 +36,7 @@ class KeyInfo:
     certificate: bytes  # serialised KeyCertificate
     revoked_us: int | None = None
     revoked_reason: str = ""
+    revoked_through: dict[int, int] | None = None  # channel -> last seq the key may have signed
 
 
 class Keyring:
@@ -43,6 +51,7 @@ class Keyring:
             ring.keys[bytes(r.key_id)] = KeyInfo(
                 bytes(r.key_id), r.code, public_from_raw(bytes(r.public_key)), r.not_after_us,
                 bytes(r.certificate), r.revoked_us, r.revoked_reason or "",
+                _through(getattr(r, "revoked_through", None)),
             )
         return ring
 
@@ -63,9 +72,13 @@ class Keyring:
                 fix="a node signs only its own records; check the sender for tampering",
                 **where,  # type: ignore[arg-type]
             )
-        if info.revoked_us is not None and at_us >= info.revoked_us:
+        if info.revoked_us is not None and (
+            seq > info.revoked_through.get(channel_number(channel), 0) if info.revoked_through is not None and channel
+            else at_us >= info.revoked_us
+        ):
             raise RevokedKey(
-                f"{origin}/{channel} seq {seq} is signed by key {key_id.hex()[:16]}, revoked since "
+                f"{origin}/{channel} seq {seq} is signed by key {key_id.hex()[:16]}, revoked "
+                f"{'after seq ' + str(info.revoked_through.get(channel_number(channel), 0)) + ' ' if info.revoked_through is not None and channel else ''}since "
                 f"{dt.datetime.fromtimestamp(info.revoked_us / 1e6, dt.UTC):%Y-%m-%d %H:%M:%S} UTC "
                 f"({info.revoked_reason or 'no reason given'})",
                 fix=f"{origin} must sign with its current key (`fednode pki rotate`)",
@@ -95,19 +108,35 @@ class Keyring:
         existing = self.keys.get(key_id)
         if existing is not None:
             info.revoked_us, info.revoked_reason = existing.revoked_us, existing.revoked_reason
+            info.revoked_through = existing.revoked_through
         return info
 
     def add(self, info: KeyInfo) -> None:
         self.keys[info.key_id] = info
 
-    def revoke(self, key_id: bytes, at_us: int, reason: str) -> None:
+    def revoke(self, key_id: bytes, at_us: int, reason: str, through: dict[int, int] | None = None) -> None:
         info = self.keys.get(key_id)
-        if info is not None and (info.revoked_us is None or at_us < info.revoked_us):
+        if info is None:
+            return
+        if info.revoked_us is None or at_us < info.revoked_us:
             info.revoked_us, info.revoked_reason = at_us, reason
+        if through is not None:  # several revocations: the most restrictive position wins
+            old = info.revoked_through
+            info.revoked_through = {c: min(s, old.get(c, s)) for c, s in through.items()} if old else dict(through)
 
     def certificate(self, key_id: bytes) -> pb.KeyCertificate | None:
         info = self.keys.get(key_id)
         return pb.KeyCertificate.FromString(info.certificate) if info else None
+
+
+def _through(text: str | None) -> dict[int, int] | None:
+    if not text:
+        return None
+    return {int(c): int(s) for c, s in json.loads(text).items()}
+
+
+def through_json(through: dict[int, int] | None) -> str | None:
+    return json.dumps({str(c): s for c, s in through.items()}) if through is not None else None
 
 
 def raw_public(info: KeyInfo) -> bytes:

@@ -21,7 +21,7 @@ from cryptography import x509
 from node import codes
 from node.crypto import CHECKPOINT_TYPE, RECORD_TYPE, Signer
 from node.errors import CertificateError, FednodeError, UsageError
-from node.keyring import KeyInfo, Keyring
+from node.keyring import KeyInfo, Keyring, through_json
 from node.records import (
     CONTROL,
     SIGNED_CHANNELS,
@@ -239,8 +239,11 @@ class Ledger:
                 # only the key's own node or one of its ancestors may revoke it
                 if target is not None and codes.within(target.code, origin):
                     at = int(payload.get("effective_us") or r.time_us)
-                    tx.revoke_key(key_id, at, payload.get("reason", ""))
-                    self.keyring.revoke(key_id, at, payload.get("reason", ""))
+                    raw = payload.get("through")
+                    through = {int(c): int(s) for c, s in raw.items()} if isinstance(raw, dict) else None
+                    self.keyring.revoke(key_id, at, payload.get("reason", ""), through)
+                    tx.revoke_key(key_id, at, payload.get("reason", ""),
+                                  through_json(self.keyring.keys[key_id].revoked_through))
                     log.warning("key_revoked", key_id=key_id.hex()[:16], by=origin, code=target.code)
 
     def announce_key(self, kc: pb.KeyCertificate) -> None:
@@ -249,8 +252,15 @@ class Ledger:
                                                 "key_id": kc.key_id.hex()})])
 
     def revoke_key(self, key_id: bytes, reason: str, effective_us: int = 0) -> None:
+        """Revoke a key by position: it may have signed the owner's logs up to the heads we hold now and
+        nothing after (see node/keyring.py)."""
+        info = self.keyring.keys.get(key_id)
+        owner = info.code if info is not None else self.code
+        through = {str(c): h.seq for (o, c), h in self.store.heads().items() if o == owner}
+        for c in (1, 2, 3):
+            through.setdefault(str(c), 0)
         self.append([NewRecord("key.revoke", {"key_id": key_id.hex(), "reason": reason,
-                                              "effective_us": effective_us or now_us()})])
+                                              "effective_us": effective_us or now_us(), "through": through})])
 
     def read_segment(self, origin: str, channel: int, after_seq: int, max_records: int = 1000) -> pb.Segment | None:
         """The next upward segment of a log after ``after_seq``: records up to a stored checkpoint.

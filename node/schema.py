@@ -98,6 +98,8 @@ keys = Table(
     Column("added_us", BigInteger, nullable=False),
     Column("revoked_us", BigInteger, nullable=True),  # checkpoints/records from this time on are refused
     Column("revoked_reason", Text, nullable=True),
+    # JSON {channel: seq}: the last record per log the key may have signed (see node/keyring.py)
+    Column("revoked_through", Text, nullable=True),
 )
 
 incidents = Table(

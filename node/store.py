@@ -304,13 +304,16 @@ class WriteTx:
         )
         return bool(self.conn.execute(ins.on_conflict_do_nothing()).rowcount)
 
-    def revoke_key(self, key_id: bytes, revoked_us: int, reason: str) -> None:
+    def revoke_key(self, key_id: bytes, revoked_us: int, reason: str, through: str | None = None) -> None:
+        """Record a revocation; ``through`` is the keyring's merged position (JSON), stored as given."""
         self.conn.execute(
             update(t.keys)
             .where(and_(t.keys.c.key_id == key_id,
                         (t.keys.c.revoked_us.is_(None)) | (t.keys.c.revoked_us > revoked_us)))
             .values(revoked_us=revoked_us, revoked_reason=reason)
         )
+        if through is not None:
+            self.conn.execute(update(t.keys).where(t.keys.c.key_id == key_id).values(revoked_through=through))
 
     def quarantine(self, *, source: str, position: str, kind: str, reason: str, raw: bytes) -> int:
         res = self.conn.execute(

@@ -8,14 +8,18 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
+import structlog
 from sqlalchemy import and_, func, select
+from sqlalchemy.exc import DBAPIError
 
 from node import codes, schema
-from node.errors import FednodeError
+from node.errors import FednodeError, MissingCheckpoint
 from node.ledger import Ledger
 from node.link import DOWN, LOG, Part, StreamKey, Want
-from node.records import SIGNED_CHANNELS
+from node.records import SIGNED_CHANNELS, channel_name
 from proto.fednode.v1 import fednode_pb2 as pb
+
+log = structlog.get_logger(__name__)
 
 MAX_BATCH_BYTES = 16 * 1024 * 1024
 
@@ -127,7 +131,20 @@ def _read_down(ledger: Ledger, origin: str, channel: int, after: int, limit: int
 
 
 def apply_batch(ledger: Ledger, batch: pb.Batch, *, peer: str, from_child: bool) -> pb.Ack:
-    """Verify and commit what a peer sent; the ack names what was committed and what was refused."""
+    """Verify and commit what a peer sent; the ack names what was committed and what was refused.
+
+    A store that cannot write (disk full, database down) answers with an error ack: the sender pauses and
+    resends by itself, and this node keeps running."""
+    try:
+        return _apply_batch(ledger, batch, peer=peer, from_child=from_child)
+    except DBAPIError as e:
+        log.error("store_write_failed", peer=peer, error=str(e.orig))
+        return pb.Ack(batch_id=batch.batch_id, ok=False, error_code="store_unavailable",
+                      error=f"{ledger.code} cannot write its store ({e.orig}) (fix: free disk space or restore the "
+                      f"database at {ledger.code}; the sender resends by itself)")
+
+
+def _apply_batch(ledger: Ledger, batch: pb.Batch, *, peer: str, from_child: bool) -> pb.Ack:
     ack = pb.Ack(batch_id=batch.batch_id, ok=True)
     errors: dict[tuple[str, int], FednodeError] = {}
     try:
@@ -145,8 +162,9 @@ def apply_batch(ledger: Ledger, batch: pb.Batch, *, peer: str, from_child: bool)
     if down_segs:
         if from_child:
             for s in down_segs:
-                errors[(s.origin, int(s.channel))] = FednodeError(
-                    f"{peer} sent records of {s.origin} without a checkpoint", fix="children send only signed logs")
+                errors[(s.origin, int(s.channel))] = MissingCheckpoint(
+                    f"{peer} sent records of {s.origin} without a checkpoint", origin=s.origin,
+                    channel=channel_name(int(s.channel)), fix="children send only checkpointed logs")
         else:
             for s in down_segs:
                 try:

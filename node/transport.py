@@ -84,6 +84,10 @@ def peer_certificate(context: grpc.aio.ServicerContext) -> x509.Certificate | No
     return pki.cert_from_pem(pem[0])
 
 
+class ProtocolViolation(ConnectionError):
+    """The peer broke the link protocol (no Hello first, a second Hello): the stream ends with INVALID_ARGUMENT."""
+
+
 class Session:
     """One connected link, either side. The outbox decides; this moves messages."""
 
@@ -130,8 +134,10 @@ class Session:
                 raise ConnectionError("the parent closed the link before its Hello")
             return msg.hello
         msg = await self._read()
-        if msg is grpc.aio.EOF or msg is None or not msg.HasField("hello"):
+        if msg is grpc.aio.EOF or msg is None:
             raise ConnectionError("the child closed the link before its Hello")
+        if not msg.HasField("hello"):
+            raise ProtocolViolation(f"{self.peer} must open the link with Hello, not {msg.WhichOneof('msg')}")
         heads = await self.rt.db(streams.subtree_heads, self.rt.ledger, self.peer)
         await self.write(pb.LinkMessage(hello=pb.Hello(node_code=self.rt.code, heads=streams.to_heads_pb(heads),
                                                        software="fednode")))
@@ -218,7 +224,7 @@ class Session:
                 except ValueError:
                     log.warning("bad_link_report", peer=self.peer)
             elif which == "hello":
-                raise ConnectionError(f"{self.peer} sent a second Hello")
+                raise ProtocolViolation(f"{self.peer} sent a second Hello")
 
     def _on_ack(self, ack: pb.Ack) -> None:
         now = time.monotonic()
@@ -274,6 +280,9 @@ class FederationService(pbg.FederationServicer):
         session = Session(self.rt, state, context.read, context.write)
         try:
             await session.run()
+        except ProtocolViolation as e:
+            state.down(str(e))
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         except (ConnectionError, asyncio.CancelledError) as e:
             state.down(str(e) or type(e).__name__)
         except grpc.aio.AioRpcError as e:

@@ -171,30 +171,38 @@ def test_origin_outside_sender_subtree_is_refused(tree: Tree, receiver: Ledger) 
         receiver.accept_segment(seg, sender_subtree="320311")
 
 
-def test_revoked_key_is_refused(tree: Tree, receiver: Ledger) -> None:
+def test_revoked_key_is_refused(tree: Tree, receiver: Ledger, tmp_path) -> None:  # type: ignore[no-untyped-def]
     county = tree.county.ledger()
     old_key = county.signer.key_id  # type: ignore[union-attr]
+    old_signer = county.signer
     receiver.admit_keys(county.key_certificates_for([old_key]))
     seg_before = _segment(county, 10)
     enrol.rotate(tree.county)
     county = tree.county.ledger()
     county.revoke_key(old_key, "key file leaked")
     assert ship(county, receiver, CONTROL) == 3  # announce, announce of the new key, revoke
-    assert receiver.keyring.keys[old_key].revoked_us is not None
-    # a checkpoint signed by the old key after the revocation is refused
-    cpb = pb.CheckpointBody.FromString(seg_before.checkpoint.body)
-    cpb.time_us = receiver.keyring.keys[old_key].revoked_us + 1  # type: ignore[operator]
+    info = receiver.keyring.keys[old_key]
+    assert info.revoked_us is not None and info.revoked_through == {CONTROL: 2, MONITOR: 0, BULK: 10}
+    # what the old key signed before the revocation still verifies
+    assert receiver.accept_segment(seg_before).appended == 10
+    # the holder of the leaked key signs records 11..15, with a checkpoint backdated before the revocation:
+    # refused, because revocation is by position, not by the time the signer writes
+    forger = Ledger(Store.open(f"sqlite:///{tmp_path / 'forger.db'}"), "320303", old_signer, tree.province.root())
+    forger.admit_keys(county.key_certificates_for([old_key]))
+    forger.append(case_events(15, 900))
+    forged = forger.read_segment("320303", BULK, 10, 1000)
+    assert forged is not None
+    cpb = pb.CheckpointBody.FromString(forged.checkpoint.body)
+    cpb.time_us = info.revoked_us - 3_600_000_000  # type: ignore[operator]
     body = cpb.SerializeToString()
-    seg_before.checkpoint.body = body
-    seg_before.checkpoint.signature = Signer(
-        __import__("node.pki", fromlist=["key_from_pem"]).key_from_pem(
-            next((tree.county.keys / "retired").glob("*.key")).read_bytes())
-    ).sign(b"fednode/checkpoint/v1", body)
+    forged.checkpoint.body = body
+    forged.checkpoint.signature = old_signer.sign(b"fednode/checkpoint/v1", body)  # type: ignore[union-attr]
     with pytest.raises(RevokedKey):
-        receiver.accept_segment(seg_before)
+        receiver.accept_segment(forged)
+    assert receiver.store.head("320303", BULK).seq == 10
     # the revocation persists in the store (a restart keeps it)
     again = Ledger(receiver.store, "320300", None, tree.province.root())
-    assert again.keyring.keys[old_key].revoked_us is not None
+    assert again.keyring.keys[old_key].revoked_through == {CONTROL: 2, MONITOR: 0, BULK: 10}
 
 
 def test_same_record_twice_is_a_noop(tree: Tree, receiver: Ledger) -> None:
