@@ -422,4 +422,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from node import cli as _cli  # one registry: feature modules register on node.cli, not on __main__
+
+    sys.exit(_cli.main())

@@ -63,7 +63,7 @@ class LinkState:
 
 
 class NodeRuntime:
-    def __init__(self, home: Home, *, window: int = 4, batch_records: int = 2000) -> None:
+    def __init__(self, home: Home, *, window: int = 3, batch_records: int = 1000) -> None:
         self.home = home
         self.code = home.code
         self.path = home.path()

@@ -8,6 +8,7 @@ where they fail: the PostgreSQL tests must not be able to skip silently there.
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -94,3 +95,13 @@ def tree(tmp_path: Path) -> Iterator[Tree]:
     t = Tree(tmp_path)
     yield t
     t.close()
+
+
+@pytest.fixture(autouse=True)
+def _log_to_the_real_stderr() -> Iterator[None]:
+    """Tests that call node.cli.main in-process reconfigure structlog onto pytest's captured stream, which
+    closes after the test: point logging back at the real stderr after every test."""
+    yield
+    from node import logging as node_logging
+
+    node_logging.configure("warning", stream=sys.__stderr__)

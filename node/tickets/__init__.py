@@ -1,6 +1,9 @@
 """Supervision tickets (督办单) and complaints: the pure lifecycle and its projection.
 
-The rules are written at the top of ``lifecycle.py``; complaints in ``complaints.py``.
+The rules are written at the top of ``lifecycle.py``; complaints in ``complaints.py``. ``desk.py`` is
+the thin I/O shell that applies them to a node's ledger (issue, transitions, receipts, reminders and
+escalations, where a ticket waits); node/commands/tickets.py wires it into the CLI, the admin API and
+the running node (TicketService).
 """
 
 from __future__ import annotations

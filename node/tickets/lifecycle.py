@@ -54,8 +54,8 @@ Rules of this module
    Records still refused at the end are returned as ``Rejection``s, never raised: a node's projection
    must not break on one bad record it holds.
 8. Times are ISO-8601 with an offset (``2025-10-09T09:30:00+08:00``) and compared as instants.
-   Deadlines are computed by a ``DeadlineFn(start, days) -> datetime``; ``calendar_days`` is the default
-   until the working-day calendar of the rules engine is plugged in.
+   Deadlines are computed by a ``DeadlineFn(start, days) -> datetime``; ``calendar_days`` is only the
+   pure default: the node counts working days (``desk.working_days`` over ``node.calendar.Calendar``).
 
 Records
 =======
