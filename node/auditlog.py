@@ -87,9 +87,52 @@ def record_action(ledger_or_home: Any, actor: str, action: str, target: str = ""
         home = ledger_or_home
         if admin.call(home, {"op": "audit", "payload": payload}, timeout=30.0) is not None:
             return payload
-        ledger = home.ledger()
+        # The node is stopped. Writing its log now could fork it: a node restored from a backup must first
+        # take back its own logs from its parent, which happens only when it runs. So the action waits in
+        # a spool file, and the running node appends it once its logs are current (drain_spool).
+        spool(home.dir, payload)
+        return payload
     ledger.append([NewRecord(ACTION, payload)])
     return payload
+
+
+SPOOL = "audit-spool.jsonl"
+
+
+def spool(directory: Any, payload: dict[str, Any]) -> None:
+    import json
+    import os
+    from pathlib import Path
+
+    path = Path(directory) / SPOOL
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "a", encoding="utf-8") as f:
+        f.write(json.dumps(payload, ensure_ascii=False) + "\n")
+
+
+def drain_spool(directory: Any, ledger: Any) -> int:
+    """Append the actions spooled while the node was stopped (runs in the node, after recovery)."""
+    import json
+    import time
+    from pathlib import Path
+
+    from node.ledger import NewRecord
+
+    path = Path(directory) / SPOOL
+    if not path.exists():
+        return 0
+    draining = path.with_name(f"{SPOOL}.{time.time_ns()}.draining")
+    path.rename(draining)  # new actions spooled meanwhile go to a fresh file
+    payloads = []
+    for line in draining.read_text(encoding="utf-8").splitlines():
+        try:
+            payloads.append(json.loads(line))
+        except ValueError:
+            continue  # a torn last line from a crash: the rest still counts
+    if payloads:
+        ledger.append([NewRecord(ACTION, p) for p in payloads])
+    draining.unlink()
+    return len(payloads)
 
 
 # commands that are not an operator's supervisory action, or cannot write to an enrolled node's log

@@ -255,6 +255,11 @@ def cmd_status(args: argparse.Namespace) -> int:
                 lines.extend(_tree_lines(data["tree"], 1))
         else:
             lines.append("(node not running: links are shown while `fednode run` is up)")
+        for aname, a in (data.get("adapters") or {}).items():
+            if isinstance(a, dict) and "read" in a:
+                lines.append(f"adapter {aname} ({a.get('type', '?')}): read {a['read']} accepted {a.get('accepted', 0)} "
+                             f"quarantined {a.get('quarantined', 0)} state {a.get('state', '?')}"
+                             + (f"  last error: {a['last_error']}" if a.get("last_error") else ""))
         lines.append("certificates expire:")
         for k, v in data["certificates"].items():
             lines.append(f"  {k:<9} {v}")
@@ -303,8 +308,11 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     else:
         result = ingest.run_request(home.ledger(), req)
         result["via"] = "store"
-    emit(args, result, f"ingested {result['ingested']} records into {home.code} ({result['via']})")
-    return 0
+    msg = f"ingested {result['ingested']} records into {home.code} ({result['via']})"
+    if result.get("quarantined"):
+        msg += f"; {result['quarantined']} row(s) quarantined: see `fednode quarantine list {args.dir}`"
+    emit(args, result, msg)
+    return 1 if result.get("quarantined") else 0
 
 
 @command("demo")

@@ -87,6 +87,7 @@ class NodeRuntime:
         self.services: list[Any] = []
         self.scheduler: Any = None
         self._uplink: asyncio.Task[None] | None = None
+        self._parent_heads_known = False  # until the first Hello, "recovered" cannot be decided
 
     async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await self.loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
@@ -117,10 +118,11 @@ class NodeRuntime:
 
     async def after_hello(self, parent_heads: dict[StreamKey, int]) -> None:
         self.recover_target = {(o, c): s for (k, o, c), s in parent_heads.items() if k == LOG and o == self.code}
+        self._parent_heads_known = True
         await self._check_recovered()
 
     async def _check_recovered(self) -> None:
-        if self.recovered.is_set():
+        if self.recovered.is_set() or not self._parent_heads_known:
             return
         heads = await self.db(self.ledger.store.heads)
         behind = {k: s for k, s in self.recover_target.items() if heads.get(k, None) is None or heads[k].seq < s}
@@ -195,6 +197,20 @@ class NodeRuntime:
 
         return await self.db(build)
 
+    async def _drain_audit_spool(self) -> None:
+        """Operator actions logged while the node was stopped enter the log once our logs are current."""
+        from node.auditlog import drain_spool
+
+        await self.recovered.wait()
+        try:
+            n = await self.db(drain_spool, self.home.dir, self.ledger)
+        except Exception:
+            log.exception("audit_spool_failed")
+            return
+        if n:
+            log.info("audit_spool_drained", actions=n)
+            self.notify()
+
     def _start_uplink(self) -> None:
         from node import transport
 
@@ -263,6 +279,7 @@ class NodeRuntime:
         else:
             self.recovered.set()
         admin_server = await admin.serve(self)
+        spool_task = asyncio.create_task(self._drain_audit_spool())
         self.scheduler.start()
         for svc in self.services:
             await svc.start()
@@ -276,6 +293,7 @@ class NodeRuntime:
         log.info("node_stopping", code=self.code)
         # graceful: stop taking new work, let the in-flight transaction finish, then close
         admin_server.close()
+        spool_task.cancel()
         for svc in reversed(self.services):
             try:
                 await svc.stop()

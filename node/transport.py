@@ -24,6 +24,7 @@ import structlog
 from cryptography import x509
 
 from node import pki, streams
+from node.errors import FednodeError, OutsideSubtree
 from node.link import DOWN, LOG, Outbox, StreamKey
 from node.records import now_us
 from proto.fednode.v1 import fednode_pb2 as pb
@@ -300,22 +301,39 @@ class FederationService(pbg.FederationServicer):
         assert child is not None
         return child
 
+    async def _refuse(self, context: grpc.aio.ServicerContext, e: FednodeError) -> None:
+        code = grpc.StatusCode.PERMISSION_DENIED if isinstance(e, OutsideSubtree) else grpc.StatusCode.FAILED_PRECONDITION
+        await context.abort(code, str(e))
+
     async def Heads(self, request: pb.HeadsRequest, context: grpc.aio.ServicerContext) -> pb.HeadsReply:  # noqa: N802
         from node import reconcile
 
-        return await reconcile.serve_heads(self.rt, await self._child_or_abort(context), request)
+        child = await self._child_or_abort(context)
+        try:
+            return await reconcile.serve_heads(self.rt, child, request)
+        except FednodeError as e:
+            await self._refuse(context, e)
+            raise
 
     async def Fetch(self, request: pb.FetchRequest, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
         from node import reconcile
 
         child = await self._child_or_abort(context)
-        async for batch in reconcile.serve_fetch(self.rt, child, request):
-            yield batch
+        try:
+            async for batch in reconcile.serve_fetch(self.rt, child, request):
+                yield batch
+        except FednodeError as e:
+            await self._refuse(context, e)
 
     async def Chains(self, request: pb.ChainsRequest, context: grpc.aio.ServicerContext) -> pb.ChainsReply:  # noqa: N802
         from node import reconcile
 
-        return await reconcile.serve_chains(self.rt, await self._child_or_abort(context), request)
+        child = await self._child_or_abort(context)
+        try:
+            return await reconcile.serve_chains(self.rt, child, request)
+        except FednodeError as e:
+            await self._refuse(context, e)
+            raise
 
 
 async def dial_parent(rt: NodeRuntime, state: LinkState) -> None:

@@ -1,0 +1,462 @@
+"""Adapters: SQL poll (real SQLite and PostgreSQL sources, ties at the watermark, both ready mappings),
+file drop (CSV/JSON Lines, UTF-8/GB18030, complete files only, resume, archive), natural-key
+re-delivery, the entry-point registry, and the local push service over a real gRPC port."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from sqlalchemy import Column, DateTime, Integer, MetaData, Table, Text, create_engine, func, select
+
+from adapters import mappings
+from adapters.base import Batch, commit, load_cursor, make_adapter
+from adapters.filedrop import FileDropAdapter
+from adapters.sql_poll import SqlPollAdapter, engine_url
+from node import enrol, schema
+from node.domain import natural_key
+from node.errors import ConfigError
+from node.home import Home
+from node.ledger import Ledger
+from node.records import BULK, parse_body
+
+T0 = dt.datetime(2025, 10, 9, 9, 0, 0)
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Any:
+    h = enrol.init(tmp_path / "320000", code="320000", name="江苏省", level="province")
+    enrol.init_root(h)
+    yield h
+    h.close()
+
+
+def records_of(h: Home, kind_prefix: str = "case.") -> list[tuple[str, dict[str, Any]]]:
+    with h.store().read() as conn:
+        rows = conn.execute(select(schema.records.c.body).where(schema.records.c.kind.startswith(kind_prefix))
+                            .order_by(schema.records.c.channel, schema.records.c.seq)).all()
+    out = []
+    for r in rows:
+        b = parse_body(bytes(r.body))
+        out.append((b.kind, b.payload_json()))
+    return out
+
+
+def quarantined(h: Home) -> list[Any]:
+    with h.store().read() as conn:
+        return list(conn.execute(select(schema.quarantine).order_by(schema.quarantine.c.id)))
+
+
+def drain(ad: Any, ledger: Ledger, name: str, max_batches: int = 1000) -> int:
+    """What the node's AdapterService does, synchronously: poll, commit with the cursor, after_commit."""
+    for n in range(max_batches):
+        cursor = load_cursor(ledger, name)
+        batch: Batch | None = ad.poll(cursor)
+        if batch is None:
+            return n
+        commit(ledger, name, batch.rows, cursor=batch.cursor, write_cursor=True)
+        ad.after_commit(batch)
+    raise AssertionError("adapter never ran dry")
+
+
+# ---- SQL poll ---------------------------------------------------------------------------------------------
+
+
+def spxx_table(md: MetaData, ts_type: Any = DateTime) -> Table:
+    cols = [c for c in mappings.columns_of(mappings.load("exchange2009")["tables"][2]) if c not in ("XH", "TBSJ")]
+    return Table("SPXX", md, Column("XH", Integer, primary_key=True, autoincrement=False), Column("TBSJ", ts_type),
+                 *[Column(c, Text) for c in cols])
+
+
+def spxx_row(i: int, ts: dt.datetime, **over: Any) -> dict[str, Any]:
+    row = {"XH": i, "TBSJ": ts, "SBLSH": f"32030320251009{i:08d}", "SXBM": "320303-XK-001", "XZQHDM": "320303",
+           "BMDM": "320303-SJ", "HJXH": "1", "HJDM": "SL", "HJMC": "受理", "SPR": "张三", "GW": "窗口",
+           "SPYJ": "同意", "SPJG": "通过", "KSSJ": "20251009093000", "JSSJ": "20251009100000"}
+    row.update(over)
+    return row
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def source_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'source.db'}"
+    return str(request.getfixturevalue("pg_url"))
+
+
+def test_sql_poll_ties_at_the_watermark_each_row_once(node: Home, source_url: str) -> None:
+    eng = create_engine(engine_url(source_url))
+    md = MetaData()
+    spxx = spxx_table(md)
+    md.create_all(eng)
+    # 10 rows share one timestamp, then 3 more: batch 4 cuts twice inside the tie
+    rows = [spxx_row(i, T0) for i in range(1, 11)] + [spxx_row(i, T0 + dt.timedelta(seconds=1)) for i in range(11, 14)]
+    with eng.begin() as c:
+        c.execute(spxx.insert(), rows)
+    ad = SqlPollAdapter("ex", {"url": source_url, "mapping": "exchange2009", "only": ["SPXX"], "batch": 4}, node.dir)
+    ledger = node.ledger()
+    assert drain(ad, ledger, "ex") == 4
+    got = records_of(node)
+    assert [p["case_no"] for _, p in got] == [r["SBLSH"] for r in rows]
+    assert {k for k, _ in got} == {"case.step"}
+    assert got[0][1]["action"] == "pass" and got[0][1]["ended_at"] == "2025-10-09T10:00:00+08:00"
+    # late rows at the SAME watermark as the cursor, with a higher key, are still read; nothing repeats
+    with eng.begin() as c:
+        c.execute(spxx.insert(), [spxx_row(14, T0 + dt.timedelta(seconds=1)), spxx_row(15, T0 + dt.timedelta(seconds=2))])
+    drain(ad, ledger, "ex")
+    assert len(records_of(node)) == 15
+    assert "SPXX after" in ad.describe(load_cursor(ledger, "ex"))
+    # re-delivery: the cursor cleared, every row read again, none appended twice
+    with node.store().write() as tx:
+        tx.set_meta("adapter:ex", "null")
+    drain(ad, ledger, "ex")
+    assert len(records_of(node)) == 15 and not quarantined(node)
+    ad.close()
+    eng.dispose()
+
+
+def test_sql_poll_id_watermark_and_bad_rows_quarantined(node: Home, source_url: str) -> None:
+    eng = create_engine(engine_url(source_url))
+    md = MetaData()
+    spxx = spxx_table(md)
+    md.create_all(eng)
+    rows = [spxx_row(i, T0) for i in range(1, 7)]
+    rows[1]["XZQHDM"] = "32030"  # bad division
+    rows[3]["JSSJ"] = "20251309100000"  # month 13
+    rows[4]["SPJG"] = "maybe"  # unknown action code
+    with eng.begin() as c:
+        c.execute(spxx.insert(), rows)
+    section = {"url": source_url, "mapping": "exchange2009", "batch": 100, "only": ["SPXX"],
+               "override": {"SPXX": {"watermark": "XH"}}}
+    ad = SqlPollAdapter("ex", section, node.dir)
+    drain(ad, node.ledger(), "ex")
+    assert len(records_of(node)) == 3
+    q = quarantined(node)
+    assert [r.position for r in q] == ["SPXX:XH=2", "SPXX:XH=4", "SPXX:XH=5"]
+    assert "'division'" in q[0].reason and "6-digit" in q[0].reason
+    assert "'time'" in q[1].reason and "not a real date" in q[1].reason
+    assert "'action'" in q[2].reason and "unknown code" in q[2].reason
+    assert json.loads(bytes(q[2].raw))["payload"]["action"] == "maybe"
+    ad.close()
+    eng.dispose()
+
+
+def test_gbt39046_mapping_on_sqlite(node: Home, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'gbt.db'}"
+    eng = create_engine(url)
+    md = MetaData()
+    m = mappings.load("gbt39046")
+    tables = {}
+    for tm in m["tables"]:
+        cols = [c for c in mappings.columns_of(tm) if c not in ("id", "sync_time")]
+        tables[tm["table"]] = Table(tm["table"], md, Column("id", Integer, primary_key=True),
+                                    Column("sync_time", DateTime), *[Column(c, Text) for c in cols])
+    md.create_all(eng)
+    common = {"sync_time": T0, "case_no": "320303202510090001", "item_code": "320303-XK-001",
+              "division": "320303", "dept": "320303-SJ"}
+    with eng.begin() as c:
+        c.execute(tables["case_apply"].insert(), [{**common, "id": 1, "applicant_type": "自然人",
+                  "applicant_name": "李四", "applicant_id": "320303199001011234", "materials": "申请书;身份证",
+                  "channel_code": "2", "assigned": "0", "apply_time": "2025-10-09 09:00:00"}])
+        c.execute(tables["case_accept"].insert(), [{**common, "id": 1, "handler": "王五", "accept_result": "1",
+                  "promised_time": "20251020170000", "case_kind": "2", "accept_time": "20251009093000"}])
+        c.execute(tables["case_process"].insert(), [{**common, "id": 1, "step_no": "1", "step_code": "SH",
+                  "step_name": "审核", "handler": "赵六", "post": "科员", "action": "通过",
+                  "start_time": "20251009100000", "end_time": "20251009110000", "evidence": "现场核查记录"}])
+        c.execute(tables["case_special"].insert(), [{**common, "id": 1, "special_no": "1", "special_kind": "2",
+                  "reason": "专家评审", "approver": "钱七", "start_time": "20251010090000", "approved_days": "5"}])
+        c.execute(tables["case_special_end"].insert(), [{**common, "id": 1, "special_no": "1",
+                  "end_time": "20251015090000"}])
+        c.execute(tables["case_complete"].insert(), [{**common, "id": 1, "result_code": "6", "cert_name": "许可证",
+                  "cert_no": "XK-001", "cert_valid_until": "20301231", "fee": "0",
+                  "complete_time": "20251016150000"}])
+    ad = SqlPollAdapter("gbt", {"url": url, "mapping": "gbt39046"}, node.dir)
+    drain(ad, node.ledger(), "gbt")
+    assert not quarantined(node), [r.reason for r in quarantined(node)]
+    got = dict(records_of(node))
+    assert set(got) == {"case.apply", "case.accept", "case.step", "case.suspend", "case.resume", "case.complete"}
+    assert got["case.apply"]["materials"] == ["申请书", "身份证"] and got["case.apply"]["assigned"] is False
+    assert got["case.accept"]["accepted"] is True
+    assert got["case.complete"]["cert_valid_until"] == "2030-12-31"
+    eng.dispose()
+
+
+def test_mapping_and_registry_errors(node: Home) -> None:
+    with pytest.raises(ConfigError, match="no field"):
+        mappings.load({"tables": [{"table": "x", "kind": "case.apply", "watermark": "w", "key": "k",
+                                   "fields": {"nonsense": "c"}}]})
+    with pytest.raises(ConfigError, match="not an installed adapter"):
+        make_adapter("x", {"type": "ftp"}, node.dir)
+    ad = make_adapter("d", {"type": "filedrop", "dir": "drop"}, node.dir)
+    assert isinstance(ad, FileDropAdapter) and ad.dir == node.dir / "drop"
+
+
+# ---- file drop ---------------------------------------------------------------------------------------------
+
+
+def step_obj(i: int, **over: Any) -> dict[str, Any]:
+    p = {"case_no": f"3203032025{i:08d}", "item_code": "320303-XK-001", "division": "320303", "dept": "320303-SJ",
+         "time": "2025-10-09T10:00:00+08:00", "step_no": 1, "step_code": "SL", "step_name": "受理",
+         "handler": "张三", "post": "窗口", "action": "pass", "started_at": "2025-10-09T09:30:00+08:00"}
+    p.update(over)
+    return p
+
+
+def test_filedrop_csv_gb18030_and_jsonl_utf8_archived(node: Home, tmp_path: Path) -> None:
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    header = "kind,case_no,item_code,division,dept,time,step_no,step_code,step_name,handler,post,action,started_at\n"
+    lines = [f"case.step,3203032025{i:08d},320303-XK-001,320303,320303-SJ,20251009100000,1,SL,受理,张三,窗口,通过,"
+             "20251009093000\n" for i in range(1, 6)]
+    (drop / "a.csv").write_bytes((header + "".join(lines)).encode("gb18030"))
+    (drop / "b.jsonl").write_text("".join(json.dumps({"kind": "case.step", **step_obj(i)}, ensure_ascii=False) + "\n"
+                                          for i in range(6, 9)), encoding="utf-8")
+    (drop / "c.jsonl.tmp").write_text("not read\n")
+    old = time.time() - 60
+    os.utime(drop / "a.csv", (old, old))
+    ad = FileDropAdapter("drop", {"dir": str(drop), "settle_seconds": 0}, node.dir)
+    ledger = node.ledger()
+    drain(ad, ledger, "drop")  # first sight of each file only records its size
+    drain(ad, ledger, "drop")
+    got = records_of(node)
+    assert [p["case_no"] for _, p in got] == [f"3203032025{i:08d}" for i in range(1, 9)]
+    assert got[0][1]["handler"] == "张三" and got[0][1]["action"] == "pass"
+    assert not (drop / "a.csv").exists() and not (drop / "b.jsonl").exists() and (drop / "c.jsonl.tmp").exists()
+    archived = sorted(p.name for p in (drop / "archive").rglob("*") if p.is_file())
+    assert archived == ["a.csv", "b.jsonl"]
+    assert load_cursor(ledger, "drop") is None
+
+
+def test_filedrop_only_complete_files_and_resume(node: Home, tmp_path: Path) -> None:
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    f = drop / "x.jsonl"
+    f.write_text("".join(json.dumps({"kind": "case.step", **step_obj(i)}) + "\n" for i in range(1, 4)))
+    ad = FileDropAdapter("drop", {"dir": str(drop), "marker": True, "batch": 2}, node.dir)
+    ledger = node.ledger()
+    assert ad.poll(None) is None  # no x.jsonl.done yet: not complete
+    with f.open("a") as fh:
+        fh.write("".join(json.dumps({"kind": "case.step", **step_obj(i)}) + "\n" for i in range(4, 6)))
+    (drop / "x.jsonl.done").touch()
+    b = ad.poll(None)
+    assert b is not None and len(b.rows) == 2
+    commit(ledger, "drop", b.rows, cursor=b.cursor, write_cursor=True)
+    # a restart: a new adapter continues from the committed byte offset
+    ad2 = FileDropAdapter("drop", {"dir": str(drop), "marker": True, "batch": 2}, node.dir)
+    drain(ad2, ledger, "drop")
+    assert [p["case_no"] for _, p in records_of(node)] == [f"3203032025{i:08d}" for i in range(1, 6)]
+    assert not f.exists() and not (drop / "x.jsonl.done").exists()
+
+    # settle rule: a file is read only after its size and mtime stood still for settle_seconds
+    ad3 = FileDropAdapter("drop", {"dir": str(drop), "settle_seconds": 0.3}, node.dir)
+    g = drop / "y.jsonl"
+    g.write_text(json.dumps({"kind": "case.step", **step_obj(9)}) + "\n")
+    assert ad3.poll(None) is None
+    assert ad3.poll(None) is None
+    time.sleep(0.35)
+    b = ad3.poll(None)
+    assert b is not None and len(b.rows) == 1
+
+
+def test_filedrop_unreadable_lines_quarantined_rest_arrives(node: Home, tmp_path: Path) -> None:
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    good = [json.dumps({"kind": "case.step", **step_obj(i)}, ensure_ascii=False).encode() for i in range(1, 5)]
+    bad = [
+        good[0][:40],  # truncated line
+        json.dumps({"kind": "case.step", **step_obj(90, handler="李四")}, ensure_ascii=False).encode("gb18030"),
+        json.dumps({"kind": "case.step", **step_obj(91, opinion="长" * 5000)}, ensure_ascii=False).encode(),
+        b"[1, 2]",
+    ]
+    body = b"\n".join([good[0], bad[0], good[1], bad[1], good[2], bad[2], bad[3], good[3]]) + b"\n"
+    (drop / "m.jsonl").write_bytes(body)
+    ad = FileDropAdapter("drop", {"dir": str(drop), "marker": False, "settle_seconds": 0}, node.dir)
+    drain(ad, node.ledger(), "drop")
+    drain(ad, node.ledger(), "drop")
+    assert len(records_of(node)) == 4
+    q = quarantined(node)
+    assert [r.position for r in q] == ["m.jsonl:2", "m.jsonl:4", "m.jsonl:6", "m.jsonl:7"]
+    assert "not valid JSON" in q[0].reason
+    assert "wrong encoding" in q[1].reason and bytes(q[1].raw) == bad[1]
+    assert "'opinion'" in q[2].reason and "longer than the limit" in q[2].reason
+    assert "not an object" in q[3].reason
+
+
+# ---- the local push service -----------------------------------------------------------------------------
+
+
+def test_push_service_token_accept_quarantine_redelivery(node: Home) -> None:
+    from adapters import push
+    from proto.fednode.v1 import fednode_pb2 as pb
+    from proto.fednode.v1 import fednode_pb2_grpc as pbg
+
+    ledger = node.ledger()
+    token = push.ensure_token(node.dir / "push.token")
+    assert oct((node.dir / "push.token").stat().st_mode & 0o777) == "0o600"
+    with pytest.raises(ConfigError, match="loopback"):
+        push.check_listen("0.0.0.0:7451")
+    counted: list[Any] = []
+
+    async def main() -> None:
+        run = push.commit_for(ledger)
+
+        async def do_commit(source: str, prepared: list[Any]) -> Any:
+            return run(source, prepared)
+
+        from node.demo import free_port
+
+        listen = f"127.0.0.1:{free_port()}"
+        server = push.make_server(listen, push.IngestServicer(token, do_commit, lambda o, p: counted.append(o)))
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(listen) as ch:
+                stub = pbg.IngestStub(ch)
+                items = [pb.IngestItem(kind="case.step", payload=json.dumps(step_obj(i)).encode(),
+                                       source_position=f"r{i}") for i in range(1, 4)]
+                items.append(pb.IngestItem(kind="case.step", payload=json.dumps(step_obj(4, step_no=0)).encode(),
+                                           source_position="r4"))
+                items.append(pb.IngestItem(kind="case.step", payload=b"{\"case_no\": ", source_position="r5"))
+                req = pb.IngestRequest(source="local-sys", items=items)
+                with pytest.raises(grpc.aio.AioRpcError) as ei:
+                    await stub.Push(req, metadata=[("authorization", "Bearer wrong")])
+                assert ei.value.code() == grpc.StatusCode.UNAUTHENTICATED
+                reply = await stub.Push(req, metadata=[("authorization", f"Bearer {token}")])
+                assert [r.accepted for r in reply.results] == [True, True, True, False, False]
+                assert "'step_no'" in reply.results[3].error and "not valid JSON" in reply.results[4].error
+                again = await stub.Push(pb.IngestRequest(source="local-sys", items=items[:3]),
+                                        metadata=[("authorization", f"Bearer {token}")])
+                assert all(r.accepted for r in again.results)
+        finally:
+            await server.stop(None)
+
+    asyncio.run(main())
+    assert len(records_of(node)) == 3
+    q = quarantined(node)
+    assert [(r.source, r.position) for r in q] == [("push:local-sys", "local-sys:r4"), ("push:local-sys", "local-sys:r5")]
+    assert counted[1].duplicates == 3 and counted[1].accepted == 0
+
+
+def test_natural_key_conflict_is_quarantined_not_dropped(node: Home) -> None:
+    from adapters.base import SourceRow
+
+    ledger = node.ledger()
+    out = commit(ledger, "t", [SourceRow("t:1", "case.step", step_obj(1))])
+    assert out.accepted == 1
+    out = commit(ledger, "t", [SourceRow("t:1", "case.step", step_obj(1)),
+                               SourceRow("t:2", "case.step", step_obj(1, handler="李四"))])
+    assert (out.accepted, out.duplicates, out.quarantined) == (0, 1, 1)
+    q = quarantined(node)
+    assert "conflicts with the record already accepted" in q[0].reason
+    assert natural_key("case.step", step_obj(1)) in q[0].reason
+
+
+def test_ingest_command_quarantines_bad_rows(node: Home, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from node.cli import main
+
+    f = tmp_path / "in.jsonl"
+    f.write_text("\n".join([json.dumps({"kind": "case.step", "payload": step_obj(1)}),
+                            json.dumps({"kind": "case.step", "payload": step_obj(2, time="2025-02-30 10:00")}),
+                            json.dumps({"kind": "case.nope", **step_obj(3)}),
+                            json.dumps({"kind": "case.step", **step_obj(4)})]) + "\n")
+    node.close()
+    assert main(["ingest", str(node.dir), str(f), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["ingested"], out["quarantined"]) == (2, 2)
+    assert [q["position"] for q in out["quarantine"]] == [f"{f}:2", f"{f}:3"]
+    assert "'time'" in out["quarantine"][0]["reason"] and "unknown record kind" in out["quarantine"][1]["reason"]
+    with node.store().read() as conn:
+        n = conn.execute(select(func.count()).select_from(schema.records)
+                         .where(schema.records.c.channel == BULK)).scalar_one()
+    assert n == 2
+
+
+def test_counters_for_status() -> None:
+    # the counters dict is what `fednode status` shows under "adapters"
+    from adapters.base import Counters, Outcome
+
+    c = Counters()
+    c.count(Outcome(read=3, accepted=2, quarantined=1), "x.csv line 3")
+    c.error("boom")
+    d = c.__dict__
+    assert (d["read"], d["accepted"], d["quarantined"], d["last_error"]) == (3, 2, 1, "boom")
+    assert d["position"] == "x.csv line 3" and d["last_error_us"] > 0
+
+
+def test_commit_dedupe_quarantine_cursor_on_both_stores(tmp_path: Path, store_url: str) -> None:
+    from adapters.base import SourceRow
+
+    h = enrol.init(tmp_path / "n", code="320000", name="江苏省", level="province", db=store_url)
+    enrol.init_root(h)
+    try:
+        ledger = h.ledger()
+        rows = [SourceRow(f"t:{i}", "case.step", step_obj(i)) for i in range(1, 6)]
+        rows.append(SourceRow("t:6", "case.step", step_obj(6, step_no="x")))
+        out = commit(ledger, "t", rows, cursor={"at": 6}, write_cursor=True)
+        assert (out.accepted, out.quarantined) == (5, 1)
+        out = commit(ledger, "t", rows[:5], cursor={"at": 5}, write_cursor=True)
+        assert (out.accepted, out.duplicates) == (0, 5)
+        assert load_cursor(ledger, "t") == {"at": 5}
+        assert len(records_of(h)) == 5 and len(quarantined(h)) == 1
+    finally:
+        h.close()
+
+
+def test_service_keeps_running_through_source_errors(node: Home) -> None:
+    """An injected fault: the source fails on the first poll; the service counts it, backs off, retries,
+    and then commits every row once, with its cursor."""
+    from adapters.base import Counters, SourceRow
+    from node.commands.adapters import AdapterService
+    from node.runtime import NodeRuntime
+
+    class Flaky:
+        name, interval, prefetch = "flaky", 0.05, True
+
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def poll(self, cursor: Any) -> Batch | None:
+            self.calls += 1
+            if self.calls == 1:
+                raise RuntimeError("source down")
+            i = (cursor or {}).get("i", 0)
+            if i >= 6:
+                return None
+            return Batch([SourceRow(f"f:{i + k}", "case.step", step_obj(500 + i + k)) for k in (1, 2)], {"i": i + 2})
+
+        def after_commit(self, batch: Batch) -> None:
+            pass
+
+        def describe(self, cursor: Any) -> str:
+            return json.dumps(cursor)
+
+        def close(self) -> None:
+            pass
+
+    async def main() -> Counters:
+        rt = NodeRuntime(node)
+        rt.recovered.set()
+        svc = AdapterService(rt)
+        c = svc.counters["flaky"] = Counters()
+        flaky = Flaky()
+        task = asyncio.create_task(svc._run("flaky", flaky, c))
+        deadline = time.monotonic() + 60
+        while c.accepted < 6 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert c.accepted == 6, (c.__dict__, flaky.calls, task)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        assert svc.status() == {"flaky": {"type": "", **c.__dict__}}
+        rt._executor.shutdown(wait=True)
+        return c
+
+    c = asyncio.run(main())
+    assert c.last_error == "RuntimeError: source down" and c.state == "ok"
+    assert (c.read, c.accepted, c.batches) == (6, 6, 3)
+    assert load_cursor(node.ledger(), "flaky") == {"i": 6}
+    assert len(records_of(node)) == 6
