@@ -1,11 +1,20 @@
 """Rules engine benchmark (not a test): printed figures beside references measured in the same run.
 
 - rule evaluation rate: 1M case events (apply, accept, steps, suspensions, corrections, completion)
-  fed to ``RulesEngine.feed``; target >= 50,000 events/s. Reference: ``json.loads`` of the same
+  fed to ``RulesEngine.feed_many`` in batches of 5,000 as the rules service reads them from the
+  change feed (each batch ends with ``settle``: every touched case's deadlines are computed then,
+  so this rate includes that work); target >= 50,000 events/s. Reference: ``json.loads`` of the same
   payloads (the least any consumer of the records does per event); ratio = engine / reference.
-- periodic scan: 100k open cases (one open step each, a tenth suspended), first scan (cold: every
-  case's clocks computed) and a second scan (warm); target < 5 s. Reference: one working-minute
+- periodic scan: 100k open cases (one open step each, a tenth suspended), fed the same way, then
+  the first scan (cold: the first one after the feed, every reached card built) and a second scan
+  (warm); target < 5 s. Reference: one working-minute
   index per case (the least a scan can compute); ratio = scan / reference.
+
+- the rules service over a real store (SQLite): 200k synthetic records read from the change feed,
+  fed, and their alerts appended as signed records with the cursor (``RulesProcessor.step``), and
+  the rebuild a restart does (every alert, then every rule input up to the cursor). Reference:
+  reading the same records from the change feed alone; ratio = service rate / reference rate.
+  No target in the issue; printed so a regression shows.
 
 Run: ``python -m bench.bench_rules [size_factor]`` (``0.1`` for a quick look).
 """
@@ -28,6 +37,7 @@ Record = tuple[str, dict[str, Any]]
 
 EVENT_TARGET = 50_000.0  # events/s, at least
 SCAN_TARGET = 5.0  # seconds, at most
+BATCH = 5000  # records per change-feed read in the rules service
 _DIVISIONS = ["320302", "320303", "320305", "320311", "320312", "320321", "320322", "320324", "320381"]
 _BASE = datetime(2025, 9, 1, 9, 0)
 
@@ -124,8 +134,8 @@ def bench_events(n_events: int, *, items: int = 200) -> dict[str, Any]:
     for chunk in _chunks(n_events, items=items, seed=1):
         gc.collect()
         t0 = time.perf_counter()
-        for kind, payload in chunk:
-            alerts += len(engine.feed(kind, payload))
+        for i in range(0, len(chunk), BATCH):
+            alerts += len(engine.feed_many(chunk[i : i + BATCH]))
         elapsed += time.perf_counter() - t0
         fed += len(chunk)
         # reference on the same chunk: parsing its payloads, nothing else
@@ -148,11 +158,16 @@ def bench_scan(n_cases: int, *, items: int = 200) -> list[dict[str, Any]]:
         engine.feed("item", item)
     rng = random.Random(2)
     accept_times: list[str] = []
+    batch: list[Record] = []
     for n in range(n_cases):
         for kind, payload in _case_events(rng, n, items=items, open_case=True):
-            engine.feed(kind, payload)
+            batch.append((kind, payload))
             if kind == "case.accept":
                 accept_times.append(payload["time"])
+        if len(batch) >= BATCH:
+            engine.feed_many(batch)
+            batch = []
+    engine.feed_many(batch)
     assert engine.open_case_count() == n_cases
     now = datetime(2025, 10, 20, 10, 0, tzinfo=CST)
     gc.collect()
@@ -177,10 +192,57 @@ def bench_scan(n_cases: int, *, items: int = 200) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
+def bench_service(n_records: int) -> list[dict[str, Any]]:
+    import tempfile
+    from pathlib import Path
+
+    from adapters.synthetic import generate
+    from node import enrol, ingest
+    from node.calendar import CST as _CST
+    from node.commands.alerts import RulesProcessor, RulesSettings, load_calendar
+
+    with tempfile.TemporaryDirectory(prefix="fednode-bench-rules-") as tmp:
+        home = enrol.init(Path(tmp) / "p", code="320000", name="江苏省", level="province")
+        enrol.init_root(home)
+        ledger = home.ledger()
+        ingest.append_chunked(ledger, generate(n_records, 3, division="320303"))
+        store = ledger.store
+        # reference: the change feed alone, in the service's batch size
+        t0 = time.perf_counter()
+        after, read = 0, 0
+        while batch := store.changes(after, limit=BATCH):
+            read += len(batch)
+            after = batch[-1].local_seq
+        ref = read / (time.perf_counter() - t0)
+        settings = RulesSettings()
+        clock = lambda: datetime(2026, 11, 28, 10, 0, tzinfo=_CST)  # noqa: E731
+        proc = RulesProcessor(ledger, settings, load_calendar(home.dir, settings), clock=clock)
+        proc.rebuild()
+        t0 = time.perf_counter()
+        fed = 0
+        while n := proc.step()[0]:
+            fed += n
+        proc.scan()
+        rate = fed / (time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        again = RulesProcessor(ledger, settings, load_calendar(home.dir, settings), clock=clock)
+        again.rebuild()
+        rebuild_rate = read / (time.perf_counter() - t0)
+        home.close()
+    common = {"unit": "records/s", "target": "-", "reference": round(ref), "ok": True}
+    return [
+        {"name": f"rules service over a SQLite store ({fed:,} records, {proc.appended:,} alerts)",
+         "value": round(rate), **common, "ratio": round(rate / ref, 3)},
+        {"name": f"rules service rebuild at restart ({read:,} records)", "value": round(rebuild_rate), **common,
+         "ratio": round(rebuild_rate / ref, 3)},
+    ]  # fmt: skip
+
+
 def run(size_factor: float = 1.0) -> list[dict[str, Any]]:
-    """Measure both figures; ``size_factor`` scales 1M events and 100k cases."""
+    """Measure every figure; ``size_factor`` scales 1M events, 100k cases and 200k stored records."""
     rows = [bench_events(max(1, int(1_000_000 * size_factor)))]
     rows.extend(bench_scan(max(1, int(100_000 * size_factor))))
+    rows.extend(bench_service(max(1000, int(200_000 * size_factor))))
     return rows
 
 
@@ -195,8 +257,11 @@ def _print(rows: list[dict[str, Any]]) -> None:
     for row in table:
         print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)))
     print("reference: events -> json.loads rate of the same payloads (events/s); "
-          "scan -> one working-minute index per case (s)")  # fmt: skip
+          "scan -> one working-minute index per case (s); service -> reading the change feed alone (records/s)")
 
 
 if __name__ == "__main__":
+    from node import logging as node_logging
+
+    node_logging.configure("warning")  # the rules service logs its rebuilds at info
     _print(run(float(sys.argv[1]) if len(sys.argv) > 1 else 1.0))

@@ -384,11 +384,16 @@ class Calendar:
     def index_of_iso(self, text: str) -> int:
         """``working_minute_index`` of an ISO-8601 text, fast for records' own format.
 
-        ``YYYY-MM-DDThh:mm:ss+08:00`` (and the naive form) skip datetime parsing: the day's base
+        ``YYYY-MM-DDThh:mm:ss[.ffffff]+08:00`` (and the naive forms) skip datetime parsing: the day's base
         index is cached per date string, so a timestamp costs two small ``int()`` calls.
         """
         n = len(text)
-        if (n == 25 and text.endswith("+08:00")) or n == 19:
+        # with or without microseconds (seconds and below never change a minute index)
+        if (
+            (((n == 19 or n == 26) and text[-1].isdigit()) or ((n == 25 or n == 32) and text.endswith("+08:00")))
+            and (n < 26 or text[19] == ".")
+            and text[10] in "T "
+        ):  # fmt: skip
             base = self._day_base.get(text[:10])
             if base is None:
                 day = date.fromisoformat(text[:10])

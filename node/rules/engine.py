@@ -32,6 +32,11 @@ Rules of this module:
   the more complete one wins (a step with ``ended_at`` over one without; a resume, a correction
   acceptance simply adds), remaining ties by the larger ``repr``; so a re-sent record never depends
   on arrival order either.
+- DEADLINES AT FEED TIME. A case's deadlines (its watch: the crossing position of every level) are
+  computed when its records are fed: ``feed`` does it at once, ``feed_many`` (and ``feed(...,
+  settle=False)`` followed by ``settle()``) once per batch for every case the batch touched. A scan
+  then only compares positions with ``now`` and builds the cards reached; their ``at`` texts are
+  cached per minute (a scan's cards share few distinct minutes).
 - MISSING CALENDAR YEAR. A time in a year the calendar does not cover makes ``scan`` emit one
   operator alert (rule ``calendar_year_missing``, level 4) per year and skip the objects it blocks;
   they are retried on every scan until the operator imports the year.
@@ -317,9 +322,14 @@ class RulesEngine:
         self._by_item: dict[str, set[str]] = {}
         self._complaints: dict[str, _OpenComplaint] = {}
         self._closed_complaints: set[str] = set()
+        self._closed_numbers: set[str] = set()  # complaint numbers whose ticket was concluded (any division)
         self._emitted: set[str] = set()
         self._levels: dict[str, int] = {}
         self.missing_years: set[int] = set()
+        self.bad_objects: dict[str, str] = {}  # case/complaint key -> why its times cannot be read
+        self._pending: dict[str, _Case] = {}  # touched since the last settle()
+        self._pending_complaints: dict[str, _OpenComplaint] = {}
+        self._at_text: dict[tuple[bool, int], str] = {}  # (natural clock, index) -> ISO text of the instant
         self._handlers: dict[str, Callable[[Mapping[str, Any], list[Alert]], None]] = {
             "item": self._on_item,
             "case.apply": self._on_apply,
@@ -336,19 +346,59 @@ class RulesEngine:
 
     # -- public API ---------------------------------------------------------------------------------
 
-    def feed(self, kind: str, payload: Mapping[str, Any]) -> list[Alert]:
-        """Take one record; return the event-driven alerts it newly causes. Unknown kinds are ignored."""
+    def feed(self, kind: str, payload: Mapping[str, Any], *, settle: bool = True) -> list[Alert]:
+        """Take one record; return the event-driven alerts it newly causes. Unknown kinds are ignored.
+
+        ``settle=False`` leaves the deadlines of the cases it touched to the next ``settle()`` (or
+        scan): a batch of records then computes each case's deadlines once, not once per record."""
         handler = self._handlers.get(kind)
         out: list[Alert] = []
         if handler is not None:
             handler(payload, out)
+            if settle:
+                self.settle()
         return out
 
     def feed_many(self, records: Iterable[tuple[str, Mapping[str, Any]]]) -> list[Alert]:
+        """Feed a batch, then compute the deadlines of every case it touched (``settle``)."""
         out: list[Alert] = []
+        handlers = self._handlers
         for kind, payload in records:
-            out.extend(self.feed(kind, payload))
+            handler = handlers.get(kind)
+            if handler is not None:
+                handler(payload, out)
+        self.settle()
         return out
+
+    def settle(self) -> None:
+        """Compute the deadlines (the watch) of every case and complaint touched since the last call,
+        so the periodic scan only compares positions. A case whose year the calendar lacks stays
+        pending: the scan raises the operator alert and retries it; a case with a timestamp that is
+        not a valid time is recorded in ``bad_objects`` and not watched."""
+        if self._pending:
+            pending, self._pending = self._pending, {}
+            for case in pending.values():
+                if case.dirty and case.key in self._open:
+                    try:
+                        self._build_case_watch(case)
+                    except CalendarYearMissing:
+                        pass  # the scan reports it and retries
+                    except (ValueError, TypeError, OverflowError) as e:
+                        self._bad(case, e)
+        if self._pending_complaints:
+            pending_c, self._pending_complaints = self._pending_complaints, {}
+            for c in pending_c.values():
+                if c.dirty and c.key in self._complaints:
+                    try:
+                        self._build_complaint_watch(c)
+                    except CalendarYearMissing:
+                        pass
+                    except (ValueError, TypeError, OverflowError) as e:
+                        self._bad(c, e)
+
+    def _bad(self, owner: _Case | _OpenComplaint, e: Exception) -> None:
+        self.bad_objects[owner.key] = f"{type(e).__name__}: {e}"
+        owner.watch, owner.next_pos, owner.dirty = [], _INF, False
 
     def scan(self, now: datetime) -> list[Alert]:
         """Evaluate the time rules at ``now``; return the cards newly reached, sorted by alert_id."""
@@ -366,6 +416,9 @@ class RulesEngine:
                 except CalendarYearMissing as e:
                     self._year_missing(e, now, out)
                     continue
+                except (ValueError, TypeError, OverflowError) as e:
+                    self._bad(case, e)
+                    continue
             current = now_n if case.natural else now_w
             if current is not None and current >= case.next_pos:
                 case.next_pos = self._fire(case, case.watch, current, out)
@@ -377,6 +430,9 @@ class RulesEngine:
                     except CalendarYearMissing as e:
                         self._year_missing(e, now, out)
                         continue
+                    except (ValueError, TypeError, OverflowError) as e:
+                        self._bad(c, e)
+                        continue
                 if now_w >= c.next_pos:
                     c.next_pos = self._fire(c, c.watch, now_w, out)
         out.sort(key=lambda a: a["alert_id"])
@@ -387,9 +443,20 @@ class RulesEngine:
         key = f"{division}/{complaint_no}"
         self._closed_complaints.add(key)
         self._complaints.pop(key, None)
+        self._pending_complaints.pop(key, None)
+
+    def close_complaint_no(self, complaint_no: str) -> None:
+        """Stop monitoring a complaint known only by its number (a concluded ticket carries no division):
+        open ones now, and ones whose registration arrives later."""
+        self._closed_numbers.add(complaint_no)
+        for key in [k for k, c in self._complaints.items() if c.complaint_no == complaint_no]:
+            self.close_complaint(complaint_no, self._complaints[key].division)
 
     def open_case_count(self) -> int:
         return len(self._open)
+
+    def emitted_count(self) -> int:
+        return len(self._emitted)
 
     def emitted_ids(self) -> frozenset[str]:
         return frozenset(self._emitted)
@@ -412,6 +479,7 @@ class RulesEngine:
             "records": records,
             "complaints": complaints,
             "closed_complaints": sorted(self._closed_complaints),
+            "closed_numbers": sorted(self._closed_numbers),
             "emitted": sorted(self._emitted),
             "levels": dict(sorted(self._levels.items())),
             "missing_years": sorted(self.missing_years),
@@ -433,10 +501,13 @@ class RulesEngine:
         engine._levels = {str(k): int(v) for k, v in state["levels"].items()}
         engine.missing_years = set(state.get("missing_years", ()))
         for kind, payload in state["records"]:
-            engine.feed(kind, payload)  # everything it would emit is already in _emitted
+            engine.feed(kind, payload, settle=False)  # everything it would emit is already in _emitted
         for c in state["complaints"]:
-            engine.feed("complaint.register", c)
+            engine.feed("complaint.register", c, settle=False)
+        engine.settle()
         engine._closed_complaints = set(state["closed_complaints"])
+        for no in state.get("closed_numbers", ()):
+            engine.close_complaint_no(no)
         return engine
 
     @staticmethod
@@ -478,6 +549,9 @@ class RulesEngine:
         case.dirty = True
         if case.closed:
             self._open.pop(case.key, None)
+            self._pending.pop(case.key, None)
+        else:
+            self._pending[case.key] = case
 
     def _on_item(self, p: Mapping[str, Any], out: list[Alert]) -> None:
         item = ItemSpec.from_payload(p)
@@ -486,7 +560,7 @@ class RulesEngine:
         # cases seen before their item: everything that needed the item is evaluated now
         for key in sorted(self._by_item.get(item.item_code, ())):
             case = self._cases[key]
-            case.dirty = True
+            self._touch(case)
             self._check_case(case, out)
             for n in sorted(case.steps):
                 self._check_step(case, n, out)
@@ -566,16 +640,17 @@ class RulesEngine:
     def _on_complaint(self, p: Mapping[str, Any], out: list[Alert]) -> None:
         no, division = str(p.get("complaint_no", "")), str(p.get("division", ""))
         key = str(p.get("_key") or f"{division}/{no}")
-        if key in self._closed_complaints:
+        if key in self._closed_complaints or no in self._closed_numbers:
             return
         rec = _Complaint(p.get("registered_at"), p.get("due_at"), str(p.get("respondent_unit") or ""))
         c = self._complaints.get(key)
         if c is None:
-            self._complaints[key] = _OpenComplaint(key, no, division, rec)
+            c = self._complaints[key] = _OpenComplaint(key, no, division, rec)
         else:
             # a later due date (an extension) wins, so the merge does not depend on arrival order
             c.rec = max((c.rec, rec), key=lambda r: (str(r.due_at), repr(r)))
             c.dirty = True
+        self._pending_complaints[key] = c
 
     def _on_alert(self, p: Mapping[str, Any], out: list[Alert]) -> None:
         alert_id = str(p.get("alert_id", ""))
@@ -872,22 +947,38 @@ class RulesEngine:
             self.natural if isinstance(owner, _Case) and owner.natural else self.calendar
         )
         next_pos = _INF
+        levels_done = self._levels
         for w in watch:
-            obj_key, rule, step_no, sub, levels = w
-            reached = [(lv, pos) for lv, pos in levels if pos <= now]
-            if reached:
-                level, pos = max(reached)
-                if level > self._levels.get(obj_key, 0):
-                    self._levels[obj_key] = level
+            levels = w[4]
+            level, at_pos = 0, 0.0  # the highest level reached (hot loop: no temporaries)
+            for lv, pos in levels:
+                if pos <= now and lv > level:
+                    level, at_pos = lv, pos
+            if level:
+                obj_key = w[0]
+                done = levels_done.get(obj_key, 0)
+                if level > done:
+                    levels_done[obj_key] = done = level
                     alert_id = f"{obj_key}:{level}"
                     if alert_id not in self._emitted:
                         self._emitted.add(alert_id)
-                        out.append(self._card(owner, rule, level, obj_key, step_no, sub,
-                                              clock.instant_of_index(int(pos)).isoformat()))  # fmt: skip
-                levels = w[4] = [(lv, p) for lv, p in levels if lv > self._levels.get(obj_key, 0)]
+                        out.append(self._card(owner, w[1], level, obj_key, w[2], w[3],
+                                              self._instant_text(clock, int(at_pos))))  # fmt: skip
+                levels = w[4] = [(lv, p) for lv, p in levels if lv > done]
             for _, pos in levels:
-                next_pos = min(next_pos, pos)
+                if pos < next_pos:
+                    next_pos = pos
         return next_pos
+
+    def _instant_text(self, clock: Calendar | NaturalClock, pos: int) -> str:
+        """ISO text of a crossing instant; cached, as a scan's cards share few distinct minutes."""
+        key = (clock is self.natural, pos)
+        text = self._at_text.get(key)
+        if text is None:
+            if len(self._at_text) >= 200_000:
+                self._at_text.clear()
+            text = self._at_text[key] = clock.instant_of_index(pos).isoformat()
+        return text
 
     def _card(self, owner: _Case | _OpenComplaint, rule: str, level: int, obj_key: str,
               step_no: int | None, sub: str | None, at: str) -> Alert:  # fmt: skip
