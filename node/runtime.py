@@ -41,6 +41,8 @@ class LinkState:
     rtt_ms: float | None = None
     records_in: int = 0
     records_out: int = 0
+    channel_records_in: dict[int, int] = field(default_factory=dict)
+    channel_records_out: dict[int, int] = field(default_factory=dict)
     batches_out: int = 0
     last_error: str = ""
     peer_heads: dict[StreamKey, int] = field(default_factory=dict)

@@ -178,6 +178,9 @@ class Session:
                             await self.write(pb.LinkMessage(batch=batch))
                             self.state.batches_out += 1
                             self.state.records_out += sum(len(s.records) for s in batch.segments)
+                            for seg in batch.segments:
+                                out = self.state.channel_records_out
+                                out[seg.channel] = out.get(seg.channel, 0) + len(seg.records)
                         else:
                             self.outbox.inflight.pop(batch.batch_id, None)
                         continue
@@ -205,6 +208,9 @@ class Session:
                 ack = await self.rt.db(streams.apply_batch, self.rt.ledger, msg.batch, peer=self.peer,
                                        from_child=not self.is_child_side)
                 self.state.records_in += sum(len(s.records) for s in msg.batch.segments)
+                for seg in msg.batch.segments:
+                    got = self.state.channel_records_in
+                    got[seg.channel] = got.get(seg.channel, 0) + len(seg.records)
                 # the peer evidently holds what it just sent us: never echo it back
                 for h in ack.heads:
                     c = self.outbox.cursor((LOG, h.origin, int(h.channel)))
