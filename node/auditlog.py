@@ -205,11 +205,20 @@ def _open_items(f: Facts, rules: Any, names: Iterable[str], now: datetime) -> li
         # a named supervisor never seen is due at once, with a fixed due so the reminder is written once
         due = NEVER if last is None else last + timedelta(days=rules.login_days)
         out.append(("login", actor, due, f"{actor} 已超过 {rules.login_days:g} 天未登录监察系统"))
+    # unhandled alerts are reminded per day, not per alert: one reminder (and at most one escalation)
+    # lists every alert that fell due that day, so a backlog of old alerts cannot flood the control log
+    by_day: dict[str, list[tuple[datetime, str]]] = {}
     for alert_id, (at, _div) in sorted(f.alerts.items()):
         if alert_id in f.acted_targets or alert_id in f.ticketed_alerts:
             continue
-        out.append(("alert_unhandled", alert_id, at + timedelta(days=rules.alert_days),
-                    f"预警 {alert_id} 超过 {rules.alert_days:g} 天未处置"))
+        due = at + timedelta(days=rules.alert_days)
+        by_day.setdefault(due.date().isoformat(), []).append((due, alert_id))
+    for day, items in sorted(by_day.items()):
+        due = max(d for d, _ in items).replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
+        ids = [a for _, a in sorted(items)]
+        shown = "、".join(ids[:10]) + (f" 等 {len(ids)} 条" if len(ids) > 10 else "")
+        out.append(("alert_unhandled", f"alerts@{day}", due,
+                    f"{len(ids)} 条预警超过 {rules.alert_days:g} 天未处置（{day} 到期）：{shown}"))
     for ticket, (issued, done) in sorted(f.tickets.items()):
         if not done:
             out.append(("ticket_inactive", ticket, issued + timedelta(days=rules.ticket_days),

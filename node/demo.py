@@ -43,7 +43,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def build_tree(base: Path, tree: list[tuple[str, str, str, str | None]] = TREE) -> dict[str, Home]:
+# For tests about the links alone: no service appends records of its own, so counts are exact.
+LINKS_ONLY = "\n[rules]\nenabled = false\n"
+
+
+def build_tree(base: Path, tree: list[tuple[str, str, str, str | None]] = TREE, *,
+               extra_config: str = "") -> dict[str, Home]:
+    """Enrol a tree of node homes with the real pki path; ``extra_config`` is appended to every node.toml."""
     homes: dict[str, Home] = {}
     ports = {code: free_port() for code, *_ in tree}
     for code, name, level, parent in tree:
@@ -51,6 +57,9 @@ def build_tree(base: Path, tree: list[tuple[str, str, str, str | None]] = TREE) 
         home = enrol.init(base / code, code=code, name=name, level=level,
                           listen=f"127.0.0.1:{ports[code]}" if children else "",
                           parent=f"127.0.0.1:{ports[parent]}" if parent else "")
+        if extra_config:
+            with home.config.path.open("a", encoding="utf-8") as f:
+                f.write(extra_config)
         if parent is None:
             enrol.init_root(home)
         else:

@@ -88,7 +88,8 @@ def _verify_log(store: Store, keyring: Keyring, origin: str, channel: int, head_
         while expected_seq <= head_seq:
             rows = conn.execute(
                 select(t.c.seq, t.c.body, t.c.signature, t.c.key_id, t.c.chain)
-                .where(and_(t.c.origin == origin, t.c.channel == channel, t.c.seq >= expected_seq))
+                .where(and_(t.c.origin == origin, t.c.channel == channel, t.c.seq >= expected_seq,
+                            t.c.seq <= head_seq))  # the node may append meanwhile: verify what the head covers
                 .order_by(t.c.seq).limit(CHUNK)
             ).all()
             if not rows:

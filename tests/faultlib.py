@@ -37,7 +37,7 @@ from types import TracebackType
 from typing import Any
 
 from node import admin, codes, config
-from node.demo import build_tree, root_counts, start, stop_all, wait_admin
+from node.demo import LINKS_ONLY, build_tree, root_counts, start, stop_all, wait_admin
 from node.home import Home
 from node.integrity import verify_store
 from node.keyring import Keyring
@@ -101,7 +101,7 @@ class Cluster:
 
     def __init__(self, base: Path, tree: Tree = CHAIN) -> None:
         self.tree = tree
-        self.homes = build_tree(base, tree)
+        self.homes = build_tree(base, tree, extra_config=LINKS_ONLY)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.env: dict[str, dict[str, str]] = {}
         self.starts: dict[str, int] = {c: 0 for c, *_ in tree}

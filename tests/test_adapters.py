@@ -365,7 +365,7 @@ def test_ingest_command_quarantines_bad_rows(node: Home, tmp_path: Path, capsys:
                             json.dumps({"kind": "case.nope", **step_obj(3)}),
                             json.dumps({"kind": "case.step", **step_obj(4)})]) + "\n")
     node.close()
-    assert main(["ingest", str(node.dir), str(f), "--json"]) == 0
+    assert main(["ingest", str(node.dir), str(f), "--json"]) == 1  # rows quarantined: the command found a problem
     out = json.loads(capsys.readouterr().out)
     assert (out["ingested"], out["quarantined"]) == (2, 2)
     assert [q["position"] for q in out["quarantine"]] == [f"{f}:2", f"{f}:3"]

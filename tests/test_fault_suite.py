@@ -241,11 +241,12 @@ def test_store_out_of_disk_then_space_comes_back(tmp_path: Path) -> None:
             # the city cannot store the batch: it must say so, refuse it, and keep running
             wait_for(lambda: "database or disk is full" in cl.log_text(CITY), 60,
                      "the city logs that its disk is full")
-            failed = [e for e in cl.events(CITY, "link_failed", peer=COUNTY)
-                      if "database or disk is full" in e.get("exception", "")]
-            assert failed, "the city did not log link_failed naming the full disk"
+            # the store refuses the write; the city answers the batch with an error ack and keeps the link up
+            failed = [e for e in cl.events(CITY, "store_write_failed", peer=COUNTY)
+                      if "database or disk is full" in e.get("error", "")]
+            assert failed, "the city did not log store_write_failed naming the full disk"
             print(f"  city says: event={failed[0]['event']} level={failed[0]['level']} peer={failed[0]['peer']}: "
-                  f"{next(ln for ln in failed[0]['exception'].splitlines() if 'disk is full' in ln).strip()[:200]}")
+                  f"{failed[0]['error'][:200]}")
             time.sleep(2)
             assert cl.alive(CITY), "the city died when its disk filled up"
             st = cl.status(CITY)

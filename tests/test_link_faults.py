@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 
 from node import admin, config
-from node.demo import build_tree, root_counts, start, stop_all, wait_admin, wait_converged
+from node.demo import LINKS_ONLY, build_tree, root_counts, start, stop_all, wait_admin, wait_converged
 from node.home import Home
 from node.integrity import verify_store
 from node.keyring import Keyring
@@ -143,7 +143,7 @@ def test_kill_9_middle_node(tmp_path: Path) -> None:
     seed = fault_seed()
     rng = random.Random(seed)
     print(f"\n[kill -9] seed {seed} (replay with FEDNODE_FAULT_SEED={seed})")
-    homes = build_tree(tmp_path, CHAIN)
+    homes = build_tree(tmp_path, CHAIN, extra_config=LINKS_ONLY)
     procs: dict[str, subprocess.Popen[bytes]] = {}
     records, kills = 50_000, 5
     # the schedule is drawn up front, so the seed alone decides it: chunk i of the records is ingested
@@ -275,7 +275,7 @@ def test_flaky_link(tmp_path: Path) -> None:
     seed = fault_seed()
     rng = random.Random(seed)
     print(f"\n[flaky link] seed {seed} (replay with FEDNODE_FAULT_SEED={seed})")
-    homes = build_tree(tmp_path, CHAIN)
+    homes = build_tree(tmp_path, CHAIN, extra_config=LINKS_ONLY)
     procs: dict[str, subprocess.Popen[bytes]] = {}
     records, chunks = 30_000, 6
     pauses = [rng.uniform(0.5, 2.0) for _ in range(chunks)]

@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from node import admin, codes, ingest, pki, streams
-from node.demo import TREE, build_tree, root_counts, start, stop_all, wait_admin
+from node.demo import LINKS_ONLY, TREE, build_tree, root_counts, start, stop_all, wait_admin
 from node.home import Home
 from node.records import BULK
 from node.store import Store
@@ -56,7 +56,7 @@ class Cluster:
     """Node homes built by node.demo.build_tree; processes started and stopped by node.demo."""
 
     def __init__(self, base: Path, tree: list[tuple[str, str, str, str | None]]) -> None:
-        self.homes = build_tree(base, tree)
+        self.homes = build_tree(base, tree, extra_config=LINKS_ONLY)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def __enter__(self) -> Cluster:

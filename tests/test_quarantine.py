@@ -211,7 +211,7 @@ def test_quarantine_cli(node: Home, tmp_path: Path, capsys: pytest.CaptureFixtur
     i = next(_serial)
     f.write_text(json.dumps({"kind": "case.step", **step(i, step_no=0)}) + "\n")
     node.close()
-    assert main(["ingest", str(node.dir), str(f), "--json"]) == 0
+    assert main(["ingest", str(node.dir), str(f), "--json"]) == 1  # a row quarantined: exit 1
     assert json.loads(capsys.readouterr().out)["quarantined"] == 1
     assert main(["quarantine", "list", str(node.dir), "--source", "cli", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)["rows"]
