@@ -441,7 +441,7 @@ def _down_records(ledger: Ledger, origin: str, channel: int, after: int, end: in
     are held in ``down_records`` only."""
     table = schema.records if origin == ledger.code else schema.down_records
     q = (select(table.c.seq, table.c.dest, table.c.body, table.c.signature, table.c.key_id)
-         .where(and_(table.c.origin == origin, table.c.channel == channel, table.c.seq > after, table.c.dest != ""))
+         .where(and_(table.c.origin == origin, table.c.channel == channel, table.c.seq > after, schema.addressed(table)))
          .order_by(table.c.seq).limit(DOWN_FETCH_LIMIT))
     if end is not None:
         q = q.where(table.c.seq <= end)

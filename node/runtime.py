@@ -73,6 +73,8 @@ class NodeRuntime:
         self.ledger = home.ledger()
         self.window = window
         self.batch_records = batch_records
+        # a relay forwards what its children just sent without reading it back (database thread only)
+        self.relay = streams.RelayCache(max_segments=8 * window) if self.parent_code else None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fednode-db")
         # background services (rules scans, projections, reconciliation) get their own thread, so a long
         # scan never stalls the links; writes still serialise on the store's write lock
@@ -162,13 +164,16 @@ class NodeRuntime:
                     b["oldest_age_s"] = max(b["oldest_age_s"], round((now_us() - t) / 1e6, 1))
             acked = [{"kind": k, "origin": o, "channel": channel_name(c), "seq": cur.acked}
                      for (k, o, c), cur in sorted(st.outbox.cursors.items())]
-        return {
+        out = {
             "peer": st.peer, "direction": st.direction, "state": st.state, "since_us": st.since_us,
             "last_in_us": st.last_in_us, "last_out_us": st.last_out_us, "rtt_ms": st.rtt_ms,
             "records_in": st.records_in, "records_out": st.records_out, "backlog": backlog,
             "acked": acked, "last_error": st.last_error,
             "paused": {f"{o}/{channel_name(c)}": p.error for (_k, o, c), p in (st.outbox.paused.items() if st.outbox else [])},
         }
+        if st.direction == "up" and self.relay is not None:
+            out["relayed_segments"] = self.relay.hits  # forwarded from children without reading the store
+        return out
 
     def status_sync(self) -> dict[str, Any]:
         from node.cli import status_data

@@ -493,23 +493,40 @@ class Store:
             r = conn.execute(q).first()
         return CheckpointRow(r.origin, r.channel, r.seq, bytes(r.body), bytes(r.signature), bytes(r.key_id)) if r else None
 
-    def changes(self, after: int, limit: int = 5000, kinds: tuple[str, ...] | None = None) -> list[Change]:
+    def changes(self, after: int, limit: int = 5000, kinds: tuple[str, ...] | None = None, *,
+                origin: str | None = None, any_origin_kinds: tuple[str, ...] = ()) -> list[Change]:
         """The change feed: records stored here (own, from children, from ancestors) after ``after``, in the
-        order they arrived. ``kinds``: only kinds starting with one of these prefixes."""
+        order they arrived. ``kinds``: only kinds starting with one of these prefixes. ``origin``: only
+        records born there, except kinds starting with one of ``any_origin_kinds`` (read from anywhere).
+        Filtering happens in the database: a relay's services must not parse every record it relays."""
+        return self.feed(after, limit, kinds, origin=origin, any_origin_kinds=any_origin_kinds)[0]
+
+    def feed(self, after: int, limit: int = 5000, kinds: tuple[str, ...] | None = None, *,
+             origin: str | None = None, any_origin_kinds: tuple[str, ...] = ()) -> tuple[list[Change], int]:
+        """``changes`` plus where to resume: the last change's ``local_seq`` when the page is full, else
+        the feed's high-water mark read *before* the query. Every row up to that mark is committed (the
+        mark and its rows are written in one transaction), so a follower whose filter matches rarely
+        skips what it has already scanned instead of scanning it again on every call."""
+        from sqlalchemy import or_
+
         out: list[Change] = []
         with self.read() as conn:
+            high = int(conn.execute(select(t.meta.c.value).where(t.meta.c.key == "local_seq")).scalar() or 0)
             for table, down in ((t.records, False), (t.down_records, True)):
                 q = select(table.c.local_seq, table.c.origin, table.c.channel, table.c.seq, table.c.kind,
                            table.c.dest, table.c.time_us, table.c.body).where(table.c.local_seq > after)
                 if kinds:
-                    from sqlalchemy import or_
-
                     q = q.where(or_(*[table.c.kind.startswith(k) for k in kinds]))
+                if origin is not None:
+                    q = q.where(or_(table.c.origin == origin, *[table.c.kind.startswith(k) for k in any_origin_kinds]))
                 for r in conn.execute(q.order_by(table.c.local_seq).limit(limit)):
                     out.append(Change(r.local_seq, r.origin, r.channel, r.seq, r.kind, r.dest, r.time_us,
                                       bytes(r.body), down))
         out.sort(key=lambda c: c.local_seq)
-        return out[:limit]
+        out = out[:limit]
+        if len(out) == limit:
+            return out, out[-1].local_seq
+        return out, max(high, after, out[-1].local_seq if out else 0)
 
     def incidents(self) -> list[Any]:
         with self.read() as conn:

@@ -5,7 +5,7 @@ Synchronous (it runs on the node's database thread); node/transport.py calls it 
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from typing import Any
 
 import structlog
@@ -22,6 +22,31 @@ from proto.fednode.v1 import fednode_pb2 as pb
 log = structlog.get_logger(__name__)
 
 MAX_BATCH_BYTES = 16 * 1024 * 1024
+
+
+class RelayCache:
+    """Segments from children, just verified and committed here, kept so the uplink forwards them as
+    they are instead of reading them back from the store (a relay otherwise reads every record it has
+    just written). An entry is used at most once, only when it starts exactly where the uplink's cursor
+    is; anything else (a rewind after an error ack, a restart, an evicted entry) reads the store as
+    before. Bounded: the oldest entries go first. Used on the database thread only."""
+
+    def __init__(self, max_segments: int = 32) -> None:
+        self.max_segments = max_segments
+        self._segments: OrderedDict[tuple[str, int, int], pb.Segment] = OrderedDict()
+        self.hits = 0
+
+    def put(self, seg: pb.Segment, after: int) -> None:
+        self._segments[(seg.origin, int(seg.channel), after)] = seg
+        while len(self._segments) > self.max_segments:
+            self._segments.popitem(last=False)
+
+    def take(self, origin: str, channel: int, after: int, limit: int) -> pb.Segment | None:
+        seg = self._segments.pop((origin, channel, after), None)
+        if seg is None or len(seg.records) > limit:
+            return None
+        self.hits += 1
+        return seg
 
 
 def up_heads(ledger: Ledger) -> dict[StreamKey, int]:
@@ -41,7 +66,7 @@ def down_heads_for(ledger: Ledger, child: str) -> dict[StreamKey, int]:
         for table in (schema.records, schema.down_records):
             q = (
                 select(table.c.origin, table.c.channel, table.c.dest, func.max(table.c.seq))
-                .where(and_(table.c.dest != "", table.c.channel.in_(list(SIGNED_CHANNELS))))
+                .where(and_(schema.addressed(table), table.c.channel.in_(list(SIGNED_CHANNELS))))
                 .group_by(table.c.origin, table.c.channel, table.c.dest)
             )
             for origin, channel, dest, seq in conn.execute(q):
@@ -69,8 +94,10 @@ def from_heads_pb(heads: Any, kind: str) -> dict[StreamKey, int]:
     return {(kind, h.origin, int(h.channel)): int(h.seq) for h in heads}
 
 
-def read_batch(ledger: Ledger, wants: list[Want], peer: str) -> tuple[pb.Batch, list[Part]]:
-    """Read what ``wants`` asks for, cutting log streams at checkpoints."""
+def read_batch(ledger: Ledger, wants: list[Want], peer: str,
+               relay: RelayCache | None = None) -> tuple[pb.Batch, list[Part]]:
+    """Read what ``wants`` asks for, cutting log streams at checkpoints (or forwarding a segment just
+    received from a child, when ``relay`` holds the one that starts at the cursor)."""
     batch = pb.Batch()
     parts: list[Part] = []
     key_ids: set[bytes] = set()
@@ -80,7 +107,9 @@ def read_batch(ledger: Ledger, wants: list[Want], peer: str) -> tuple[pb.Batch, 
             break
         kind, origin, channel = w.stream
         if kind == LOG:
-            seg = ledger.read_segment(origin, channel, w.after, w.limit)
+            seg = relay.take(origin, channel, w.after, w.limit) if relay is not None else None
+            if seg is None:
+                seg = ledger.read_segment(origin, channel, w.after, w.limit)
             if seg is None or not seg.records:
                 continue
             key_ids.add(seg.checkpoint.key_id)
@@ -110,7 +139,7 @@ def _read_down(ledger: Ledger, origin: str, channel: int, after: int, limit: int
             q = (
                 select(table.c.seq, table.c.dest, table.c.body, table.c.signature, table.c.key_id)
                 .where(and_(table.c.origin == origin, table.c.channel == channel, table.c.seq > after,
-                            table.c.dest != ""))
+                            schema.addressed(table)))
                 .order_by(table.c.seq)
                 .limit(limit * 4)
             )
@@ -130,13 +159,15 @@ def _read_down(ledger: Ledger, origin: str, channel: int, after: int, limit: int
     return seg, rows[-1].seq
 
 
-def apply_batch(ledger: Ledger, batch: pb.Batch, *, peer: str, from_child: bool) -> pb.Ack:
+def apply_batch(ledger: Ledger, batch: pb.Batch, *, peer: str, from_child: bool,
+                relay: RelayCache | None = None) -> pb.Ack:
     """Verify and commit what a peer sent; the ack names what was committed and what was refused.
+    Segments from a child that were wholly new here go to ``relay``, for the uplink to forward.
 
     A store that cannot write (disk full, database down) answers with an error ack: the sender pauses and
     resends by itself, and this node keeps running."""
     try:
-        return _apply_batch(ledger, batch, peer=peer, from_child=from_child)
+        return _apply_batch(ledger, batch, peer=peer, from_child=from_child, relay=relay)
     except DBAPIError as e:
         log.error("store_write_failed", peer=peer, error=str(e.orig))
         return pb.Ack(batch_id=batch.batch_id, ok=False, error_code="store_unavailable",
@@ -144,7 +175,8 @@ def apply_batch(ledger: Ledger, batch: pb.Batch, *, peer: str, from_child: bool)
                       f"database at {ledger.code}; the sender resends by itself)")
 
 
-def _apply_batch(ledger: Ledger, batch: pb.Batch, *, peer: str, from_child: bool) -> pb.Ack:
+def _apply_batch(ledger: Ledger, batch: pb.Batch, *, peer: str, from_child: bool,
+                 relay: RelayCache | None) -> pb.Ack:
     ack = pb.Ack(batch_id=batch.batch_id, ok=True)
     errors: dict[tuple[str, int], FednodeError] = {}
     try:
@@ -157,8 +189,13 @@ def _apply_batch(ledger: Ledger, batch: pb.Batch, *, peer: str, from_child: bool
     # a child may send only its own subtree's logs; a parent may repair only logs of our subtree
     subtree = peer if from_child else ledger.code
     if log_segs:
-        _results, errs = ledger.accept_many(log_segs, sender_subtree=subtree, source=peer)
+        results, errs = ledger.accept_many(log_segs, sender_subtree=subtree, source=peer)
         errors.update(errs)
+        if relay is not None and from_child:
+            for s in log_segs:
+                res = results.get((s.origin, int(s.channel)))
+                if res is not None and res.duplicates == 0 and res.appended == len(s.records):
+                    relay.put(s, res.head.seq - res.appended)
     if down_segs:
         if from_child:
             for s in down_segs:

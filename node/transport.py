@@ -170,7 +170,8 @@ class Session:
                 self.state.local_heads = heads
                 wants = self.outbox.wants(heads, time.monotonic())
                 if wants:
-                    batch, parts = await self.rt.db(streams.read_batch, self.rt.ledger, wants, self.peer)
+                    batch, parts = await self.rt.db(streams.read_batch, self.rt.ledger, wants, self.peer,
+                                                    self.rt.relay if self.is_child_side else None)
                     if parts:
                         batch.batch_id = self.outbox.sent(parts)
                         if batch.segments:
@@ -206,7 +207,7 @@ class Session:
             which = msg.WhichOneof("msg")
             if which == "batch":
                 ack = await self.rt.db(streams.apply_batch, self.rt.ledger, msg.batch, peer=self.peer,
-                                       from_child=not self.is_child_side)
+                                       from_child=not self.is_child_side, relay=self.rt.relay)
                 self.state.records_in += sum(len(s.records) for s in msg.batch.segments)
                 for seg in msg.batch.segments:
                     got = self.state.channel_records_in

@@ -1,0 +1,73 @@
+"""The relay cache (node/streams.py RelayCache): a city forwards what its child just sent without reading
+it back, and what it forwards is exactly what reading the store would have sent."""
+
+from __future__ import annotations
+
+from node.link import LOG, Want
+from node.records import BULK
+from node.streams import RelayCache, apply_batch, read_batch
+from tests.conftest import Tree
+from tests.test_reconcile import fill
+
+
+def _segments_bytes(batch: object) -> list[bytes]:
+    return [s.SerializeToString() for s in batch.segments]  # type: ignore[attr-defined]
+
+
+def test_city_forwards_the_childs_segments_as_the_store_would_send_them(tree: Tree) -> None:
+    county, city, province = tree.county.ledger(), tree.city.ledger(), tree.province.ledger()
+    fill(county, 2600)  # checkpoints every 500 records and at the end: segments cut there
+    relay = RelayCache()
+    after = 0
+    while True:
+        batch, parts = read_batch(county, [Want((LOG, "320303", BULK), after, 1000)], "320300")
+        if not parts:
+            break
+        ack = apply_batch(city, batch, peer="320303", from_child=True, relay=relay)
+        assert ack.ok, ack.error
+        after = parts[-1].last
+    assert after == 2600
+
+    up_after = 0
+    while up_after < 2600:
+        want = [Want((LOG, "320303", BULK), up_after, 1000)]
+        from_store, parts_store = read_batch(city, want, "320000")
+        hits = relay.hits
+        relayed, parts_relay = read_batch(city, want, "320000", relay)
+        assert relay.hits == hits + 1, "every segment the county sent starts where the uplink's cursor is"
+        assert _segments_bytes(relayed) == _segments_bytes(from_store)
+        assert parts_relay == parts_store
+        ack = apply_batch(province, relayed, peer="320300", from_child=True)
+        assert ack.ok, ack.error
+        up_after = parts_relay[-1].last
+    assert province.store.head("320303", BULK).seq == 2600
+    # each entry is used once: a second read (say after an error ack rewound the cursor) reads the store
+    again, _ = read_batch(city, [Want((LOG, "320303", BULK), 0, 1000)], "320000", relay)
+    assert relay.hits == hits + 1
+    assert again.segments[0].records[0].body == city.store.bodies("320303", BULK, 1, 1)[0][0]
+
+
+def test_resent_and_oversized_segments_are_not_relayed(tree: Tree) -> None:
+    county, city = tree.county.ledger(), tree.city.ledger()
+    fill(county, 400)
+    relay = RelayCache()
+    batch, _ = read_batch(county, [Want((LOG, "320303", BULK), 0, 1000)], "320300")
+    assert apply_batch(city, batch, peer="320303", from_child=True, relay=relay).ok
+    # the same batch again (a resend after a lost ack): nothing new, so nothing is cached for it twice
+    relay2 = RelayCache()
+    assert apply_batch(city, batch, peer="320303", from_child=True, relay=relay2).ok
+    assert relay2.take("320303", BULK, 0, 1000) is None
+    # an entry longer than the uplink's budget is refused, and the uplink reads the store instead
+    assert relay.take("320303", BULK, 0, 100) is None
+    assert relay.hits == 0
+
+
+def test_the_cache_is_bounded() -> None:
+    from proto.fednode.v1 import fednode_pb2 as pb
+
+    relay = RelayCache(max_segments=4)
+    for i in range(10):
+        relay.put(pb.Segment(origin="320303", channel=BULK, records=[pb.SignedRecord(body=b"x")]), i)  # type: ignore[arg-type]
+    assert relay.take("320303", BULK, 0, 10) is None  # evicted, oldest first
+    assert relay.take("320303", BULK, 9, 10) is not None
+    assert len(relay._segments) == 3
