@@ -32,6 +32,11 @@ class Config:
     log_format: str = "auto"  # auto | json | console
     reconcile_cron: str = "0 2 * * *"
     reconcile_jitter_s: int = 600
+    # records per batch and batches in flight per link: bigger batches amortise the per-message cost of
+    # gRPC, the database thread hop and the commit (4000 cut a relay's CPU per record by ~18% against
+    # 1000 in `fednode bench`); memory per link is about window x batch x record size
+    batch_records: int = 4000
+    window: int = 3
     sections: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -54,6 +59,8 @@ FIELDS: dict[tuple[str, str], tuple[str, type, Any, str]] = {
     ("link", "listen"): ("listen", str, lambda v: v == "" or _hostport(v), "HOST:PORT, e.g. 0.0.0.0:7700"),
     ("link", "parent"): ("parent", str, lambda v: v == "" or _hostport(v), "HOST:PORT of the parent node"),
     ("link", "parent_code"): ("parent_code", str, lambda v: v == "" or is_code(v), "the parent's node code"),
+    ("link", "batch_records"): ("batch_records", int, lambda v: 100 <= v <= 20_000, "records per batch, 100..20000"),
+    ("link", "window"): ("window", int, lambda v: 1 <= v <= 16, "batches in flight per link, 1..16"),
     ("admin", "socket"): ("admin_socket", str, None, "a path for the admin Unix socket"),
     ("log", "level"): ("log_level", str, lambda v: v in ("debug", "info", "warning", "error"),
                        "debug, info, warning or error"),

@@ -9,8 +9,13 @@ Rules of this module (the gRPC shell in node/transport.py only moves messages):
   from the peer's committed heads means nothing is lost and, with idempotent appends, nothing is
   applied twice.
 - Priority: each batch is filled channel by channel, control before monitor before bulk, so a control
-  record waits at most behind the batches already in flight, never behind a backlog.
+  record waits at most behind the batches already in flight, never behind a backlog. When the window
+  is full, one more batch may go out if it carries only control and monitor records (the priority
+  slot), so those do not even wait for an ack of bulk.
 - Memory is bounded: at most ``window`` batches are in flight; a batch holds at most ``max_records``.
+- The receiver applies batches in arrival order, except that a batch of control and monitor records
+  only jumps the queue when no earlier queued batch touches any of its logs (``next_to_apply``): logs
+  are independent of each other, so no log ever sees its records out of order.
 - A stream the peer refused (an error in its ack) is paused with its error and retried after
   ``retry_after_s``; the other streams go on.
 - An error ack rewinds ``sent`` to ``acked`` for that stream; acks of batches sent before the rewind
@@ -20,7 +25,10 @@ Rules of this module (the gRPC shell in node/transport.py only moves messages):
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+from node.records import BULK  # the one channel that never takes the priority slot
 
 LOG, DOWN = "log", "down"
 StreamKey = tuple[str, str, int]  # (LOG | DOWN, origin, channel)
@@ -81,17 +89,22 @@ class Outbox:
 
     @property
     def can_send(self) -> bool:
-        return len(self.inflight) < self.window
+        """A batch of any channel may go out (room in the window, or the priority slot is free)."""
+        return len(self.inflight) < self.window + 1
 
     def wants(self, local_heads: dict[StreamKey, int], now: float) -> list[Want]:
-        """Streams with something to send, in priority order, sharing one batch's record budget.
+        """Streams with something to send, in priority order, sharing one batch's record budget; with
+        the window full, only control and monitor streams (the priority slot).
 
         ``local_heads``: for logs, our head seq; for down streams, the highest seq we hold that is
         addressed into the peer's subtree."""
-        out = []
+        out: list[Want] = []
+        if len(self.inflight) >= self.window + 1:
+            return out
+        priority_only = len(self.inflight) >= self.window
         budget = self.max_records
         for stream in sorted(local_heads, key=lambda s: (s[2], s[0] != DOWN, s[1])):
-            if budget <= 0:
+            if budget <= 0 or (priority_only and stream[2] >= BULK):
                 break
             p = self.paused.get(stream)
             if p is not None:
@@ -133,3 +146,22 @@ class Outbox:
 
     def backlog(self, local_heads: dict[StreamKey, int]) -> dict[StreamKey, int]:
         return {s: h - self.cursor(s).acked for s, h in local_heads.items() if h > self.cursor(s).acked}
+
+
+@dataclass(frozen=True)
+class Queued:
+    """A received batch waiting to be applied, as ``next_to_apply`` sees it."""
+
+    priority: bool  # control and monitor records only
+    logs: frozenset[tuple[str, int]]  # (origin, channel) of its segments
+
+
+def next_to_apply(queue: Sequence[Queued]) -> int:
+    """Index of the batch to apply next: the first priority batch none of whose logs an earlier queued
+    batch touches, else the oldest."""
+    earlier: set[tuple[str, int]] = set()
+    for i, q in enumerate(queue):
+        if q.priority and earlier.isdisjoint(q.logs):
+            return i
+        earlier |= q.logs
+    return 0

@@ -65,16 +65,16 @@ class LinkState:
 
 
 class NodeRuntime:
-    def __init__(self, home: Home, *, window: int = 3, batch_records: int = 1000) -> None:
+    def __init__(self, home: Home, *, window: int | None = None, batch_records: int | None = None) -> None:
         self.home = home
         self.code = home.code
         self.path = home.path()
         self.parent_code = home.config.parent_code
         self.ledger = home.ledger()
-        self.window = window
-        self.batch_records = batch_records
+        self.window = window or home.config.window
+        self.batch_records = batch_records or home.config.batch_records
         # a relay forwards what its children just sent without reading it back (database thread only)
-        self.relay = streams.RelayCache(max_segments=8 * window) if self.parent_code else None
+        self.relay = streams.RelayCache(max_records=2 * self.window * self.batch_records) if self.parent_code else None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fednode-db")
         # background services (rules scans, projections, reconciliation) get their own thread, so a long
         # scan never stalls the links; writes still serialise on the store's write lock

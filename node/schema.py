@@ -11,10 +11,11 @@ a subset of the issuer's log, so each is verified by its own signature and never
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
     Column,
-    ColumnElement,
     Index,
     Integer,
     LargeBinary,
@@ -136,8 +137,7 @@ quarantine = Table(
 )
 
 
-
-def addressed(table: Table) -> ColumnElement[bool]:
+def addressed(table: Table) -> Any:
     """``dest != ''`` spelt as a literal: SQLite uses a partial index only when the query repeats its
     condition verbatim, and a bound parameter (what ``table.c.dest != ""`` compiles to) does not."""
     return table.c.dest != literal_column("''")

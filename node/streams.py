@@ -31,19 +31,28 @@ class RelayCache:
     is; anything else (a rewind after an error ack, a restart, an evicted entry) reads the store as
     before. Bounded: the oldest entries go first. Used on the database thread only."""
 
-    def __init__(self, max_segments: int = 32) -> None:
-        self.max_segments = max_segments
+    def __init__(self, max_records: int = 24_000) -> None:
+        self.max_records = max_records
         self._segments: OrderedDict[tuple[str, int, int], pb.Segment] = OrderedDict()
+        self._records = 0
         self.hits = 0
 
     def put(self, seg: pb.Segment, after: int) -> None:
+        old = self._segments.pop((seg.origin, int(seg.channel), after), None)
+        if old is not None:
+            self._records -= len(old.records)
         self._segments[(seg.origin, int(seg.channel), after)] = seg
-        while len(self._segments) > self.max_segments:
-            self._segments.popitem(last=False)
+        self._records += len(seg.records)
+        while self._records > self.max_records and self._segments:
+            _key, evicted = self._segments.popitem(last=False)
+            self._records -= len(evicted.records)
 
     def take(self, origin: str, channel: int, after: int, limit: int) -> pb.Segment | None:
         seg = self._segments.pop((origin, channel, after), None)
-        if seg is None or len(seg.records) > limit:
+        if seg is None:
+            return None
+        self._records -= len(seg.records)
+        if len(seg.records) > limit:
             return None
         self.hits += 1
         return seg

@@ -25,8 +25,8 @@ from cryptography import x509
 
 from node import pki, streams
 from node.errors import FednodeError, OutsideSubtree
-from node.link import DOWN, LOG, Outbox, StreamKey
-from node.records import now_us
+from node.link import DOWN, LOG, Outbox, Queued, StreamKey, next_to_apply
+from node.records import BULK, now_us
 from proto.fednode.v1 import fednode_pb2 as pb
 from proto.fednode.v1 import fednode_pb2_grpc as pbg
 
@@ -199,31 +199,33 @@ class Session:
         reader.result()  # re-raise the reader's error, if any
 
     async def _reader(self) -> None:
+        """Read messages and apply batches side by side, so a priority batch that arrives while bulk
+        ones queue is applied as soon as the current apply ends (node/link.py ``next_to_apply``)."""
+        self._inbox: list[tuple[Queued, pb.Batch]] = []
+        self._inbox_ready = asyncio.Event()
+        self._peer_done = False  # the peer half-closed: apply and ack what it sent, then end
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._read_loop())
+                tg.create_task(self._apply_loop())
+        except BaseExceptionGroup as eg:  # the callers expect the error itself (ConnectionError, ...)
+            raise eg.exceptions[0] from None
+
+    async def _read_loop(self) -> None:
         while True:
             msg = await self._read()
             if msg is grpc.aio.EOF or msg is None:
-                raise ConnectionError(f"{self.peer} closed the link")
+                self._peer_done = True
+                self._inbox_ready.set()
+                return
             self.state.last_in_us = now_us()
             which = msg.WhichOneof("msg")
             if which == "batch":
-                ack = await self.rt.db(streams.apply_batch, self.rt.ledger, msg.batch, peer=self.peer,
-                                       from_child=not self.is_child_side, relay=self.rt.relay)
-                self.state.records_in += sum(len(s.records) for s in msg.batch.segments)
-                for seg in msg.batch.segments:
-                    got = self.state.channel_records_in
-                    got[seg.channel] = got.get(seg.channel, 0) + len(seg.records)
-                # the peer evidently holds what it just sent us: never echo it back
-                for h in ack.heads:
-                    c = self.outbox.cursor((LOG, h.origin, int(h.channel)))
-                    c.acked = max(c.acked, h.seq)
-                    c.sent = max(c.sent, c.acked)
-                if ack.errors:
-                    for e in ack.errors:
-                        log.warning("batch_refused", peer=self.peer, origin=e.origin, channel=int(e.channel),
-                                    code=e.error_code, error=e.error)
-                    self.state.last_error = ack.error
-                await self.write(pb.LinkMessage(ack=ack))
-                self.rt.notify()
+                segs = msg.batch.segments
+                queued = Queued(priority=bool(segs) and all(int(s.channel) < BULK for s in segs),
+                                logs=frozenset((s.origin, int(s.channel)) for s in segs))
+                self._inbox.append((queued, msg.batch))
+                self._inbox_ready.set()
             elif which == "ack":
                 self._on_ack(msg.ack)
             elif which == "report":
@@ -233,6 +235,37 @@ class Session:
                     log.warning("bad_link_report", peer=self.peer)
             elif which == "hello":
                 raise ProtocolViolation(f"{self.peer} sent a second Hello")
+
+    async def _apply_loop(self) -> None:
+        while True:
+            await self._inbox_ready.wait()
+            if not self._inbox:
+                if self._peer_done:
+                    raise ConnectionError(f"{self.peer} closed the link")
+                self._inbox_ready.clear()
+                continue
+            _queued, batch = self._inbox.pop(next_to_apply([q for q, _b in self._inbox]))
+            await self._apply(batch)
+
+    async def _apply(self, batch: pb.Batch) -> None:
+        ack = await self.rt.db(streams.apply_batch, self.rt.ledger, batch, peer=self.peer,
+                               from_child=not self.is_child_side, relay=self.rt.relay)
+        self.state.records_in += sum(len(s.records) for s in batch.segments)
+        for seg in batch.segments:
+            got = self.state.channel_records_in
+            got[seg.channel] = got.get(seg.channel, 0) + len(seg.records)
+        # the peer evidently holds what it just sent us: never echo it back
+        for h in ack.heads:
+            c = self.outbox.cursor((LOG, h.origin, int(h.channel)))
+            c.acked = max(c.acked, h.seq)
+            c.sent = max(c.sent, c.acked)
+        if ack.errors:
+            for e in ack.errors:
+                log.warning("batch_refused", peer=self.peer, origin=e.origin, channel=int(e.channel),
+                            code=e.error_code, error=e.error)
+            self.state.last_error = ack.error
+        await self.write(pb.LinkMessage(ack=ack))
+        self.rt.notify()
 
     def _on_ack(self, ack: pb.Ack) -> None:
         now = time.monotonic()

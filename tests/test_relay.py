@@ -65,9 +65,9 @@ def test_resent_and_oversized_segments_are_not_relayed(tree: Tree) -> None:
 def test_the_cache_is_bounded() -> None:
     from proto.fednode.v1 import fednode_pb2 as pb
 
-    relay = RelayCache(max_segments=4)
+    relay = RelayCache(max_records=8)
     for i in range(10):
-        relay.put(pb.Segment(origin="320303", channel=BULK, records=[pb.SignedRecord(body=b"x")]), i)  # type: ignore[arg-type]
+        relay.put(pb.Segment(origin="320303", channel=BULK, records=[pb.SignedRecord(body=b"x")] * 2), i)  # type: ignore[arg-type]
     assert relay.take("320303", BULK, 0, 10) is None  # evicted, oldest first
     assert relay.take("320303", BULK, 9, 10) is not None
-    assert len(relay._segments) == 3
+    assert len(relay._segments) == 3 and relay._records == 6
