@@ -29,12 +29,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
-from sqlalchemy import select
-
-from node import schema as t
-from node.domain import ValidationError, natural_key, validate
+from node.domain import ValidationError, validate_keyed
 from node.errors import ConfigError, FednodeError
 from node.ledger import Ledger, NewRecord
 from node.records import encode_payload, now_us
@@ -53,8 +50,13 @@ class AdapterError(FednodeError):
 # ---- rows in, records or quarantine out (pure) ---------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class SourceRow:
+# SourceRow and Accepted are built once per row: NamedTuples are immutable like a frozen dataclass but
+# built 3x faster (a frozen dataclass's __init__ sets each field through object.__setattr__). Accepted
+# keeps only the encoded body, not the payload dict: fewer objects for the garbage collector to scan
+# while a batch waits for its commit.
+
+
+class SourceRow(NamedTuple):
     """One row as read from a source. ``error`` set: it could not even be read (encoding, syntax)."""
 
     position: str  # e.g. "cases.csv:17", "sb_sbxx:SBLSH=3203...", "push:client-42"
@@ -64,17 +66,25 @@ class SourceRow:
     error: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class Accepted:
+class Accepted(NamedTuple):
     position: str
     kind: str
-    payload: dict[str, Any]
     key: str  # natural key
     body: bytes  # the encoded payload, encoded once: what is signed and what the digest covers
+    meta: str  # key_meta(key): the row of the seen natural key
+    digest: str  # sha256(body), 32 hex: what a re-delivery is compared with
 
     @property
-    def digest(self) -> str:
-        return hashlib.sha256(self.body).hexdigest()[:32]
+    def payload(self) -> dict[str, Any]:
+        """The normalised payload (decoded again from ``body``: only conflicts and tests need it)."""
+        out: dict[str, Any] = json.loads(self.body)
+        return out
+
+    @staticmethod
+    def of(position: str, kind: str, payload: dict[str, Any], key: str) -> Accepted:
+        """Encode and hash once, on the reading side (thread or child process), so the store thread does neither."""
+        body = encode_payload(payload)
+        return Accepted(position, kind, key, body, key_meta(key), hashlib.sha256(body).hexdigest()[:32])
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,13 +135,12 @@ def prepare(rows: Iterable[SourceRow]) -> list[Accepted | Rejected]:
             out.append(Rejected(r.position, r.kind, r.error, r))
             continue
         try:
-            payload = validate(r.kind, r.payload)
-            key = natural_key(r.kind, payload)
+            payload, key = validate_keyed(r.kind, r.payload)
         except ValidationError as e:
             reason = e.message + (f" (fix: {e.fix})" if e.fix else "")
             out.append(Rejected(r.position, r.kind if isinstance(r.kind, str) else "", reason, r))
             continue
-        out.append(Accepted(r.position, r.kind, payload, key, encode_payload(payload)))
+        out.append(Accepted.of(r.position, r.kind, payload, key))
     return out
 
 
@@ -165,12 +174,17 @@ def load_cursor(ledger: Ledger, source: str) -> Any:
 
 
 def _seen(store: Store, keys: Sequence[str]) -> dict[str, str]:
+    """The natural keys (meta keys) already in the store, with their digests. Plain DB-API SQL: compiling
+    SQLAlchemy's IN of 900 parameters cost more than the lookups themselves."""
     out: dict[str, str] = {}
     with store.read() as conn:
+        if store.is_postgres:
+            out.update(conn.exec_driver_sql("SELECT key, value FROM meta WHERE key = ANY(%s)", (list(keys),)).all())
+            return out
         for i in range(0, len(keys), 900):  # SQLite's bound-parameter limit
-            chunk = keys[i : i + 900]
-            out.update((r.key, r.value) for r in conn.execute(
-                select(t.meta.c.key, t.meta.c.value).where(t.meta.c.key.in_(chunk))))
+            chunk = tuple(keys[i : i + 900])
+            sql = f"SELECT key, value FROM meta WHERE key IN ({','.join('?' * len(chunk))})"
+            out.update(conn.exec_driver_sql(sql, chunk).all())
     return out
 
 
@@ -195,7 +209,7 @@ def commit_prepared(ledger: Ledger, source: str, prepared: Sequence[Accepted | R
                     write_cursor: bool = False, extra: Any = None) -> Outcome:
     """The transaction of ``commit`` for rows already through ``prepare``."""
     out = Outcome(read=len(prepared))
-    metas = {key_meta(p.key) for p in prepared if isinstance(p, Accepted)}
+    metas = {p.meta for p in prepared if isinstance(p, Accepted)}
     seen = _seen(ledger.store, sorted(metas)) if metas else {}
     new: list[NewRecord] = []
     new_keys: list[tuple[str, str]] = []
@@ -204,7 +218,7 @@ def commit_prepared(ledger: Ledger, source: str, prepared: Sequence[Accepted | R
         if isinstance(p, Rejected):
             rejected.append(p)
             continue
-        km = key_meta(p.key)
+        km = p.meta
         have = seen.get(km)
         digest = p.digest
         if have is None:
@@ -225,7 +239,8 @@ def commit_prepared(ledger: Ledger, source: str, prepared: Sequence[Accepted | R
     out.reasons = [{"position": r.position, "kind": r.kind, "reason": r.reason} for r in rejected]
 
     def also(tx: WriteTx) -> None:
-        _put_keys(tx, new_keys)
+        # in key order: the hashed keys then walk the meta index once, left to right, not at random (~20% less)
+        _put_keys(tx, sorted(new_keys))
         for r in rejected:
             full = r.raw
             raw = full if len(full) <= MAX_RAW else full[:MAX_RAW]
@@ -275,7 +290,12 @@ class Counters:
 
 
 class Adapter(Protocol):
-    """What the node runs. ``poll`` and ``after_commit`` run on a worker thread and may block."""
+    """What the node runs. ``poll`` and ``after_commit`` run on a worker thread and may block.
+
+    An adapter with ``prefetch = True`` promises that ``poll(cursor)`` only reads its source (no state
+    that ``after_commit`` changes): the node then reads it one batch ahead, in a child process with an
+    instance of its own built from the same section (adapters/reader.py), and ``after_commit`` gets the
+    Batch with its cursor and ``done`` but without its rows."""
 
     name: str
     interval: float  # seconds to wait when a poll found nothing

@@ -17,7 +17,8 @@ Rules of this module:
 
 Config ``[adapters.<name>]``: type = "sql_poll", url, mapping (gbt39046 | exchange2009 | path |
 inline ``tables``), only (a subset of the mapping's tables), override, batch (default 5000), interval
-seconds (default 2).
+seconds (default 2), reader ("process", the default: polled and validated in a child process beside the
+store thread, adapters/reader.py; or "thread").
 """
 
 from __future__ import annotations
@@ -101,6 +102,7 @@ class SqlPollAdapter:
         except (SQLAlchemyError, ImportError, ValueError) as e:
             raise ConfigError(f"{where}: url cannot be used ({e})", fix="check the SQLAlchemy URL and its driver") from None
         self._next = 0  # round-robin start
+        self._mappers = {tm["table"]: mappings.row_mapper(tm) for tm in self.mapping["tables"]}
 
     def _query(self, tm: dict[str, Any], cur: dict[str, Any] | None) -> Any:
         schema, _, name = tm["table"].rpartition(".")
@@ -129,16 +131,20 @@ class SqlPollAdapter:
             with self.engine.connect() as conn:
                 for i in range(len(tables)):
                     tm = tables[(self._next + i) % len(tables)]
-                    rows = [dict(r._mapping) for r in conn.execute(self._query(tm, cursor.get(tm["table"])))]
-                    if not rows:
+                    # Rows are tuples in columns_of(tm) order: watermark, key, then the mapped columns.
+                    # Fetched in parts (one driver call each, not one per row), and each part mapped
+                    # before the next is fetched: a whole batch of driver rows alive at once only
+                    # gives the garbage collector more to scan.
+                    kind, to_payload, at = tm["kind"], self._mappers[tm["table"]], f"{tm['table']}:{tm['key']}="
+                    out: list[SourceRow] = []
+                    last: Any = None
+                    for part in conn.execute(self._query(tm, cursor.get(tm["table"]))).partitions(500):
+                        out.extend([SourceRow(f"{at}{r[1]}", kind, to_payload(r)) for r in part])
+                        last = part[-1]
+                    if last is None:
                         continue
                     self._next = (self._next + i + 1) % len(tables)
-                    out = []
-                    for r in rows:
-                        pos = f"{tm['table']}:{tm['key']}={r[tm['key']]}"
-                        out.append(SourceRow(pos, tm["kind"], mappings.apply(tm, r)))
-                    last = rows[-1]
-                    cursor[tm["table"]] = {"w": encode_value(last[tm["watermark"]]), "k": encode_value(last[tm["key"]])}
+                    cursor[tm["table"]] = {"w": encode_value(last[0]), "k": encode_value(last[1])}
                     return Batch(out, cursor)
         except SQLAlchemyError as e:
             raise AdapterError(f"{self.name}: reading the source failed: {str(e).splitlines()[0]}",

@@ -460,3 +460,225 @@ def test_service_keeps_running_through_source_errors(node: Home) -> None:
     assert (c.read, c.accepted, c.batches) == (6, 6, 3)
     assert load_cursor(node.ledger(), "flaky") == {"i": 6}
     assert len(records_of(node)) == 6
+
+
+def test_row_mapper_gives_what_apply_gives() -> None:
+    # the SQL poll adapter maps tuples with a mapper built once per table; apply (dict rows) is the reference
+    sbxx = {"table": "SBXX", "kind": "case.apply", "watermark": "TBSJ", "key": "XH",
+            "fields": {"case_no": "SBLSH", "division": {"value": "320303"}, "dept": "BMDM",
+                       "materials": {"column": "SBCL", "split": ";"}, "channel_code": {"column": "SBQD", "map": {"窗口": "1"}},
+                       "amount": {"column": "JE", "json": True}}}  # fmt: skip
+    tables = [*mappings.load("exchange2009")["tables"], *mappings.load("gbt39046")["tables"], sbxx]
+    for tm in tables:
+        cols = mappings.columns_of(tm)
+        mapper = mappings.row_mapper(tm)
+        for n in range(4):
+            values = [None if (i + n) % 3 == 0 else f"v{i}" for i in range(len(cols))]
+            for col, value in (("SBCL", "申请书; 营业执照 ;"), ("SBQD", " 窗口 " if n % 2 else "网上"),
+                               ("JE", "12.5" if n % 2 else "{bad")):
+                if col in cols:
+                    values[cols.index(col)] = value
+            assert mapper(tuple(values)) == mappings.apply(tm, dict(zip(cols, values, strict=True))), (tm["table"], n)
+
+
+def test_accepted_carries_what_the_commit_needs() -> None:
+    from adapters.base import Accepted, SourceRow, key_meta, prepare
+    from node.domain import validate
+    from node.records import encode_payload
+
+    raw = {**step_obj(7), "step_no": " 2 ", "handler": " 张三 "}
+    [p] = prepare([SourceRow("t:7", "case.step", raw)])
+    assert isinstance(p, Accepted)
+    payload = validate("case.step", raw)
+    assert p.payload == payload and p.body == encode_payload(payload)
+    assert p.key == natural_key("case.step", payload) and p.meta == key_meta(p.key)
+    assert p.digest == __import__("hashlib").sha256(p.body).hexdigest()[:32]
+
+
+def test_many_keys_duplicates_and_conflicts_on_both_stores(tmp_path: Path, store_url: str) -> None:
+    # more keys than one SQLite IN list holds (900), a re-delivery, and a changed row, on either store
+    from adapters.base import SourceRow
+
+    h = enrol.init(tmp_path / "n", code="320000", name="江苏省", level="province", db=store_url)
+    enrol.init_root(h)
+    try:
+        ledger = h.ledger()
+        rows = [SourceRow(f"t:{i}", "case.step", step_obj(i)) for i in range(1, 2001)]
+        assert commit(ledger, "t", rows).accepted == 2000
+        changed = SourceRow("t:5", "case.step", step_obj(5, handler="李四"))
+        out = commit(ledger, "t", [*rows, changed, SourceRow("t:2001", "case.step", step_obj(2001))])
+        assert (out.accepted, out.duplicates, out.quarantined) == (1, 2000, 1)
+        q = quarantined(h)
+        assert [r.position for r in q] == ["t:5"]
+        assert q[0].reason.startswith(f"natural key {natural_key('case.step', step_obj(5))} conflicts with the record")
+        assert json.loads(q[0].raw)["payload"]["handler"] == "李四"
+        assert len(records_of(h)) == 2001
+    finally:
+        h.close()
+
+
+# ---- the child process that reads SQL sources beside the store thread --------------------------------------
+
+
+def _sqlite_source(tmp_path: Path, n: int) -> str:
+    url = f"sqlite:///{tmp_path / 'src.db'}"
+    eng = create_engine(url)
+    md = MetaData()
+    spxx = spxx_table(md)
+    md.create_all(eng)
+    rows = [spxx_row(i, T0 + dt.timedelta(seconds=i // 7)) for i in range(1, n + 1)]
+    if n > 3:
+        rows[3]["XZQHDM"] = "32030"  # a bad row: its Rejected (with its source row) crosses the process boundary
+    with eng.begin() as c:
+        c.execute(spxx.insert(), rows)
+    eng.dispose()
+    return url
+
+
+def test_process_reader_reads_what_the_adapter_reads(node: Home, tmp_path: Path) -> None:
+    from adapters.base import Rejected, prepare
+    from adapters.reader import ProcessReader
+
+    section = {"type": "sql_poll", "url": _sqlite_source(tmp_path, 23), "mapping": "exchange2009", "only": ["SPXX"],
+               "batch": 5}
+    local = SqlPollAdapter("ex", section, node.dir)
+    reader = ProcessReader("ex", section, node.dir)
+    try:
+        assert reader.start().result(60) != os.getpid()
+        cursor: Any = None
+        batches = 0
+        while True:
+            batch, prepared = reader.read(cursor).result(60)
+            want = local.poll(cursor)
+            if want is None:
+                assert batch is None and prepared is None
+                break
+            assert batch.cursor == want.cursor and batch.rows == []
+            assert prepared == prepare(want.rows)
+            assert any(isinstance(p, Rejected) and p.raw for p in prepared) == (batches == 0)
+            cursor, batches = batch.cursor, batches + 1
+        assert batches == 5
+    finally:
+        reader.close()
+        local.close()
+
+
+def test_process_reader_replaces_a_dead_child_and_reports_adapter_errors(node: Home, tmp_path: Path) -> None:
+    import signal
+    from concurrent.futures.process import BrokenProcessPool
+
+    from adapters.reader import ProcessReader
+
+    section = {"type": "sql_poll", "url": _sqlite_source(tmp_path, 12), "mapping": "exchange2009", "only": ["SPXX"],
+               "batch": 5}
+    reader = ProcessReader("ex", section, node.dir)
+    try:
+        pid = reader.start().result(60)
+        first, _ = reader.read(None).result(60)
+        os.kill(pid, signal.SIGKILL)
+        for _ in range(50):  # the node's service retries the same way (error counted, backoff, read again)
+            try:
+                again, _ = reader.read(None).result(60)
+                break
+            except BrokenProcessPool:
+                time.sleep(0.1)
+        else:
+            raise AssertionError("the reader never recovered")
+        assert again.cursor == first.cursor and reader.start().result(60) != pid
+    finally:
+        reader.close()
+    bad = ProcessReader("ex", {**section, "mapping": "no-such-mapping"}, node.dir)
+    try:
+        with pytest.raises(ConfigError, match="no-such-mapping"):  # the adapter's own error, not a broken pool
+            bad.start().result(60)
+    finally:
+        bad.close()
+
+
+def test_process_reader_child_exits_with_its_parent(node: Home, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    section = {"type": "sql_poll", "url": _sqlite_source(tmp_path, 3), "mapping": "exchange2009", "only": ["SPXX"]}
+    script = ("import json, sys, time\nfrom pathlib import Path\nfrom adapters.reader import ProcessReader\n"
+              "r = ProcessReader('ex', json.loads(sys.argv[1]), Path(sys.argv[2]))\n"
+              "print(r.start().result(60), flush=True)\ntime.sleep(600)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script, json.dumps(section), str(node.dir)],
+                              stdout=subprocess.PIPE, cwd=Path(__file__).resolve().parents[1])
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        os.kill(child, 0)  # alive
+        parent.send_signal(signal.SIGKILL)  # the parent only: no cleanup runs, the child is orphaned
+        parent.wait(10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.kill(child, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError(f"reader child {child} outlived its killed parent")
+    finally:
+        parent.kill()
+
+
+def test_reader_setting(node: Home, tmp_path: Path) -> None:
+    from adapters.reader import reads_in_process
+
+    sql = SqlPollAdapter("ex", {"url": f"sqlite:///{tmp_path / 'x.db'}", "mapping": "exchange2009"}, node.dir)
+    files = FileDropAdapter("f", {"dir": str(tmp_path)}, node.dir)
+    assert reads_in_process("ex", {}, sql) and reads_in_process("ex", {"reader": "process"}, sql)
+    assert not reads_in_process("ex", {"reader": "thread"}, sql)
+    assert not reads_in_process("f", {}, files)  # only prefetch adapters: their poll only reads
+    with pytest.raises(ConfigError, match="reader = 'fork'"):
+        reads_in_process("ex", {"reader": "fork"}, sql)
+    sql.close()
+
+
+def test_service_reads_sql_sources_in_a_child_process(node: Home, tmp_path: Path) -> None:
+    from node.commands.adapters import AdapterService
+    from node.runtime import NodeRuntime
+
+    url = _sqlite_source(tmp_path, 40)
+    with (node.dir / "node.toml").open("a", encoding="utf-8") as f:
+        f.write(f'\n[adapters.ex]\ntype = "sql_poll"\nurl = "{url}"\nmapping = "exchange2009"\nonly = ["SPXX"]\n'
+                'batch = 7\ninterval = 0.05\n')
+    home = Home(node.dir)
+
+    async def main() -> dict[str, Any]:
+        rt = NodeRuntime(home)
+        rt.recovered.set()
+        svc = AdapterService(rt)
+        await svc.start()
+        assert set(svc.readers) == {"ex"}
+        c = svc.counters["ex"]
+        deadline = time.monotonic() + 60
+        while c.read < 40 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await svc.stop()
+        rt._executor.shutdown(wait=True)
+        return dict(c.__dict__)
+
+    try:
+        c = asyncio.run(main())
+        assert (c["read"], c["accepted"], c["quarantined"], c["last_error"]) == (40, 39, 1, ""), c
+        assert len(records_of(home)) == 39 and [q.position for q in quarantined(home)] == ["SPXX:XH=4"]
+        assert load_cursor(home.ledger(), "ex")["SPXX"]["k"] == ["int", 40]
+    finally:
+        home.close()
+
+
+def test_prepared_rows_cross_the_process_boundary_in_order() -> None:
+    import pickle
+
+    from adapters.base import SourceRow, prepare
+    from adapters.reader import _pack, _unpack
+
+    good = [SourceRow(f"t:{i}", "case.step", step_obj(i)) for i in range(6)]
+    bad = [SourceRow(f"b:{i}", "case.step", step_obj(i, division="x")) for i in range(3)]
+    for rows in ([], good, bad, [bad[0], *good[:2], bad[1], good[2], bad[2]], [*good, bad[0]]):
+        prepared = prepare(rows)
+        assert _unpack(pickle.loads(pickle.dumps(_pack(prepared)))) == prepared

@@ -13,7 +13,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from node.domain import KINDS, NATURAL_KEYS, SCHEMAS, ValidationError, fields_of, natural_key, validate
+from node import domain
+from node.domain import (
+    KINDS,
+    NATURAL_KEYS,
+    SCHEMAS,
+    ValidationError,
+    fields_of,
+    natural_key,
+    validate,
+    validate_keyed,
+)
 from node.errors import FednodeError
 from node.records import encode_payload
 
@@ -425,6 +435,123 @@ def test_anomalies_are_valid_records() -> None:
 def test_fields_of() -> None:
     f = fields_of("case.step")
     assert f["step_no"] is True and f["amount"] is False and list(f)[:5] == list(CASE)
+
+
+# ---- the fast paths give exactly what the general code gives -------------------------------------------
+
+_LOCAL_FORMS = st.sampled_from(["%Y%m%d%H%M%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S+08:00"])
+
+
+def _general_time(v: Any) -> Any:
+    """What ``_time`` answered before its fast paths: the general parser's text, or its reason."""
+    try:
+        return domain._parse_moment(v, "t", need_time=True).isoformat()
+    except domain._Fail as f:
+        return ("fail", f.rule, f.fix)
+
+
+def _fast_time(v: Any) -> Any:
+    try:
+        return domain._time(v, "t")
+    except domain._Fail as f:
+        return ("fail", f.rule, f.fix)
+
+
+@settings(max_examples=300, deadline=None)
+@given(moment=st.datetimes(min_value=datetime(1900, 1, 1), max_value=datetime(2200, 12, 31)), form=_LOCAL_FORMS,
+       pad=st.sampled_from(["", " ", "\t"]))
+def test_time_fast_paths_match_the_general_parser(moment: datetime, form: str, pad: str) -> None:
+    text = pad + moment.strftime(form) + pad
+    assert _fast_time(text) == _general_time(text)
+    naive = moment.replace(microsecond=0)
+    assert _fast_time(naive) == _general_time(naive)
+
+
+@pytest.mark.parametrize("text", [
+    "20251009240000", "2025-10-09 24:00:00", "20250229093000", "20240229093000", "20251309093000", "20251000093000",
+    "20251009096000", "20251009093060", "19891231235959", "19900101000000", "21001231235959", "21010101000000",
+    "00000101000000", "2025100909300٣", "２０２５１００９０９３０００", "2025-10-09 09:30:0", "2025-10-09_09:30:00",
+    "2025-10-09 09:30:00+08:00", "2025-10-09T24:00:00+08:00", "1989-12-31T23:59:59+08:00", " 20251009093000 ",
+])  # fmt: skip
+def test_time_fast_paths_edge_cases(text: str) -> None:
+    assert _fast_time(text) == _general_time(text)
+
+
+def test_validate_keyed_is_validate_then_natural_key() -> None:
+    for kind in KINDS:
+        payload, key = validate_keyed(kind, VALID[kind])
+        assert payload == validate(kind, VALID[kind]) and key == natural_key(kind, payload) == KEYS[kind]
+    raw = {**VALID["case.step"], "step_no": " 3 ", "case_no": " 3203032025100900100001 "}
+    assert validate_keyed("case.step", raw)[1] == KEYS["case.step"]
+    with pytest.raises(ValidationError) as ei:
+        validate_keyed("case.step", {**VALID["case.step"], "step_no": "x"})
+    assert ei.value.field == "step_no"
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(kind=st.sampled_from(KINDS), data=st.data())
+def test_validate_keyed_fuzzed(kind: str, data: st.DataObject) -> None:
+    obj = copy.deepcopy(VALID[kind])
+    obj[data.draw(st.sampled_from(sorted(SCHEMAS[kind])))] = data.draw(_json_like)
+    try:
+        payload = validate(kind, obj)
+    except ValidationError as e:
+        with pytest.raises(ValidationError) as ei:
+            validate_keyed(kind, obj)
+        assert ei.value.message == e.message
+        return
+    assert validate_keyed(kind, obj) == (payload, natural_key(kind, payload))
+
+
+def test_field_name_checks_take_the_exact_path_for_unusual_keys() -> None:
+    class Name(str):
+        pass
+
+    # str subclasses are text: accepted as before; a non-text or unknown name is reported as before
+    assert validate("case.evaluate", {Name(k): v for k, v in VALID["case.evaluate"].items()}) == validate(
+        "case.evaluate", VALID["case.evaluate"])
+    for extra, rule in (({7: "x"}, "has a field name that is not text"), ({"nope": 1}, "unknown field")):
+        with pytest.raises(ValidationError) as ei:
+            validate("case.evaluate", {**VALID["case.evaluate"], **extra})
+        assert ei.value.rule == rule
+
+
+@pytest.mark.parametrize(("given", "expected"), [
+    (3, 3), ("3", 3), (" 3 ", 3), ("+3", 3), ("03", 3), (3.0, 3), (Decimal("3.00"), 3),
+    ("٣", "must be a whole number"), ("3.5", "must be a whole number"), (0, "must be between 1 and 10000"),
+    ("10001", "must be between 1 and 10000"), (True, "must be a number, not a boolean"), ("", "required field is empty"),
+])  # fmt: skip
+def test_step_numbers(given: Any, expected: Any) -> None:
+    try:
+        got: Any = validate("case.step", {**VALID["case.step"], "step_no": given})["step_no"]
+    except ValidationError as e:
+        got = e.rule
+    assert got == expected
+
+
+@pytest.mark.parametrize(("given", "ok"), [
+    ("320303", True), (" 320303 ", True), ("32030", False), ("3203033", False), ("３２０３０３", False),
+    ("32030a", False), (320303, False),
+])  # fmt: skip
+def test_division_codes(given: Any, ok: bool) -> None:
+    if ok:
+        assert validate("case.evaluate", {**VALID["case.evaluate"], "division": given})["division"] == given.strip()
+    else:
+        with pytest.raises(ValidationError) as ei:
+            validate("case.evaluate", {**VALID["case.evaluate"], "division": given})
+        assert ei.value.field == "division"
+
+
+def test_ended_before_started_compares_times_not_text() -> None:
+    base = {**VALID["case.step"], "started_at": "2025-10-09 09:30:00"}
+    for ended, ok in (("2025-10-09 09:30:00", True), ("2025-10-09T09:30:00.5", True), ("2025-10-09T01:29:59Z", False),
+                      ("2025-10-09T10:29:59+09:00", False), ("2025-10-09T01:30:00Z", True)):  # fmt: skip
+        if ok:
+            validate("case.step", {**base, "ended_at": ended})
+        else:
+            with pytest.raises(ValidationError) as ei:
+                validate("case.step", {**base, "ended_at": ended})
+            assert ei.value.field == "ended_at" and "is before started_at" in ei.value.rule
 
 
 # ---- natural keys ------------------------------------------------------------------------------------

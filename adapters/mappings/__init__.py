@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,21 @@ def columns_of(tm: dict[str, Any]) -> list[str]:
         if c and c not in cols:
             cols.append(c)
     return cols
+
+
+def row_mapper(tm: dict[str, Any]) -> Callable[[Sequence[Any]], dict[str, Any]]:
+    """``apply`` for rows read as tuples in ``columns_of(tm)`` order, built once per table: the SQL
+    poll adapter maps every source row, and plain column fields (nearly all) then cost one index each."""
+    cols = columns_of(tm)
+    fields = tm["fields"]
+    if all(isinstance(spec, str) for spec in fields.values()):
+        pairs = tuple((f, cols.index(spec)) for f, spec in fields.items())
+
+        def plain(row: Sequence[Any]) -> dict[str, Any]:
+            return {f: v for f, i in pairs if (v := row[i]) is not None}
+
+        return plain
+    return lambda row: apply(tm, dict(zip(cols, row, strict=True)))
 
 
 def apply(tm: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:

@@ -2,10 +2,12 @@
 
 - ``AdapterService`` runs every ``[adapters.<name>]`` of node.toml (``type`` names an entry point of
   the ``fednode.adapters`` group: sql_poll, filedrop, or a jurisdiction's own package). Per adapter
-  one task: read a batch on a worker thread (poll + validation, beside the store thread), commit it
-  on the store thread in one transaction with its cursor, then ``after_commit`` (archive). SQL
-  sources are read one batch ahead while the previous one commits. An error is counted, logged and
-  retried with backoff (1 s doubling to 60 s): the adapter and the node keep running.
+  one task: read a batch (poll + validation), commit it on the store thread in one transaction with
+  its cursor, then ``after_commit`` (archive). Sources whose adapter says ``prefetch`` (SQL) are read
+  one batch ahead, in a child process (adapters/reader.py: in a thread the GIL serialised reading
+  with the commit), while the previous batch commits; ``reader = "thread"`` reads them on a worker
+  thread instead, as every other adapter is. An error is counted, logged and retried with backoff
+  (1 s doubling to 60 s): the adapter and the node keep running.
 - ``[adapters.push] listen = "127.0.0.1:PORT"`` starts the local Ingest service (adapters/push.py).
 - ``fednode status`` shows, per adapter: type, read, accepted, duplicates, quarantined, batches,
   last error, position.
@@ -32,6 +34,7 @@ from adapters.base import (
     make_adapter,
     prepare,
 )
+from adapters.reader import ProcessReader, reads_in_process
 from node import admin
 from node import quarantine as qmod
 from node.cli import command, emit, open_home
@@ -54,6 +57,7 @@ class AdapterService(Service):
         self.types: dict[str, str] = {}
         self.tasks: list[asyncio.Task[None]] = []
         self.adapters: dict[str, Any] = {}
+        self.readers: dict[str, ProcessReader] = {}
         self.push_server: Any = None
         self.config_error = ""
 
@@ -70,12 +74,16 @@ class AdapterService(Service):
             self.types[name] = str(sec.get("type"))
             try:
                 ad = make_adapter(name, sec, self.rt.home.dir)
+                reader = ProcessReader(name, sec, self.rt.home.dir) if reads_in_process(name, sec, ad) else None
             except FednodeError as e:
                 c.error(e.message)
                 log.error("adapter_config", adapter=name, error=e.message, fix=e.fix)
                 continue
             self.adapters[name] = ad
-            self.tasks.append(asyncio.create_task(self._run(name, ad, c), name=f"adapter-{name}"))
+            if reader is not None:
+                self.readers[name] = reader
+                reader.start()  # the child imports and connects while the node finishes starting
+            self.tasks.append(asyncio.create_task(self._run(name, ad, c, reader), name=f"adapter-{name}"))
         push = (sections.get("adapters") or {}).get("push")
         if isinstance(push, dict) and push.get("listen"):
             await self._start_push(push)
@@ -117,16 +125,22 @@ class AdapterService(Service):
         batch = ad.poll(cursor)
         return batch, (prepare(batch.rows) if batch is not None else None)
 
-    async def _run(self, name: str, ad: Any, c: Counters) -> None:
+    async def _run(self, name: str, ad: Any, c: Counters, reader: ProcessReader | None = None) -> None:
         await self.rt.recovered.wait()
         ledger = self.rt.ledger
         cursor = await self.rt.db(load_cursor, ledger, name)
         c.position = ad.describe(cursor)
         backoff = 1.0
         ahead: asyncio.Future[tuple[Any, Any]] | None = None
+
+        def read(at: Any) -> asyncio.Future[tuple[Any, Any]]:
+            if reader is not None:
+                return asyncio.wrap_future(reader.read(at))
+            return asyncio.ensure_future(asyncio.to_thread(self._read, ad, at))
+
         while True:
             try:
-                fut = ahead or asyncio.ensure_future(asyncio.to_thread(self._read, ad, cursor))
+                fut = ahead or read(cursor)
                 ahead = None
                 batch, prepared = await fut
                 if batch is None:
@@ -134,7 +148,7 @@ class AdapterService(Service):
                     await asyncio.sleep(ad.interval)
                     continue
                 if getattr(ad, "prefetch", False) and batch.cursor is not None:
-                    ahead = asyncio.ensure_future(asyncio.to_thread(self._read, ad, batch.cursor))
+                    ahead = read(batch.cursor)
                 out = await self.rt.db(commit_prepared, ledger, name, prepared, cursor=batch.cursor,
                                        write_cursor=True)
                 cursor = batch.cursor
@@ -164,6 +178,11 @@ class AdapterService(Service):
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        for reader in self.readers.values():
+            try:
+                await asyncio.to_thread(reader.close)  # waits for a read in flight (one batch) to end
+            except Exception:
+                log.exception("adapter_reader_close_failed")
         for ad in self.adapters.values():
             try:
                 ad.close()
