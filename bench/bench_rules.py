@@ -10,11 +10,17 @@
   (warm); target < 5 s. Reference: one working-minute
   index per case (the least a scan can compute); ratio = scan / reference.
 
-- the rules service over a real store (SQLite): 200k synthetic records read from the change feed,
-  fed, and their alerts appended as signed records with the cursor (``RulesProcessor.step``), and
-  the rebuild a restart does (every alert, then every rule input up to the cursor). Reference:
-  reading the same records from the change feed alone; ratio = service rate / reference rate.
+- the rules service over a real store (SQLite): 200k synthetic records, of which it reads the rule
+  inputs from the change feed, feeds them, and appends their alerts as signed records with the
+  cursor and the cases it let go (``RulesProcessor.step``); and the rebuild a restart does (every
+  alert, then every rule input up to the cursor, skipping what the archive holds). Rate = stored
+  records got through per second. Reference: reading all of them from the change feed alone; ratio
+  = service rate / reference rate.
   No target in the issue; printed so a regression shows.
+- the rules service's peak memory (VmHWM of a process that runs it to the end of a preloaded store,
+  then the first scan) over 100k and over 500k synthetic records: cases leave memory once nothing can
+  fire for them, so the peak must not follow the backlog (issue 9: 500k / 100k < 1.25). Reference:
+  the same process's RSS before the service starts (imports, store open); ratio = peak(500k) / peak(100k).
 
 Run: ``python -m bench.bench_rules [size_factor]`` (``0.1`` for a quick look).
 """
@@ -223,7 +229,7 @@ def bench_service(n_records: int) -> list[dict[str, Any]]:
         while n := proc.step()[0]:
             fed += n
         proc.scan()
-        rate = fed / (time.perf_counter() - t0)
+        rate = read / (time.perf_counter() - t0)  # the backlog it got through (it reads only rule inputs)
         t0 = time.perf_counter()
         again = RulesProcessor(ledger, settings, load_calendar(home.dir, settings), clock=clock)
         again.rebuild()
@@ -231,18 +237,87 @@ def bench_service(n_records: int) -> list[dict[str, Any]]:
         home.close()
     common = {"unit": "records/s", "target": "-", "reference": round(ref), "ok": True}
     return [
-        {"name": f"rules service over a SQLite store ({fed:,} records, {proc.appended:,} alerts)",
+        {"name": f"rules service over a SQLite store ({read:,} records, {fed:,} read by the rules, "
+                 f"{proc.appended:,} alerts)",
          "value": round(rate), **common, "ratio": round(rate / ref, 3)},
         {"name": f"rules service rebuild at restart ({read:,} records)", "value": round(rebuild_rate), **common,
          "ratio": round(rebuild_rate / ref, 3)},
     ]  # fmt: skip
 
 
+def _status_mb(key: str) -> float:
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _service_memory_child(home_dir: str) -> None:
+    """(``--rss-child DIR``) Run the rules service over DIR's store to the end, then scan; print JSON."""
+    from pathlib import Path
+
+    from node.calendar import CST as _CST
+    from node.commands.alerts import RulesProcessor, RulesSettings, load_calendar
+    from node.home import Home
+
+    home = Home(Path(home_dir))
+    ledger = home.ledger()
+    settings = RulesSettings()
+    base = _status_mb("VmRSS")
+    t0 = time.perf_counter()
+    proc = RulesProcessor(ledger, settings, load_calendar(home.dir, settings),
+                          clock=lambda: datetime(2026, 11, 28, 10, 0, tzinfo=_CST))  # fmt: skip
+    proc.rebuild()
+    read = 0
+    while n := proc.step()[0]:
+        read += n
+    proc.scan()
+    print(json.dumps({"base_mb": base, "peak_mb": _status_mb("VmHWM"), "read": read, "alerts": proc.appended,
+                      "s": time.perf_counter() - t0, "held": proc.engine.held_case_count()}))  # fmt: skip
+    home.close()
+
+
+def bench_service_memory(small: int, big: int) -> list[dict[str, Any]]:
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from adapters.synthetic import generate
+    from node import enrol, ingest
+
+    got: dict[int, dict[str, Any]] = {}
+    for n in (small, big):
+        with tempfile.TemporaryDirectory(prefix="fednode-bench-rules-rss-") as tmp:
+            home = enrol.init(Path(tmp) / "p", code="320000", name="江苏省", level="province")
+            enrol.init_root(home)
+            ingest.append_chunked(home.ledger(), generate(n, 3, division="320303"))
+            home.close()
+            # a fresh process: its peak is the service's alone, not this one's preload
+            out = subprocess.run([sys.executable, "-m", "bench.bench_rules", "--rss-child", str(home.dir)],
+                                 capture_output=True, text=True, check=True, timeout=3600)  # fmt: skip
+            got[n] = json.loads(out.stdout.strip().splitlines()[-1])
+    s, b = got[small], got[big]
+    rows = []
+    for n, r in got.items():
+        rows.append({"name": f"rules service peak RSS over {n:,} preloaded records ({r['alerts']:,} alerts, "
+                             f"{n / r['s']:,.0f} records/s)",
+                     "value": round(r["peak_mb"], 1), "unit": "MB", "target": "-",
+                     "reference": round(r["base_mb"], 1), "ratio": round(r["peak_mb"] / r["base_mb"], 3), "ok": True})  # fmt: skip
+    grow = b["peak_mb"] / s["peak_mb"]
+    rows.append({"name": f"rules service peak RSS growth {small:,} -> {big:,} records", "value": round(grow, 3),
+                 "unit": "x", "target": "< 1.25", "reference": round(s["peak_mb"], 1), "ratio": round(grow, 3),
+                 "ok": grow < 1.25})  # fmt: skip
+    return rows
+
+
 def run(size_factor: float = 1.0) -> list[dict[str, Any]]:
-    """Measure every figure; ``size_factor`` scales 1M events, 100k cases and 200k stored records."""
+    """Measure every figure; ``size_factor`` scales 1M events, 100k cases, 200k stored records, and the
+    100k / 500k records of the memory figure."""
     rows = [bench_events(max(1, int(1_000_000 * size_factor)))]
     rows.extend(bench_scan(max(1, int(100_000 * size_factor))))
     rows.extend(bench_service(max(1000, int(200_000 * size_factor))))
+    rows.extend(bench_service_memory(max(2000, int(100_000 * size_factor)), max(10_000, int(500_000 * size_factor))))
     return rows
 
 
@@ -257,11 +332,15 @@ def _print(rows: list[dict[str, Any]]) -> None:
     for row in table:
         print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)))
     print("reference: events -> json.loads rate of the same payloads (events/s); "
-          "scan -> one working-minute index per case (s); service -> reading the change feed alone (records/s)")
+          "scan -> one working-minute index per case (s); service -> reading the change feed alone (records/s); "
+          "peak RSS -> the same process before the service starts (MB), growth -> the peak at the smaller size")
 
 
 if __name__ == "__main__":
     from node import logging as node_logging
 
     node_logging.configure("warning")  # the rules service logs its rebuilds at info
-    _print(run(float(sys.argv[1]) if len(sys.argv) > 1 else 1.0))
+    if len(sys.argv) > 2 and sys.argv[1] == "--rss-child":
+        _service_memory_child(sys.argv[2])
+    else:
+        _print(run(float(sys.argv[1]) if len(sys.argv) > 1 else 1.0))

@@ -155,3 +155,4 @@ meta = Table(
 # the schema (migrations/env.py) and every comparison complete, whatever else was imported.
 import node.reconcile  # noqa: E402,F401
 import node.stats.tables  # noqa: E402,F401
+import node.rules.archive  # noqa: E402,F401

@@ -3,8 +3,9 @@
 - ``Cluster``: node homes built by ``node.demo.build_tree``, each node its own ``fednode run`` process;
   kill -9, restart, graceful stop; on failure the tail of every node.log is printed; processes are
   always stopped however the block ends.
-- ``TcpProxy``: a TCP proxy on 127.0.0.1 with a delay per chunk and ``cut()`` (abort every connection
-  now); mutual TLS goes through it unchanged, the node names its parent by code, not by address.
+- ``TcpProxy``: a TCP proxy on 127.0.0.1 with a delay per chunk, ``cut()`` (abort every connection
+  now) and, with ``cut_every``, cuts of its own at random intervals (a flaky link); mutual TLS goes
+  through it unchanged, the node names its parent by code, not by address.
 - ``Schedule``: every random choice of a test comes from one ``random.Random(seed)``; the seed is
   printed, and ``FEDNODE_FAULT_SEED=N`` replays the schedule.
 - ``small_filesystem``: a tmpfs (or, failing that, a loop-mounted ext4 image) of a few MiB, unmounted
@@ -279,13 +280,16 @@ def verify_home(home: Home) -> list[Any]:
 
 class TcpProxy:
     """127.0.0.1:port → 127.0.0.1:target_port. ``delay_ms``: (lo, hi) added before each forwarded chunk;
-    ``cut()`` aborts every open connection; ``blocked = True`` refuses new connections (the link is down
-    until it is False again). Runs its own asyncio loop in a thread."""
+    ``cut()`` aborts every open connection; ``cut_every``: (lo, hi) seconds, the proxy also cuts on its
+    own, at intervals drawn from ``rng`` (a flaky link); ``blocked = True`` refuses new connections (the
+    link is down until it is False again). Runs its own asyncio loop in a thread."""
 
-    def __init__(self, target_port: int, rng: random.Random, delay_ms: tuple[float, float] = (0.0, 0.0)) -> None:
+    def __init__(self, target_port: int, rng: random.Random, delay_ms: tuple[float, float] = (0.0, 0.0),
+                 cut_every: tuple[float, float] | None = None) -> None:  # fmt: skip
         self.target_port = target_port
         self.rng = rng
         self.delay_ms = delay_ms
+        self.cut_every = cut_every
         self.blocked = False
         self.port = 0
         self.cuts = 0
@@ -317,16 +321,21 @@ class TcpProxy:
         n = [0]
 
         def abort() -> None:
-            n[0] = len(self._writers)
-            for w in list(self._writers):
-                w.transport.abort()
-            if n[0]:
-                self.cuts += 1
+            n[0] = self._abort_all()
             done.set()
 
         self._loop.call_soon_threadsafe(abort)
         done.wait(5)
         return n[0]
+
+    def _abort_all(self) -> int:
+        """(On the proxy's loop.) Abort every open connection; a cut is counted when one was open."""
+        n = len(self._writers)
+        for w in list(self._writers):
+            w.transport.abort()
+        if n:
+            self.cuts += 1
+        return n
 
     def _run(self) -> None:
         try:
@@ -342,7 +351,12 @@ class TcpProxy:
         self.port = server.sockets[0].getsockname()[1]
         self._ready.set()
         async with server:
-            await self._stop.wait()
+            while not self._stop.is_set():
+                pause = self.rng.uniform(*self.cut_every) if self.cut_every else None
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), pause)
+                if not self._stop.is_set():
+                    self._abort_all()  # a scheduled cut
             for w in list(self._writers):
                 w.transport.abort()
             server.close()

@@ -16,7 +16,6 @@ The fault schedule comes from ``random.Random(seed)``; the seed is printed, and
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -36,6 +35,7 @@ from node.home import Home
 from node.integrity import verify_store
 from node.keyring import Keyring
 from node.records import CHANNELS
+from tests.faultlib import TcpProxy
 
 pytestmark = pytest.mark.slow
 
@@ -187,89 +187,6 @@ def test_kill_9_middle_node(tmp_path: Path) -> None:
 # -- 2. flaky link ---------------------------------------------------------------------------------------
 
 
-class FlakyProxy:
-    """A TCP proxy on 127.0.0.1 that delays every chunk by a few ms and cuts all its connections every
-    ``cut_every`` seconds. Runs its own asyncio loop in a thread."""
-
-    def __init__(self, target_port: int, rng: random.Random, cut_every: tuple[float, float] = (1.0, 3.0),
-                 delay_ms: tuple[float, float] = (1.0, 5.0)) -> None:
-        self.target_port = target_port
-        self.rng = rng
-        self.cut_every = cut_every
-        self.delay_ms = delay_ms
-        self.port = 0
-        self.cuts = 0
-        self.connections = 0
-        self.bytes = 0
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=self._run, name="flaky-proxy", daemon=True)
-        self._error: BaseException | None = None
-
-    def __enter__(self) -> FlakyProxy:
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError(f"the proxy did not start: {self._error!r}")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
-
-    def _run(self) -> None:
-        try:
-            asyncio.run(self._main())
-        except BaseException as e:
-            self._error = e
-            self._ready.set()
-
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        server = await asyncio.start_server(self._client, "127.0.0.1", 0)
-        self.port = server.sockets[0].getsockname()[1]
-        self._ready.set()
-        async with server:
-            while not self._stop.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), self.rng.uniform(*self.cut_every))
-                if self._writers:
-                    self.cuts += 1
-                for w in list(self._writers):
-                    w.transport.abort()
-            server.close()
-
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            ureader, uwriter = await asyncio.open_connection("127.0.0.1", self.target_port)
-        except OSError:
-            writer.transport.abort()
-            return
-        self.connections += 1
-        self._writers |= {writer, uwriter}
-        pipes = [asyncio.create_task(self._pipe(reader, uwriter)), asyncio.create_task(self._pipe(ureader, writer))]
-        try:
-            await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for t in pipes:
-                t.cancel()
-            await asyncio.gather(*pipes, return_exceptions=True)
-            for w in (writer, uwriter):
-                self._writers.discard(w)
-                w.transport.abort()
-
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError):
-            while data := await reader.read(1 << 16):
-                await asyncio.sleep(self.rng.uniform(*self.delay_ms) / 1000)
-                writer.write(data)
-                await writer.drain()
-                self.bytes += len(data)
-
-
 @pytest.mark.timeout(300)
 def test_flaky_link(tmp_path: Path) -> None:
     seed = fault_seed()
@@ -280,7 +197,9 @@ def test_flaky_link(tmp_path: Path) -> None:
     records, chunks = 30_000, 6
     pauses = [rng.uniform(0.5, 2.0) for _ in range(chunks)]
     city_port = int(homes[CITY].config.listen.rsplit(":", 1)[1])
-    with FlakyProxy(city_port, random.Random(rng.random())) as proxy, running(homes, procs):
+    # delays every chunk by a few ms and cuts every connection every 1-3 s
+    flaky = TcpProxy(city_port, random.Random(rng.random()), delay_ms=(1.0, 5.0), cut_every=(1.0, 3.0))
+    with flaky as proxy, running(homes, procs):
         # the county dials the proxy instead of the city (TLS still names the city: the node overrides
         # the target name with its parent's code, so mutual TLS goes through the proxy unchanged)
         config.set_field(homes[COUNTY].config.path, "link", "parent", f"127.0.0.1:{proxy.port}")

@@ -446,3 +446,78 @@ def test_the_property_test_can_see_a_difference() -> None:
     # guard against a vacuous property: dropping one record does change the alerts
     records: list[Record] = [("item", ITEM), ACCEPT, step(1, "S1", "科员")]
     assert run(records) != run(records[:-1])
+
+
+# ---- bounded memory: cases that leave memory and come back give the same alerts ----------------------
+
+
+def run_bounded(records: list[Record], cuts: list[int], scans: Iterable[datetime] = SCANS) -> tuple[set[str], int]:
+    """What the rules service does, with a dict for its archive: bring back the cases a batch names,
+    feed it, let go of what can leave, and bring back the cases waiting for an item when it arrives.
+    Returns the alerts and the most cases held at once."""
+    e = RulesEngine(bounded=True)
+    kept: dict[str, tuple[str, bool, str]] = {}  # case -> (item_code, waits for it, JSON state)
+    out: list[dict[str, Any]] = []
+    most = 0
+
+    def let_go() -> None:
+        for key, item_code, waits, state in e.evict():
+            kept[key] = (item_code, waits, json.dumps(state, ensure_ascii=False))
+
+    def bring_back(keys: Iterable[str]) -> None:
+        for key in keys:
+            if not e.has_case(key) and key in kept:
+                e.restore_case(json.loads(kept[key][2]))
+
+    bounds = sorted({0, len(records), *(c % (len(records) + 1) for c in cuts)})
+    for lo, hi in zip(bounds, bounds[1:], strict=False):
+        batch = records[lo:hi]
+        bring_back({k for kind, p in batch if (k := e.case_key(kind, p)) is not None})
+        for kind, payload in batch:
+            out.extend(e.feed(kind, payload, settle=False))
+        most = max(most, e.held_case_count())
+        let_go()
+        for code in {p["item_code"] for kind, p in batch if kind == "item"}:
+            waiting = [k for k, (item, waits, _) in kept.items() if waits and item == code and not e.has_case(k)]
+            bring_back(waiting)
+            for key in waiting:
+                out.extend(e.revisit(key))
+            let_go()
+    for now in scans:
+        out.extend(e.scan(now))
+        let_go()
+    ids = [a["alert_id"] for a in out]
+    assert len(ids) == len(set(ids)), "an alert was emitted twice"
+    return {json.dumps(a, sort_keys=True, ensure_ascii=False) for a in out}, most
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), records=record_sets())
+def test_cases_leaving_memory_and_coming_back_change_no_alert(data: st.DataObject, records: list[Record]) -> None:
+    reference = run(records)
+    shuffled = data.draw(st.permutations(records))  # the item may come after the cases that need it
+    repeated = shuffled * data.draw(st.integers(1, 2))
+    cuts = data.draw(st.lists(st.integers(0, len(repeated)), max_size=8))
+    assert run_bounded(repeated, cuts)[0] == reference
+
+
+def test_closed_cases_leave_memory_and_the_archive_state_round_trips() -> None:
+    records: list[Record] = [("item", ITEM)]
+    for i in range(50):
+        no = {"case_no": f"K{i}"}
+        records += [
+            ("case.accept", {**ACCEPT[1], **no}),
+            ("case.step", {**step(1, "S1", "科员")[1], **no}),  # 科员 may not do S1: a permission alert
+            ("case.complete", {**COMMON, **no, "time": iso("2025-09-30T10:00"), "result_code": "6"}),
+        ]
+    alerts, most = run_bounded(records, list(range(0, len(records), 30)))
+    assert len([a for a in alerts if '"permission"' in a]) == 50  # one per case, none repeated
+    assert most <= 30  # at most a batch's cases: closed ones do not stay
+    e = RulesEngine(bounded=True)
+    assert e.feed_many(records[:4])  # the item, then case K0 from acceptance to completion
+    ((key, item_code, waits, state),) = e.evict()
+    assert (key, item_code, waits) == ("320303/K0", ITEM["item_code"], False) and e.held_case_count() == 0
+    again = RulesEngine(bounded=True)
+    again.restore_case(json.loads(json.dumps(state)))
+    assert json.dumps(again.case_state(again._cases[key])) == json.dumps(state)
+    assert again.feed(*records[2]) == []  # the permission alert it raised came back with it

@@ -12,6 +12,8 @@ Rules of this module:
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
@@ -71,6 +73,19 @@ class RulesConfig:
         if item_type is None:
             return self.default
         return self.by_item_type.get(item_type, self.default)
+
+    def fingerprint(self) -> str:
+        """A digest of every setting, the same in every process (sets sorted): it changes exactly when
+        the operator changes the configuration."""
+
+        def plain(t: Thresholds) -> dict[str, Any]:
+            return {f.name: sorted(v) if isinstance(v, frozenset) else v
+                    for f in fields(t) for v in [getattr(t, f.name)]}  # fmt: skip
+
+        doc = {"default": plain(self.default),
+               "item_types": {k: plain(v) for k, v in sorted(self.by_item_type.items())},
+               "anomaly_levels": dict(sorted(self.anomaly_levels.items()))}  # fmt: skip
+        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any], *, source: str = "rules config") -> RulesConfig:

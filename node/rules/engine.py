@@ -15,10 +15,11 @@ Rules of this module:
     the crossing instant of each level is computed from the records (never from when they arrived),
     and a level fires when the scan time has reached it.
   Hence the same records in any order, followed by the same scans, give the same set of alerts.
-- IDEMPOTENCE. An alert id is emitted at most once (``_emitted``); feeding an ``alert`` record
-  (replay after a restart) marks it emitted. For the cards of one object (``_levels``) only a level
-  above the highest already emitted can fire, and a scan emits only the highest level reached:
-  cards escalate 预警 -> 黄牌 -> 红牌 and never repeat.
+- IDEMPOTENCE. An alert id is emitted at most once; feeding an ``alert`` record (replay after a
+  restart) marks it emitted. A case's alert ids and card levels live on the case (an alert record
+  with a ``case_no`` is about that case), every other one in the engine (``_emitted``, ``_levels``).
+  For the cards of one object only a level above the highest already emitted can fire, and a scan
+  emits only the highest level reached: cards escalate 预警 -> 黄牌 -> 红牌 and never repeat.
 - COMPLETION. A case with a ``case.complete`` record, or refused at acceptance, is no longer
   monitored: no time rule fires for it or its steps and special procedures, whatever the scan time.
 - CLOCKS. Elapsed time is working time on the ``Calendar`` (or natural time for items whose unit is
@@ -37,6 +38,15 @@ Rules of this module:
   settle=False)`` followed by ``settle()``) once per batch for every case the batch touched. A scan
   then only compares positions with ``now`` and builds the cards reached; their ``at`` texts are
   cached per minute (a scan's cards share few distinct minutes).
+- BOUNDED MEMORY (``bounded=True``, the rules service). ``evict`` takes out of memory, and returns
+  for the caller to keep, every case touched since its last call that nothing can fire for without a
+  new record: closed cases, and open ones whose deadlines are computed and all reached (or that have
+  none: only an application, only alerts). A case's state (``case_state``: its merged records, alert
+  ids and levels) brought back with ``restore_case`` before its next record is fed gives the same
+  alerts as if it had never left. The caller must restore every case a record names before feeding
+  it (``case_key``), and, when an item arrives, the evicted cases that waited for it (``revisit``).
+  A new version of a known item re-checks only the cases held in memory. Feeding leaves deadlines
+  to the scan (``settle`` is not needed), so a case that closes within a catch-up never computes them.
 - MISSING CALENDAR YEAR. A time in a year the calendar does not cover makes ``scan`` emit one
   operator alert (rule ``calendar_year_missing``, level 4) per year and skip the objects it blocks;
   they are retried on every scan until the operator imports the year.
@@ -81,10 +91,18 @@ RULES: Mapping[str, tuple[str, str]] = {  # rule_id -> (category, object)
     "calendar_year_missing": ("01", "supervisor"),
 }
 CARD_RULES = frozenset({"case_time", "step_time", "special_time", "complaint_time"})
+# the record kinds the rules read (besides ``alert``); ``feed`` ignores every other kind
+INPUT_KINDS = (
+    "item", "case.apply", "case.accept", "case.step", "case.suspend", "case.resume", "case.correction_notice",
+    "case.correction_accepted", "case.complete", "complaint.register",
+)  # fmt: skip
+_CASE_KINDS = frozenset(k for k in INPUT_KINDS if k.startswith("case."))
 LEVEL_NAMES = {WARN: "预警", YELLOW: "黄牌", RED: "红牌", SERIOUS: "严重违规"}
 
-STATE_VERSION = 1
+STATE_VERSION = 2
+CASE_STATE_VERSION = 1
 _INF = float("inf")
+_NO_LEVELS: Mapping[str, int] = {}
 
 Alert = dict[str, Any]
 
@@ -212,6 +230,7 @@ class _Case:
     __slots__ = (
         "key", "case_no", "division", "dept", "item_code", "apply", "accept", "steps", "suspends",
         "resumes", "notices", "corrections", "completed_at", "dirty", "watch", "next_pos", "natural",
+        "emitted", "levels", "shell",
     )  # fmt: skip
 
     def __init__(self, key: str, p: Mapping[str, Any]) -> None:
@@ -233,6 +252,9 @@ class _Case:
         self.watch: list[list[Any]] = []
         self.next_pos: float = _INF
         self.natural = False
+        self.emitted: set[str] | None = None  # alert ids known for this case (created when needed)
+        self.levels: dict[str, int] | None = None  # card object key -> highest level emitted
+        self.shell = False  # known only from alert records so far
 
     @property
     def closed(self) -> bool:
@@ -309,7 +331,8 @@ class RulesEngine:
     """Feed records, scan at times; collect the returned alert payloads. See the module rules."""
 
     def __init__(
-        self, calendar: Calendar | None = None, config: RulesConfig | None = None, *, division: str = ""
+        self, calendar: Calendar | None = None, config: RulesConfig | None = None, *, division: str = "",
+        bounded: bool = False,
     ) -> None:
         self.calendar = calendar or Calendar()
         self.natural = NaturalClock()
@@ -330,6 +353,8 @@ class RulesEngine:
         self._pending: dict[str, _Case] = {}  # touched since the last settle()
         self._pending_complaints: dict[str, _OpenComplaint] = {}
         self._at_text: dict[tuple[bool, int], str] = {}  # (natural clock, index) -> ISO text of the instant
+        self._bounded = bounded
+        self._touched: set[str] = set()  # bounded: cases touched since the last evict()
         self._handlers: dict[str, Callable[[Mapping[str, Any], list[Alert]], None]] = {
             "item": self._on_item,
             "case.apply": self._on_apply,
@@ -409,6 +434,8 @@ class RulesEngine:
             self._year_missing(e, now, out)
             now_w = None
         now_n = self.natural.working_minute_index(now)
+        self._pending = {}  # every dirty case is built below
+        touched = self._touched if self._bounded else None
         for case in self._open.values():
             if case.dirty:
                 try:
@@ -418,11 +445,18 @@ class RulesEngine:
                     continue
                 except (ValueError, TypeError, OverflowError) as e:
                     self._bad(case, e)
+                    if touched is not None:
+                        touched.add(case.key)
                     continue
+                if touched is not None and case.next_pos == _INF:
+                    touched.add(case.key)  # nothing to watch: the next evict() takes it
             current = now_n if case.natural else now_w
             if current is not None and current >= case.next_pos:
                 case.next_pos = self._fire(case, case.watch, current, out)
+                if touched is not None and case.next_pos == _INF:
+                    touched.add(case.key)
         if now_w is not None:
+            self._pending_complaints = {}
             for c in self._complaints.values():
                 if c.dirty:
                     try:
@@ -453,21 +487,119 @@ class RulesEngine:
             self.close_complaint(complaint_no, self._complaints[key].division)
 
     def open_case_count(self) -> int:
+        """Open cases held in memory (with ``bounded``, evicted ones are not counted)."""
         return len(self._open)
 
+    def held_case_count(self) -> int:
+        return len(self._cases)
+
     def emitted_count(self) -> int:
-        return len(self._emitted)
+        """Alert ids known in memory."""
+        return len(self._emitted) + sum(len(c.emitted) for c in list(self._cases.values()) if c.emitted)
 
     def emitted_ids(self) -> frozenset[str]:
-        return frozenset(self._emitted)
+        ids = set(self._emitted)
+        for c in list(self._cases.values()):
+            if c.emitted:
+                ids.update(c.emitted)
+        return frozenset(ids)
+
+    # -- bounded memory (see the module rules) ---------------------------------------------------------
+
+    @staticmethod
+    def case_key(kind: str, payload: Mapping[str, Any]) -> str | None:
+        """The case a record the rules read is about (``division/case_no``), or None."""
+        if kind in _CASE_KINDS or (kind == "alert" and payload.get("case_no")):
+            return f"{payload.get('division', '')}/{payload.get('case_no', '')}"
+        return None
+
+    def has_case(self, key: str) -> bool:
+        return key in self._cases
+
+    def knows_item(self, item_code: str) -> bool:
+        return item_code in self._items
+
+    def evict(self) -> list[tuple[str, str, bool, list[Any]]]:
+        """Take out of memory the cases touched since the last call that nothing can fire for without a
+        new record. Returns ``(key, item_code, waits_for_item, case_state)`` for each, for the caller to
+        keep and hand back to ``restore_case``."""
+        out: list[tuple[str, str, bool, list[Any]]] = []
+        touched, self._touched = self._touched, set()
+        for key in touched:
+            case = self._cases.get(key)
+            if case is None or not (case.closed or (not case.dirty and case.next_pos == _INF)):
+                continue
+            del self._cases[key]
+            self._open.pop(key, None)
+            self._pending.pop(key, None)
+            keys = self._by_item.get(case.item_code)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._by_item[case.item_code]
+            waits = not case.shell and case.item_code not in self._items
+            out.append((key, case.item_code, waits, self.case_state(case)))
+        return out
+
+    def restore_case(self, state: list[Any]) -> None:
+        """Bring back a case ``evict`` returned. Its deadlines are computed again at the next scan; the
+        rules its records imply are not re-run (what they raised is in its alert ids). A case already
+        held is left as it is."""
+        (version, key, case_no, division, dept, item_code, shell, apply, accept, steps, suspends, resumes,
+         notices, corrections, completed_at, emitted, levels) = state  # fmt: skip
+        if version != CASE_STATE_VERSION:
+            raise ValueError(f"unsupported rules case state version {version!r}")
+        if key in self._cases:
+            return
+        case = _Case(key, {"case_no": case_no, "division": division, "dept": dept, "item_code": item_code})
+        case.shell = bool(shell)
+        case.dirty = not case.shell
+        case.apply = _Apply(*apply) if apply is not None else None
+        case.accept = _Accept(*accept) if accept is not None else None
+        case.steps = {int(s[0]): _Step._make((*s[:10], tuple(s[10]))) for s in steps}
+        case.suspends = {str(no): _Suspend(*sp) for no, sp in suspends.items()}
+        case.resumes, case.notices, case.corrections = dict(resumes), dict(notices), dict(corrections)
+        case.completed_at = completed_at
+        case.emitted = set(emitted) if emitted else None
+        case.levels = {str(k): int(v) for k, v in levels.items()} if levels else None
+        self._cases[key] = case
+        if not case.closed:
+            self._open[key] = case
+            if not case.shell:
+                self._pending[key] = case
+        if not case.shell:
+            self._by_item.setdefault(case.item_code, set()).add(key)
+        if self._bounded:
+            self._touched.add(key)
+
+    def revisit(self, key: str) -> list[Alert]:
+        """Run the event rules of a held case again (its item arrived): the alerts newly caused."""
+        out: list[Alert] = []
+        case = self._cases.get(key)
+        if case is None or case.shell:
+            return out
+        self._touch(case)
+        self._check_case(case, out)
+        for n in sorted(case.steps):
+            self._check_step(case, n, out)
+        if self._bounded:
+            self._touched.add(key)
+        return out
+
+    @staticmethod
+    def case_state(case: _Case) -> list[Any]:
+        """A case as a JSON-able list (``restore_case`` reads it back)."""
+        return [
+            CASE_STATE_VERSION, case.key, case.case_no, case.division, case.dept, case.item_code, case.shell,
+            case.apply, case.accept, [list(s) for s in case.steps.values()],
+            case.suspends, case.resumes, case.notices, case.corrections, case.completed_at,
+            sorted(case.emitted) if case.emitted else [], case.levels or {},
+        ]  # fmt: skip
 
     # -- state --------------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
         """A JSON-serialisable snapshot; ``from_state`` rebuilds an engine that behaves identically."""
-        records: list[list[Any]] = [["item", dict(item.raw)] for item in self._items.values()]
-        for case in self._cases.values():
-            records.extend([k, p] for k, p in self._case_records(case))
         complaints = []
         for key, c in self._complaints.items():
             complaints.append(
@@ -476,7 +608,8 @@ class RulesEngine:
             )  # fmt: skip
         return {
             "version": STATE_VERSION,
-            "records": records,
+            "items": [dict(item.raw) for item in self._items.values()],
+            "cases": [self.case_state(case) for case in self._cases.values()],
             "complaints": complaints,
             "closed_complaints": sorted(self._closed_complaints),
             "closed_numbers": sorted(self._closed_numbers),
@@ -500,8 +633,10 @@ class RulesEngine:
         engine._emitted = set(state["emitted"])
         engine._levels = {str(k): int(v) for k, v in state["levels"].items()}
         engine.missing_years = set(state.get("missing_years", ()))
-        for kind, payload in state["records"]:
-            engine.feed(kind, payload, settle=False)  # everything it would emit is already in _emitted
+        for payload in state["items"]:
+            engine.feed("item", payload, settle=False)
+        for case_state in state["cases"]:
+            engine.restore_case(case_state)  # its alerts are in its own ids: nothing is raised again
         for c in state["complaints"]:
             engine.feed("complaint.register", c, settle=False)
         engine.settle()
@@ -509,31 +644,6 @@ class RulesEngine:
         for no in state.get("closed_numbers", ()):
             engine.close_complaint_no(no)
         return engine
-
-    @staticmethod
-    def _case_records(case: _Case) -> Iterable[tuple[str, dict[str, Any]]]:
-        common = {"case_no": case.case_no, "division": case.division, "dept": case.dept,
-                  "item_code": case.item_code}  # fmt: skip
-        if case.apply:
-            a = case.apply
-            yield "case.apply", {**common, "time": a.time, "assigned": a.assigned, "amount": a.amount}
-        if case.accept:
-            c = case.accept
-            yield "case.accept", {**common, "time": c.time, "accepted": c.accepted,
-                                  "refuse_reason": c.refuse_reason, "promised_at": c.promised_at,
-                                  "handler": c.handler}  # fmt: skip
-        for s in case.steps.values():
-            yield "case.step", {**common, **s._asdict(), "evidence": list(s.evidence)}
-        for no, sp in case.suspends.items():
-            yield "case.suspend", {**common, "suspend_no": no, **sp._asdict()}
-        for no, t in case.resumes.items():
-            yield "case.resume", {**common, "suspend_no": no, "ended_at": t}
-        for no, t in case.notices.items():
-            yield "case.correction_notice", {**common, "notice_no": no, "time": t}
-        for no, t in case.corrections.items():
-            yield "case.correction_accepted", {**common, "notice_no": no, "time": t}
-        if case.completed_at is not None:
-            yield "case.complete", {**common, "time": case.completed_at}
 
     # -- record handlers ----------------------------------------------------------------------------
 
@@ -543,6 +653,25 @@ class RulesEngine:
         if case is None:
             case = self._cases[key] = self._open[key] = _Case(key, p)
             self._by_item.setdefault(case.item_code, set()).add(key)
+        elif case.shell:
+            # known from alerts only: its first record says what the case is (as when it comes first)
+            case.shell = False
+            case.dept, case.item_code = str(p.get("dept", "")), str(p.get("item_code", ""))
+            case.dirty = True
+            self._by_item.setdefault(case.item_code, set()).add(key)
+        if self._bounded:
+            self._touched.add(key)
+        return case
+
+    def _alert_case(self, p: Mapping[str, Any]) -> _Case:
+        """The case an alert record is about; a shell (no records, nothing to watch) if not held."""
+        key = f"{p.get('division', '')}/{p.get('case_no', '')}"
+        case = self._cases.get(key)
+        if case is None:
+            case = self._cases[key] = self._open[key] = _Case(key, p)
+            case.shell, case.dirty = True, False
+        if self._bounded:
+            self._touched.add(key)
         return case
 
     def _touch(self, case: _Case) -> None:
@@ -559,11 +688,7 @@ class RulesEngine:
         self._limits_cache.pop(item.item_code, None)
         # cases seen before their item: everything that needed the item is evaluated now
         for key in sorted(self._by_item.get(item.item_code, ())):
-            case = self._cases[key]
-            self._touch(case)
-            self._check_case(case, out)
-            for n in sorted(case.steps):
-                self._check_step(case, n, out)
+            out.extend(self.revisit(key))
 
     def _on_apply(self, p: Mapping[str, Any], out: list[Alert]) -> None:
         case = self._case(p)
@@ -654,10 +779,20 @@ class RulesEngine:
 
     def _on_alert(self, p: Mapping[str, Any], out: list[Alert]) -> None:
         alert_id = str(p.get("alert_id", ""))
-        self._emitted.add(alert_id)
+        if p.get("case_no"):
+            case = self._alert_case(p)
+            if case.emitted is None:
+                case.emitted = set()
+            emitted = case.emitted
+            if case.levels is None:
+                case.levels = {}
+            levels = case.levels
+        else:
+            emitted, levels = self._emitted, self._levels
+        emitted.add(alert_id)
         if p.get("rule_id") in CARD_RULES:
             obj = alert_id.rsplit(":", 1)[0]
-            self._levels[obj] = max(self._levels.get(obj, 0), int(p.get("level", 0)))
+            levels[obj] = max(levels.get(obj, 0), int(p.get("level", 0)))
 
     # -- event rules --------------------------------------------------------------------------------
 
@@ -696,9 +831,11 @@ class RulesEngine:
         level = self.config.anomaly_levels.get(rule, WARN)
         obj_key = f"{rule}:{case.division}:{case.case_no}{sub}"
         alert_id = f"{obj_key}:{level}"
-        if alert_id in self._emitted:
+        if case.emitted is None:
+            case.emitted = set()
+        elif alert_id in case.emitted:
             return
-        self._emitted.add(alert_id)
+        case.emitted.add(alert_id)
         out.append(self._alert(rule, level, case, obj_key=obj_key, message=message, at=at, step_no=step_no))
 
     def _check_case(self, case: _Case, out: list[Alert]) -> None:
@@ -839,7 +976,7 @@ class RulesEngine:
         lim = self._limits(item)
         case.natural = lim.natural
         idx = self.natural.index_of_iso if lim.natural else self.calendar.index_of_iso
-        levels_done = self._levels
+        levels_done = case.levels or _NO_LEVELS
         pauses: list[tuple[int, float]] = []
         for no, sp in case.suspends.items():
             if sp.started_at:
@@ -947,7 +1084,14 @@ class RulesEngine:
             self.natural if isinstance(owner, _Case) and owner.natural else self.calendar
         )
         next_pos = _INF
-        levels_done = self._levels
+        if isinstance(owner, _Case):
+            if owner.levels is None:
+                owner.levels = {}
+            if owner.emitted is None:
+                owner.emitted = set()
+            levels_done, emitted = owner.levels, owner.emitted
+        else:
+            levels_done, emitted = self._levels, self._emitted
         for w in watch:
             levels = w[4]
             level, at_pos = 0, 0.0  # the highest level reached (hot loop: no temporaries)
@@ -960,8 +1104,8 @@ class RulesEngine:
                 if level > done:
                     levels_done[obj_key] = done = level
                     alert_id = f"{obj_key}:{level}"
-                    if alert_id not in self._emitted:
-                        self._emitted.add(alert_id)
+                    if alert_id not in emitted:
+                        emitted.add(alert_id)
                         out.append(self._card(owner, w[1], level, obj_key, w[2], w[3],
                                               self._instant_text(clock, int(at_pos))))  # fmt: skip
                 levels = w[4] = [(lv, p) for lv, p in levels if lv > done]
