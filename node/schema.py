@@ -154,5 +154,5 @@ meta = Table(
 # Feature modules define their own tables on this metadata; importing them here keeps Alembic's view of
 # the schema (migrations/env.py) and every comparison complete, whatever else was imported.
 import node.reconcile  # noqa: E402,F401
-import node.stats.tables  # noqa: E402,F401
 import node.rules.archive  # noqa: E402,F401
+import node.stats.tables  # noqa: E402,F401
