@@ -160,17 +160,40 @@ def _hops(homes: dict[str, Home], origin: str, channel: int, seq: int) -> dict[s
     return {f"{a}→{b}": round((stamps[b] - stamps[a]) / 1e6, 3) for a, b in zip(names, names[1:], strict=False)}
 
 
+def _wait_rules_caught_up(home: Home, timeout: float) -> float:
+    """Seconds until the node's rules service has read its whole feed (at once when rules are off)."""
+    from node import admin
+
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout:
+        st = (admin.call(home, {"op": "status"}, timeout=30) or {}).get("result", {}).get("rules", {})
+        if not st.get("enabled", True) or (st.get("state") == "running" and st.get("caught_up")):
+            break
+        time.sleep(0.5)
+    return time.perf_counter() - t0
+
+
 def catchup(base: Path, backlog: int) -> dict[str, Any]:
-    """A county builds up a backlog while its city is down; after the city comes back, the drain."""
+    """A county builds up a backlog while its city is down; after the city comes back, the drain.
+
+    The county runs (links, rules, every service) while the city is down, as it would through an outage:
+    the backlog is preloaded, so the county first evaluates it (its rules catch up), then the city starts
+    and the drain is timed."""
+    from node import config as config_mod
+
     homes = demo.build_tree(base / f"catchup{backlog}", CHAIN)
+    # the county starts while its city is down: it appends (its rules' alerts) after the grace period
+    config_mod.set_field(homes["320303"].config.path, "link", "recover_wait_s", 1)
     preload(homes["320303"].dir, backlog, 3)
     procs = {code: demo.start(homes[code].dir) for code in ("320000", "320303")}
     try:
-        time.sleep(1.0)  # the county dials a city that is down
+        for code in procs:
+            demo.wait_admin(homes[code])
+        rules_s = _wait_rules_caught_up(homes["320303"], timeout=900)
         procs["320300"] = demo.start(homes["320300"].dir)
         return drain(homes, {"320300": procs["320300"]}, timeout=900) | {
             "rss_mb": {code: _rss_peak_mb(p.pid) for code, p in procs.items()},
-            "cpu_s": {code: _cpu_s(p.pid) for code, p in procs.items()}}
+            "cpu_s": {code: _cpu_s(p.pid) for code, p in procs.items()}, "county_rules_caught_up_s": rules_s}
     finally:
         demo.stop_all(procs)
 
@@ -231,7 +254,8 @@ def bench_catchup(base: Path, scale: float) -> list[dict[str, Any]]:
     rb = catchup(base, big)
     rate = rb["sustained_rate"]
     rows = [{"name": "catch-up drain after reconnect", "value": round(rate), "unit": "records/s", "target": ">= 30000",
-             "reference": f"{rb['records']} records built up while the city was down; from the city's start "
+             "reference": f"{rb['records']} records built up while the city was down (the county's rules read "
+                          f"them in {rb['county_rules_caught_up_s']:.0f} s first); from the city's start "
                           f"{rb['whole_run_rate']:,.0f}/s", "ratio": None,
              "ok": rb["ok"] and rate >= 30_000}]
     for code in rb["rss_mb"]:

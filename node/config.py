@@ -37,6 +37,9 @@ class Config:
     # 1000 in `fednode bench`); memory per link is about window x batch x record size
     batch_records: int = 4000
     window: int = 3
+    # a restarted node whose parent cannot be reached appends after this long, if its own logs are not
+    # behind what it last recorded outside the store (own-heads.json): see node/runtime.py
+    recover_wait_s: int = 30
     sections: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -61,6 +64,8 @@ FIELDS: dict[tuple[str, str], tuple[str, type, Any, str]] = {
     ("link", "parent_code"): ("parent_code", str, lambda v: v == "" or is_code(v), "the parent's node code"),
     ("link", "batch_records"): ("batch_records", int, lambda v: 100 <= v <= 20_000, "records per batch, 100..20000"),
     ("link", "window"): ("window", int, lambda v: 1 <= v <= 16, "batches in flight per link, 1..16"),
+    ("link", "recover_wait_s"): ("recover_wait_s", int, lambda v: 0 <= v <= 86400,
+                                 "seconds a restarted node waits for its parent before it appends, 0..86400"),
     ("admin", "socket"): ("admin_socket", str, None, "a path for the admin Unix socket"),
     ("log", "level"): ("log_level", str, lambda v: v in ("debug", "info", "warning", "error"),
                        "debug, info, warning or error"),

@@ -45,6 +45,7 @@ def init(directory: Path, *, code: str, name: str, level: str, parent: str = "",
     write_secret(home.key_path("ca.key"), pki.key_to_pem(pki.new_tls_key()))
     write_secret(home.key_path("sign.key"), pki.key_to_pem(pki.new_signing_key()))
     home.store()
+    home.record_own_heads({})  # a new node: its store can never be behind this
     return home
 
 

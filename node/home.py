@@ -121,6 +121,27 @@ class Home:
     def ledger(self) -> Ledger:
         return Ledger(self.store(), self.code, self.signer(), self.root())
 
+    # own-heads.json: this node's own log heads as it last saw them, kept outside the store, so that a
+    # store restored from an older copy can be told from a restart (node/runtime.py)
+    OWN_HEADS = "own-heads.json"
+
+    def recorded_own_heads(self) -> dict[str, int] | None:
+        """The recorded heads ("origin/channel" → seq), or None when there is no readable record."""
+        import json
+
+        try:
+            data = json.loads((self.dir / self.OWN_HEADS).read_text(encoding="utf-8"))
+            return {str(k): int(v) for k, v in data.items()}
+        except (OSError, ValueError, AttributeError, TypeError):
+            return None
+
+    def record_own_heads(self, heads: dict[str, int]) -> None:
+        import json
+
+        tmp = self.dir / (self.OWN_HEADS + ".tmp")
+        tmp.write_text(json.dumps(heads, sort_keys=True), encoding="utf-8")
+        os.replace(tmp, self.dir / self.OWN_HEADS)
+
     def close(self) -> None:
         if self._store is not None:
             self._store.close()

@@ -120,6 +120,30 @@ class NodeRuntime:
         return st
 
     # -- a restored node recovers its own logs before it appends ------------------------------------------
+    #
+    # Normally the parent's Hello decides: once our own logs are at least what the parent holds of them,
+    # we may append. A node that restarts while its parent is down must still work (store and forward),
+    # so it also keeps, outside the store, the heads of its own logs as it last saw them (own-heads.json,
+    # written a second after appends). A store that is not behind that file is not an old backup: after
+    # [link] recover_wait_s without the parent, the node appends. A store behind it (restored from an
+    # old copy) waits for the parent however long it takes: appending would reuse seqs it already sent.
+
+    def _own_heads(self) -> dict[str, int]:
+        return {f"{o}/{c}": h.seq for (o, c), h in self.ledger.store.heads().items() if o == self.code}
+
+    async def _keep_own_heads(self) -> None:
+        """Record our own heads outside the store once recovered: on change, at most once a second."""
+        await self.recovered.wait()
+        written: dict[str, int] | None = None
+        while True:
+            try:
+                heads = await self.db(self._own_heads)
+                if heads != written:
+                    await asyncio.to_thread(self.home.record_own_heads, heads)
+                    written = heads
+            except Exception:  # never fatal: the marker only shortens a restart without the parent
+                log.exception("own_heads_write_failed")
+            await asyncio.sleep(1.0)
 
     async def after_hello(self, parent_heads: dict[StreamKey, int]) -> None:
         self.recover_target = {(o, c): s for (k, o, c), s in parent_heads.items() if k == LOG and o == self.code}
@@ -136,6 +160,27 @@ class NodeRuntime:
             log.info("own_logs_current", code=self.code)
         else:
             log.warning("recovering_own_logs", behind={f"{o}/{channel_name(c)}": s for (o, c), s in behind.items()})
+
+    async def _recover_without_parent(self) -> None:
+        """After ``recover_wait_s`` without the parent's Hello, recover if the store is not an old copy."""
+        await asyncio.sleep(self.home.config.recover_wait_s)
+        if self.recovered.is_set():
+            return
+        recorded = self.home.recorded_own_heads()
+        heads = await self.db(self._own_heads)
+        if recorded is None:
+            log.warning("waiting_for_parent", reason=f"no readable {Home.OWN_HEADS}: a restart cannot be told from a restore",
+                        fix="bring the link to the parent up; the node appends once its own logs are current")
+            return
+        behind = {k: v for k, v in recorded.items() if heads.get(k, 0) < v}
+        if behind:
+            log.error("store_behind_own_heads", behind=behind, fix="this store looks restored from an older copy: it "
+                      "waits for the parent to send back what it had already sent (bring the link up)")
+            return
+        if not self.recovered.is_set():
+            self.recovered.set()
+            log.warning("appending_without_parent", waited_s=self.home.config.recover_wait_s,
+                        note="the parent is unreachable; own logs are not behind their last recorded heads")
 
     async def wait_recovered(self, timeout: float = 30.0) -> None:
         from node.errors import FednodeError
@@ -284,8 +329,11 @@ class NodeRuntime:
             log.info("listening", address=cfg.listen, path=self.path)
         if cfg.parent and self.parent_code:
             self._start_uplink()
+            recover_task = asyncio.create_task(self._recover_without_parent())
         else:
             self.recovered.set()
+            recover_task = None
+        heads_task = asyncio.create_task(self._keep_own_heads())
         admin_server = await admin.serve(self)
         spool_task = asyncio.create_task(self._drain_audit_spool())
         self.scheduler.start()
@@ -306,6 +354,9 @@ class NodeRuntime:
         # graceful: stop taking new work, let the in-flight transaction finish, then close
         admin_server.close()
         spool_task.cancel()
+        heads_task.cancel()
+        if recover_task is not None:
+            recover_task.cancel()
         for svc in reversed(self.services):
             try:
                 await svc.stop()
