@@ -79,13 +79,28 @@ def _held_at_root(homes: dict[str, Home], want: dict[tuple[str, int], int]) -> i
     return sum(min(heads.get(k, 0), v) for k, v in want.items())
 
 
-def drain(homes: dict[str, Home], procs: dict[str, Any], timeout: float) -> dict[str, Any]:
+def _wait_uplink_connected(home: Home, timeout: float) -> None:
+    from node import admin
+
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        links = (admin.call(home, {"op": "status"}, timeout=30) or {}).get("result", {}).get("links", [])
+        if any(lk["direction"] == "up" and lk["state"] == "connected" for lk in links):
+            return
+        time.sleep(0.05)
+
+
+def drain(homes: dict[str, Home], procs: dict[str, Any], timeout: float,
+          reconnect: Home | None = None) -> dict[str, Any]:
     """Time a drain county → province. The sustained rate counts from the moment every node answers on
     its admin socket (process start-up, ~0.7 s of imports and migrations checks per node, is not link
-    throughput); the rate over the whole run, start-up included, is reported beside it."""
+    throughput) and, with ``reconnect``, that node's uplink is connected again (its dialler backs off
+    up to 30 s while the parent is down); the rate over the whole run is reported beside it."""
     t_start = time.perf_counter()
     for code in procs:
         demo.wait_admin(homes[code])
+    if reconnect is not None:
+        _wait_uplink_connected(reconnect, timeout=120)
     t0 = time.perf_counter()
     want = demo.leaf_heads(homes, ["320303"])
     held0 = _held_at_root(homes, want)
@@ -95,7 +110,8 @@ def drain(homes: dict[str, Home], procs: dict[str, Any], timeout: float) -> dict
     cpu = {code: _cpu_s(p.pid) for code, p in procs.items()}
     total = sum(want.values())
     return {"ok": ok, "records": total, "elapsed_s": t1 - t0, "sustained_rate": (total - held0) / (t1 - t0),
-            "whole_run_rate": total / (t1 - t_start), "held_at_start": held0, "rss_mb": rss, "cpu_s": cpu}
+            "whole_run_rate": total / (t1 - t_start), "held_at_start": held0, "rss_mb": rss, "cpu_s": cpu,
+            "waited_s": t0 - t_start}
 
 
 def e2e(base: Path, n: int) -> dict[str, Any]:
@@ -191,7 +207,7 @@ def catchup(base: Path, backlog: int) -> dict[str, Any]:
             demo.wait_admin(homes[code])
         rules_s = _wait_rules_caught_up(homes["320303"], timeout=900)
         procs["320300"] = demo.start(homes["320300"].dir)
-        return drain(homes, {"320300": procs["320300"]}, timeout=900) | {
+        return drain(homes, {"320300": procs["320300"]}, timeout=900, reconnect=homes["320303"]) | {
             "rss_mb": {code: _rss_peak_mb(p.pid) for code, p in procs.items()},
             "cpu_s": {code: _cpu_s(p.pid) for code, p in procs.items()}, "county_rules_caught_up_s": rules_s}
     finally:
@@ -255,8 +271,9 @@ def bench_catchup(base: Path, scale: float) -> list[dict[str, Any]]:
     rate = rb["sustained_rate"]
     rows = [{"name": "catch-up drain after reconnect", "value": round(rate), "unit": "records/s", "target": ">= 30000",
              "reference": f"{rb['records']} records built up while the city was down (the county's rules read "
-                          f"them in {rb['county_rules_caught_up_s']:.0f} s first); from the city's start "
-                          f"{rb['whole_run_rate']:,.0f}/s", "ratio": None,
+                          f"them in {rb['county_rules_caught_up_s']:.0f} s first); timed from the reconnect "
+                          f"({rb['waited_s']:.1f} s after the city started: the county's dial backoff); from the "
+                          f"city's start {rb['whole_run_rate']:,.0f}/s", "ratio": None,
              "ok": rb["ok"] and rate >= 30_000}]
     for code in rb["rss_mb"]:
         grow = rb["rss_mb"][code] / rs["rss_mb"][code]

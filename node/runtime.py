@@ -97,6 +97,11 @@ class NodeRuntime:
     async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await self.loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
 
+    def links_busy(self, within_s: float = 1.0) -> bool:
+        """Whether a link moved a message this recently: background services then leave it the CPU."""
+        now = now_us()
+        return any(now - max(st.last_in_us, st.last_out_us) < within_s * 1e6 for st in list(self.links.values()))
+
     async def bg(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Like ``db`` but on the background thread: for services' long work, in chunks."""
         return await self.loop.run_in_executor(self._bg_executor, lambda: fn(*args, **kwargs))

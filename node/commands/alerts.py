@@ -90,7 +90,7 @@ from node.home import Home
 from node.ledger import Ledger, NewRecord
 from node.notify import Dispatcher
 from node.notify import load as load_dispatcher
-from node.records import MONITOR, now_us
+from node.records import MONITOR
 from node.rules import RulesConfig, RulesEngine, archive
 from node.rules.engine import INPUT_KINDS, LEVEL_NAMES
 from node.services import Service
@@ -112,7 +112,6 @@ STEP_KINDS = (*RULE_KINDS, "alert")
 # catch-up drains faster with the rules at half speed (measured at a county with a 200k backlog:
 # 11.3-11.8 s with the pause, 14.3-14.8 s without, 10.3 s with the rules off)
 _LINK_SHARE = 1.0
-_LINK_BUSY_US = 1_000_000  # a link that moved a record this recently is busy
 _CURSOR_SLACK = 50_000  # feed positions the in-memory cursor may run ahead of the stored one
 ALERT_FIELDS = tuple(domain.SCHEMAS["alert"])
 LEVELS_BY_NAME = {"warn": 1, "yellow": 2, "red": 3, "serious": 4, **{v: k for k, v in LEVEL_NAMES.items()}}
@@ -725,11 +724,7 @@ class RulesService(Service):
     async def _pause(self, t0: float) -> None:
         """Between two batches begun at ``t0``: other background work runs then; while the links move
         records, they get the interpreter for as long as the batch took (the rules half of it)."""
-        await asyncio.sleep((time.monotonic() - t0) * _LINK_SHARE if self._links_busy() else 0)
-
-    def _links_busy(self) -> bool:
-        now = now_us()
-        return any(now - max(st.last_in_us, st.last_out_us) < _LINK_BUSY_US for st in list(self.rt.links.values()))
+        await asyncio.sleep((time.monotonic() - t0) * _LINK_SHARE if self.rt.links_busy() else 0)
 
     async def scan_now(self) -> list[dict[str, Any]]:
         """The time rules now, and storing what they raise (with the cases they left nothing to watch
