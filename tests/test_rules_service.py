@@ -534,24 +534,20 @@ def test_a_changed_configuration_evaluates_the_archived_cases_again(tree: Tree) 
     assert run_to_end(same) == [] and same.restored < changed.restored
 
 
-def test_the_service_gives_way_only_to_links_that_are_moving_records() -> None:
-    import asyncio
+def test_background_services_give_way_only_to_links_that_are_moving_records() -> None:
+    """rt.links_busy, which the rules service and the stats fold consult between their batches."""
     from types import SimpleNamespace
 
-    from node.commands.alerts import RulesService
     from node.records import now_us
-    from node.runtime import LinkState
+    from node.runtime import LinkState, NodeRuntime
 
-    async def main() -> list[bool]:
-        up = LinkState("320300", "up", state="connected")
-        svc = RulesService(SimpleNamespace(links={"320300": up}))  # type: ignore[arg-type]
-        busy = [svc._links_busy()]  # connected, nothing moved yet
-        up.last_out_us = now_us()
-        busy.append(svc._links_busy())
-        up.last_out_us = now_us() - 5_000_000
-        busy.append(svc._links_busy())
-        up.last_in_us = now_us()
-        busy.append(svc._links_busy())
-        return busy
-
-    assert asyncio.run(main()) == [False, True, False, True]
+    up = LinkState("320300", "up", state="connected")
+    rt = SimpleNamespace(links={"320300": up})
+    busy = [NodeRuntime.links_busy(rt)]  # type: ignore[arg-type]  # connected, nothing moved yet
+    up.last_out_us = now_us()
+    busy.append(NodeRuntime.links_busy(rt))  # type: ignore[arg-type]
+    up.last_out_us = now_us() - 5_000_000
+    busy.append(NodeRuntime.links_busy(rt))  # type: ignore[arg-type]
+    up.last_in_us = now_us()
+    busy.append(NodeRuntime.links_busy(rt))  # type: ignore[arg-type]
+    assert busy == [False, True, False, True]
