@@ -36,7 +36,7 @@ class Config:
     # gRPC, the database thread hop and the commit (4000 cut a relay's CPU per record by ~18% against
     # 1000 in `fednode bench`); memory per link is about window x batch x record size
     batch_records: int = 4000
-    window: int = 3
+    window: int = 6
     # a restarted node whose parent cannot be reached appends after this long, if its own logs are not
     # behind what it last recorded outside the store (own-heads.json): see node/runtime.py
     recover_wait_s: int = 30
