@@ -95,7 +95,7 @@ def drain(homes: dict[str, Home], procs: dict[str, Any], timeout: float,
     """Time a drain county → province. The sustained rate counts from the moment every node answers on
     its admin socket (process start-up, ~0.7 s of imports and migrations checks per node, is not link
     throughput) and, with ``reconnect``, that node's uplink is connected again (its dialler backs off
-    up to 30 s while the parent is down); the rate over the whole run is reported beside it."""
+    up to ~15 s while the parent is down); the rate over the whole run is reported beside it."""
     t_start = time.perf_counter()
     for code in procs:
         demo.wait_admin(homes[code])
