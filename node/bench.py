@@ -356,8 +356,8 @@ def _fmt(v: Any) -> str:
 def print_table(rows: list[dict[str, Any]]) -> str:
     out = [f"{'benchmark':<50}{'value':>14} {'unit':<11}{'target':<26}{'ratio':>8}  reference"]
     for r in rows:
-        out.append(f"{r['name'][:49]:<50}{_fmt(r['value']):>14} {r['unit']:<11}{str(r['target'])[:25]:<26}"
-                   f"{_fmt(r['ratio']):>8}  {r['reference']}{'' if r.get('ok', True) else '   <-- MISSED'}")
+        out.append(f"{r['name'][:49]:<50}{_fmt(r['value']):>14} {r['unit']:<11}{_fmt(r['target'])[:25]:<26}"
+                   f"{_fmt(r['ratio']):>8}  {_fmt(r['reference'])}{'' if r.get('ok', True) else '   <-- MISSED'}")
     return "\n".join(out)
 
 
@@ -371,8 +371,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
              "References are measured in the same run; the machine is shared, so compare ratios, not absolutes.", "",
              "| benchmark | value | unit | target | ratio | reference | met |", "|---|---:|---|---|---:|---|---|"]
     for r in rows:
-        lines.append(f"| {r['name']} | {_fmt(r['value'])} | {r['unit']} | {r['target']} | {_fmt(r['ratio'])} | "
-                     f"{r['reference']} | {'yes' if r.get('ok', True) else '**no**'} |")
+        lines.append(f"| {r['name']} | {_fmt(r['value'])} | {r['unit']} | {_fmt(r['target'])} | {_fmt(r['ratio'])} | "
+                     f"{_fmt(r['reference'])} | {'yes' if r.get('ok', True) else '**no**'} |")
     return "\n".join(lines) + "\n"
 
 
