@@ -252,15 +252,9 @@ def run(size_factor: float = 1.0, base: Path | None = None, real: bool = True) -
 
 
 def _print(rows: list[dict[str, Any]]) -> None:
-    head = ("benchmark", "value", "unit", "target", "reference", "ratio", "ok")
-    table = [head] + [
-        (r["name"], f"{r['value']:,}", r["unit"], r["target"], f"{r['reference']:,}", str(r["ratio"]),
-         "yes" if r["ok"] else "NO")
-        for r in rows
-    ]  # fmt: skip
-    widths = [max(len(str(row[i])) for row in table) for i in range(len(head))]
-    for row in table:
-        print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)))
+    from node.bench import print_table
+
+    print(print_table(rows))
     r0 = rows[0]
     print(f"in-process phases (s): {rows[2]['phases_s']}")
     for r in rows[3:]:

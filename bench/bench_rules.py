@@ -322,15 +322,9 @@ def run(size_factor: float = 1.0) -> list[dict[str, Any]]:
 
 
 def _print(rows: list[dict[str, Any]]) -> None:
-    head = ("benchmark", "value", "unit", "target", "reference", "ratio", "ok")
-    table = [head] + [
-        (r["name"], f"{r['value']:,}", r["unit"], r["target"], f"{r['reference']:,}", str(r["ratio"]),
-         "yes" if r["ok"] else "NO")
-        for r in rows
-    ]  # fmt: skip
-    widths = [max(len(str(row[i])) for row in table) for i in range(len(head))]
-    for row in table:
-        print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)))
+    from node.bench import print_table
+
+    print(print_table(rows))
     print("reference: events -> json.loads rate of the same payloads (events/s); "
           "scan -> one working-minute index per case (s); service -> reading the change feed alone (records/s); "
           "peak RSS -> the same process before the service starts (MB), growth -> the peak at the smaller size")

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 
 import structlog
 from google.protobuf.message import DecodeError
-from sqlalchemy import Connection, Engine, and_, create_engine, event, func, select, update
+from sqlalchemy import Connection, Engine, and_, create_engine, event, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 
@@ -513,8 +513,6 @@ class Store:
         the feed's high-water mark read *before* the query. Every row up to that mark is committed (the
         mark and its rows are written in one transaction), so a follower whose filter matches rarely
         skips what it has already scanned instead of scanning it again on every call."""
-        from sqlalchemy import or_
-
         out: list[Change] = []
         with self.read() as conn:
             high = int(conn.execute(select(t.meta.c.value).where(t.meta.c.key == "local_seq")).scalar() or 0)
