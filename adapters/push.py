@@ -8,12 +8,19 @@ Decisions (the design left them open):
 - authentication by a shared bearer token: gRPC metadata ``authorization: Bearer <token>``. The token
   lives in ``<home>/push.token`` (mode 0600, created on first start with 32 random bytes, hex;
   ``token_file`` overrides the path). Compared in constant time; a wrong or missing token is
-  ``UNAUTHENTICATED`` and nothing is read.
+  ``UNAUTHENTICATED`` and nothing is read: the server interceptor (``TokenGate``) checks the call's
+  metadata, which arrives before the request message, and answers with a handler that never asks
+  for the message, so an unauthenticated body is never taken in nor parsed (whatever its size, ~4 MB
+  of it at most cross the connection: HTTP/2's flow-control window and socket buffers). ``Push`` checks the token again (one rule, two
+  places: an unauthenticated call can never reach the commit).
 - every item goes through adapters.base.commit in one transaction per request: valid items are
   appended, invalid ones quarantined with ``source = push:<request.source>`` and position
   ``<source>:<source_position>``; the reply says, per item, accepted or the quarantine reason.
   Re-pushing the same item is a no-op by its natural key (it is reported accepted again).
-- at most ``MAX_ITEMS`` items per request (split bigger pushes); the message limit is 64 MiB.
+- at most ``MAX_ITEMS`` items per request and ``MAX_MESSAGE`` (16 MiB) per message (split bigger
+  pushes: 10,000 ordinary records are ~5 MB); a bigger message is ``RESOURCE_EXHAUSTED``.
+- the port is opened without SO_REUSEPORT (gRPC's default would let a second process share it and
+  take half the calls): a port already in use fails ``make_server`` with ``RuntimeError``.
 """
 
 from __future__ import annotations
@@ -35,7 +42,8 @@ from proto.fednode.v1 import fednode_pb2 as pb
 from proto.fednode.v1 import fednode_pb2_grpc as pbg
 
 MAX_ITEMS = 10_000
-MAX_MESSAGE = 64 * 1024 * 1024
+MAX_MESSAGE = 16 * 1024 * 1024
+UNAUTHENTICATED_DETAIL = "missing or wrong token: send metadata 'authorization: Bearer <push.token>'"
 
 
 def check_listen(listen: Any) -> str:
@@ -90,22 +98,47 @@ def rows_of(request: pb.IngestRequest) -> list[SourceRow]:
 Commit = Callable[[str, list[Any]], Awaitable[Outcome]]
 
 
+def authorised(metadata: Any, token: bytes) -> bool:
+    """Whether the call's metadata carries ``authorization: Bearer <token>`` (compared in constant time)."""
+    for k, v in metadata or ():
+        if k == "authorization" and isinstance(v, str) and v.startswith("Bearer "):
+            return hmac.compare_digest(v[7:].strip().encode(), token)
+    return False
+
+
+async def _refuse(request_iterator: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    # a stream handler that never iterates its requests: the message is never asked for, so never received
+    await context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_DETAIL)
+
+
+class TokenGate(grpc.aio.ServerInterceptor):
+    """Refuses a call without the token from its metadata alone, before its request message is read."""
+
+    _refusal = grpc.stream_unary_rpc_method_handler(_refuse)
+
+    def __init__(self, token: str) -> None:
+        self._token = token.encode()
+
+    async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]],
+                                handler_call_details: grpc.HandlerCallDetails) -> Any:
+        if authorised(handler_call_details.invocation_metadata, self._token):
+            return await continuation(handler_call_details)
+        return self._refusal
+
+
 class IngestServicer(pbg.IngestServicer):
     def __init__(self, token: str, commit: Commit, counted: Callable[[Outcome, str], None]) -> None:
         self._token = token.encode()
         self._commit = commit
         self._counted = counted
 
-    def _authorised(self, context: Any) -> bool:
-        for k, v in context.invocation_metadata() or ():
-            if k == "authorization" and isinstance(v, str) and v.startswith("Bearer "):
-                return hmac.compare_digest(v[7:].strip().encode(), self._token)
-        return False
+    @property
+    def token(self) -> str:
+        return self._token.decode()
 
     async def Push(self, request: pb.IngestRequest, context: Any) -> pb.IngestReply:  # noqa: N802
-        if not self._authorised(context):
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                                "missing or wrong token: send metadata 'authorization: Bearer <push.token>'")
+        if not authorised(context.invocation_metadata(), self._token):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_DETAIL)
         if len(request.items) > MAX_ITEMS:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"{len(request.items)} items in one request; at most {MAX_ITEMS}, split it")
@@ -123,8 +156,11 @@ class IngestServicer(pbg.IngestServicer):
 
 
 def make_server(listen: str, servicer: IngestServicer) -> grpc.aio.Server:
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_MESSAGE),
-                                      ("grpc.max_send_message_length", MAX_MESSAGE)])
+    """The Ingest server on ``listen``, behind the token gate. Raises RuntimeError when the port is taken."""
+    server = grpc.aio.server(interceptors=[TokenGate(servicer.token)],
+                             options=[("grpc.max_receive_message_length", MAX_MESSAGE),
+                                      ("grpc.max_send_message_length", MAX_MESSAGE),
+                                      ("grpc.so_reuseport", 0)])
     pbg.add_IngestServicer_to_server(servicer, server)
     server.add_insecure_port(listen)
     return server

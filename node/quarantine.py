@@ -4,7 +4,10 @@ operator fixes and replays them (`fednode quarantine list|show|replay`).
 Rules of this module:
 - nothing is deleted: a replayed row stays, with ``replayed_us`` set, as the audit trail of the fix;
 - ``raw`` is the offending item: the exact line for unreadable input and JSON Lines, or
-  ``{"kind": K, "payload": {...}}`` for rows that came as objects (CSV, SQL, push);
+  ``{"kind": K, "payload": {...}}`` for rows that came as objects (CSV, SQL, push). It is never more
+  than ``adapters.base.MAX_RAW`` (64 KiB): a longer item is cut there and its reason says so (of a line
+  over the file-drop limit only the first 64 KiB is ever held in memory). A drop-directory entry the node
+  refuses to read (a link, not a regular file) is a row with its name and reason and an empty raw;
 - replay = parse raw (or take the operator's payload), apply the operator's edits, validate, and in
   ONE transaction append the record, remember its natural key and mark the row replayed. A row that
   still fails stays pending and the new reason is reported; a row whose natural key is already in the
