@@ -1,12 +1,19 @@
 """node.toml: read, validated, with errors that name the file, the field and the fix.
 
-The table of fields below is the single description of the file; `fednode init` writes it and
-`load` checks it. Unknown fields are errors (a typo must not be silently ignored).
+The table of fields below is the single description of the file; `fednode init` writes it (mode
+0600 in a 0700 home: it may hold database passwords) and `load` checks it. Unknown fields and sections
+are errors (a typo must not be silently ignored), with a "did you mean" when one is close. ``check``
+returns every problem (``Problem``: file, section, field, message, fix); ``load`` raises the first.
+The sections owned by other parts of fednode (FREE_SECTIONS) are validated by node.configcheck.
 """
 
 from __future__ import annotations
 
+import contextlib
+import difflib
+import os
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,50 +86,109 @@ REQUIRED = {("node", "code"), ("node", "name"), ("node", "level")}
 FREE_SECTIONS = {"adapters", "rules", "notify", "calendar", "tickets", "stats", "metrics"}
 
 
-def load(path: Path) -> Config:
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong in a configuration: where (file, section, field), what, and the fix."""
+
+    file: str
+    section: str
+    field: str
+    message: str
+    fix: str
+
+    def error(self) -> ConfigError:
+        return ConfigError(self.message, fix=self.fix)
+
+    def as_dict(self) -> dict[str, str]:
+        return {"file": self.file, "section": self.section, "field": self.field, "error": self.message,
+                "fix": self.fix}
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """' (did you mean `x`?)' for the closest of ``choices``, or '' when none is close."""
+    close = difflib.get_close_matches(word, sorted(set(choices)), n=1, cutoff=0.6)
+    return f"did you mean `{close[0]}`? " if close else ""
+
+
+def unknown_key_fix(key: str, known: Iterable[str]) -> str:
+    known = sorted(set(known))
+    return f"{did_you_mean(key, known)}remove it, or use one of: {', '.join(known)}"
+
+
+def check(path: Path) -> tuple[Config | None, list[Problem]]:
+    """Read and validate node.toml; every problem of its own sections, not only the first. The
+    sections owned by other parts of fednode are checked by node.configcheck."""
     path = Path(path)
     if path.is_dir():
         path = path / CONFIG_NAME
+    file = str(path)
+
+    def problem(section: str, key: str, message: str, fix: str) -> Problem:
+        return Problem(file, section, key, message, fix)
+
     if not path.exists():
-        raise ConfigError(
-            f"{path}: no such file",
-            fix="create the node home with `fednode init DIR --code CODE --name NAME --level LEVEL`",
-        )
+        return None, [problem("", "", f"{path}: no such file",
+                              "create the node home with `fednode init DIR --code CODE --name NAME --level LEVEL`")]
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML ({e})", fix="fix the syntax at the position shown") from None
+        return None, [problem("", "", f"{path}: not valid TOML ({e})", "fix the syntax at the position shown")]
     except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8 text", fix="save the file as UTF-8") from None
+        return None, [problem("", "", f"{path}: not UTF-8 text", "save the file as UTF-8")]
+    except OSError as e:
+        return None, [problem("", "", f"{path}: cannot be read ({e.strerror or e})",
+                              "check the file's owner and mode (the node's user reads it; `chmod 600`)")]
+    problems: list[Problem] = []
     values: dict[str, Any] = {}
+    known_sections = {s for s, _k in FIELDS} | FREE_SECTIONS
     for section, body in data.items():
         if section in FREE_SECTIONS:
             continue
+        if section not in known_sections:
+            problems.append(problem(section, "", f"{path}: unknown section [{section}]",
+                                    f"{did_you_mean(section, known_sections)}remove section [{section}], or use one "
+                                    f"of: {', '.join(f'[{s}]' for s in sorted(known_sections))}"))
+            continue
         if not isinstance(body, dict):
-            raise ConfigError(f"{path}: [{section}] must be a table", fix=f"write it as [{section}] with key = value lines")
+            problems.append(problem(section, "", f"{path}: [{section}] must be a table",
+                                    f"write it as [{section}] with key = value lines"))
+            continue
         for key, value in body.items():
             spec = FIELDS.get((section, key))
             if spec is None:
                 known = sorted(k for s, k in FIELDS if s == section)
-                raise ConfigError(
-                    f"{path}: unknown field {section}.{key}",
-                    fix=f"remove it, or use one of: {', '.join(known)}" if known else f"remove section [{section}]",
-                )
-            attr, typ, check, fix = spec
+                problems.append(problem(section, key, f"{path}: unknown field {section}.{key}", unknown_key_fix(key, known)))
+                continue
+            attr, typ, valid, fix = spec
             if not isinstance(value, typ) or isinstance(value, bool) != (typ is bool):
-                raise ConfigError(f"{path}: {section}.{key} = {value!r} must be a {typ.__name__}", fix=f"use {fix}")
-            if check is not None and not check(value):
-                raise ConfigError(f"{path}: {section}.{key} = {value!r} is not valid", fix=f"use {fix}")
-            values[attr] = value
-    for section, key in REQUIRED:
-        if FIELDS[(section, key)][0] not in values:
-            raise ConfigError(f"{path}: missing field {section}.{key}", fix=f"add it under [{section}]: {FIELDS[(section, key)][3]}")
+                problems.append(problem(section, key, f"{path}: {section}.{key} = {value!r} must be a {typ.__name__}",
+                                        f"use {fix}"))
+            elif valid is not None and not valid(value):
+                problems.append(problem(section, key, f"{path}: {section}.{key} = {value!r} is not valid", f"use {fix}"))
+            else:
+                values[attr] = value
+    for section, key in sorted(REQUIRED):
+        attr = FIELDS[(section, key)][0]
+        if attr not in values and not any(p.section == section and p.field == key for p in problems):
+            problems.append(problem(section, key, f"{path}: missing field {section}.{key}",
+                                    f"add it under [{section}]: {FIELDS[(section, key)][3]}"))
+    if problems:
+        return None, problems
     cfg = Config(path=path, **values, sections={k: v for k, v in data.items() if k in FREE_SECTIONS})
-    if parse_code(cfg.code).level != cfg.level and not (cfg.level == "department"):
-        raise ConfigError(
-            f"{path}: node.level = {cfg.level!r} does not match code {cfg.code} (a {parse_code(cfg.code).level} code)",
-            fix=f"set level = \"{parse_code(cfg.code).level}\"",
-        )
+    if parse_code(cfg.code).level != cfg.level and cfg.level != "department":
+        return None, [problem("node", "level",
+                              f"{path}: node.level = {cfg.level!r} does not match code {cfg.code} "
+                              f"(a {parse_code(cfg.code).level} code)",
+                              f"set level = \"{parse_code(cfg.code).level}\"")]
+    return cfg, []
+
+
+def load(path: Path) -> Config:
+    """node.toml, validated; the first problem is raised as a ConfigError (exit status 2)."""
+    cfg, problems = check(path)
+    if problems:
+        raise problems[0].error()
+    assert cfg is not None
     return cfg
 
 
@@ -146,9 +212,14 @@ def render(cfg: Config) -> str:
 
 
 def write(cfg: Config) -> None:
+    """Create node.toml (mode 0600: it may hold database passwords) in a node home (made 0700)."""
     if cfg.path.exists():
         raise UsageError(f"{cfg.path} already exists", fix="choose an empty directory, or edit the file")
-    cfg.path.write_text(render(cfg), encoding="utf-8")
+    with contextlib.suppress(OSError):  # a directory someone else owns stays as it is
+        os.chmod(cfg.path.parent, 0o700)
+    fd = os.open(cfg.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(render(cfg))
 
 
 def set_field(path: Path, section: str, key: str, value: Any) -> None:

@@ -43,6 +43,7 @@ log = structlog.get_logger(__name__)
 LEVEL_KEYS = {1: "warn", 2: "yellow", 3: "red", 4: "serious"}
 NOTIFIERS = ("log", "webhook", "command")
 _KEYS = {*LEVEL_KEYS.values(), "webhook_url", "webhook_timeout_s", "command", "command_timeout_s", "retries"}
+KEYS = frozenset(_KEYS)  # what [notify] may hold (node/configcheck.py reports any other key with a "did you mean")
 
 
 class NotifyError(FednodeError):

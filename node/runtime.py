@@ -2,15 +2,25 @@
 
 All store work runs on one database thread (one writer per store, never blocking the loop). Local
 writers (ingest, tickets, rules) call ``notify()`` so the links wake at once instead of polling.
+
+Before anything starts, ``run`` refuses (exit 2, with the fix) a home another process runs (the
+flock of node.home.HomeLock, held until this process ends: a live admin.sock is never replaced),
+secrets other local users can read, any problem in any section of node.toml (node.configcheck) and a
+listen port (link, push, metrics) another process holds; the link port is then bound without
+SO_REUSEPORT, so two nodes never share it. Files the node creates are 0600 (umask 077). Health is
+served by the asyncio health servicer: SIGTERM stops the node within the server's grace (3 s)
+whatever probes and Watch streams are open.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +33,8 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from node import pki, streams
-from node.home import Home
+from node.errors import UsageError
+from node.home import Home, HomeLock, check_secret_modes, tighten_dirs
 from node.link import LOG, Outbox, StreamKey
 from node.records import channel_name, now_us
 
@@ -281,12 +292,18 @@ class NodeRuntime:
         address redials (the link resumes from the heads, so nothing is lost); a changed listen address
         or store URL needs a restart, which is logged."""
         from node import config as config_mod
+        from node import configcheck
         from node import logging as node_logging
 
         try:
             new = config_mod.load(self.home.config.path)
+            problems = configcheck.check_config(new)
         except Exception as e:
             log.error("reload_failed", error=str(e), note="the running configuration stays in force")
+            return
+        if problems:
+            log.error("reload_failed", problems=[p.as_dict() for p in problems],
+                      note="the running configuration stays in force; `fednode check DIR` lists the problems")
             return
         old, self.home.config = self.home.config, new
         node_logging.configure(new.log_level, new.log_format)
@@ -320,17 +337,24 @@ class NodeRuntime:
         self.scheduler = make_scheduler(self)
         self.services = [cls(self) for m in load_all() for cls in getattr(m, "SERVICES", [])]
         server = None
-        health_servicer = health.HealthServicer()
+        # the asyncio servicer: its Watch streams are coroutines the server cancels when it stops (the
+        # threaded one blocked a worker thread per Watch, and SIGTERM then waited for the prober)
+        health_servicer = health.aio.HealthServicer()
         if cfg.listen:
             server = grpc.aio.server(options=transport.SERVER_OPTIONS)
             pbg.add_FederationServicer_to_server(transport.FederationService(self), server)
             health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
             for svc in self.services:
                 svc.add_to_server(server)
-            server.add_secure_port(cfg.listen, transport.server_credentials(self))
+            try:
+                bound = server.add_secure_port(cfg.listen, transport.server_credentials(self))
+            except RuntimeError:
+                bound = 0
+            if not bound:
+                raise cannot_listen(cfg.listen, "[link] listen")
             await server.start()
-            health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-            health_servicer.set("fednode.v1.Federation", health_pb2.HealthCheckResponse.SERVING)
+            await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+            await health_servicer.set("fednode.v1.Federation", health_pb2.HealthCheckResponse.SERVING)
             log.info("listening", address=cfg.listen, path=self.path)
         if cfg.parent and self.parent_code:
             self._start_uplink()
@@ -369,7 +393,7 @@ class NodeRuntime:
                 log.exception("service_stop_failed", service=svc.name)
         self.scheduler.shutdown(wait=False)
         if server is not None:
-            health_servicer.enter_graceful_shutdown()
+            await health_servicer.enter_graceful_shutdown()
             await server.stop(grace=3)
         if self._uplink is not None:
             self._uplink.cancel()
@@ -396,25 +420,93 @@ def make_scheduler(rt: NodeRuntime) -> Any:
     )
 
 
-def run(home: Home) -> int:
-    if not home.enrolled:
-        from node.errors import UsageError
+def port_in_use(address: str, field: str) -> UsageError:
+    port = address.rpartition(":")[2]
+    return UsageError(f"port {address} is in use by another process: {field} cannot be opened",
+                      fix=f"stop the process holding it (`ss -ltnp 'sport = :{port}'` shows it), or change {field} "
+                      "in node.toml")
 
+
+def bind_error(address: str) -> OSError | None:
+    """Bind ``address`` once without SO_REUSEPORT (a port held even with SO_REUSEPORT, as gRPC binds by
+    default, is then refused), and let it go. The error, or None when it could be bound."""
+    host, _, port = address.rpartition(":")
+    try:
+        infos = socket.getaddrinfo(host.strip("[]") or None, int(port), type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except (OSError, ValueError) as e:
+        return e if isinstance(e, OSError) else OSError(errno.EINVAL, str(e))
+    for family, kind, proto, _name, sockaddr in infos:
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a port in TIME_WAIT is free
+            try:
+                s.bind(sockaddr)
+            except OSError as e:
+                return e
+    return None
+
+
+def cannot_listen(address: str, field: str) -> UsageError:
+    """Why ``address`` cannot be listened on: in use (the usual case), or another reason."""
+    e = bind_error(address)
+    if e is None or e.errno == errno.EADDRINUSE:
+        return port_in_use(address, field)
+    return UsageError(f"cannot listen on {address} ({field}): {e.strerror or e}",
+                      fix=f"use an address of this machine in {field} (0.0.0.0:PORT for every interface)")
+
+
+def listen_addresses(home: Home) -> list[tuple[str, str]]:
+    """(field, HOST:PORT) of every port the node will listen on: link, push, metrics."""
+    from node import metrics
+
+    cfg = home.config
+    out = [("[link] listen", cfg.listen)] if cfg.listen else []
+    push = (cfg.sections.get("adapters") or {}).get("push")
+    if isinstance(push, dict) and isinstance(push.get("listen"), str) and push["listen"]:
+        out.append(("[adapters.push] listen", push["listen"]))
+    mcfg = metrics.parse_config(cfg.path, cfg.sections.get("metrics"))
+    if mcfg.enabled:
+        out.append(("[metrics] listen", mcfg.listen))
+    return out
+
+
+def check_ports_free(home: Home) -> None:
+    """Refuse (exit 2) a listen port another process holds, before anything starts."""
+    for what, address in listen_addresses(home):
+        e = bind_error(address)
+        if e is not None and e.errno == errno.EADDRINUSE:
+            raise port_in_use(address, what)
+
+
+def run(home: Home) -> int:
+    from node import configcheck
+
+    if not home.enrolled:
         raise UsageError(f"{home.code} is not enrolled", fix="install its certificate bundle (`fednode pki install`)")
     if home.config.parent and not home.config.parent_code:
         from node.errors import ConfigError
 
         raise ConfigError(f"{home.config.path}: link.parent is set but link.parent_code is empty",
                           fix="install the bundle from the parent (`fednode pki install`), which records it")
+    os.umask(0o077)  # whatever the node creates (WAL, spool, reports, quarantine files) is its own
+    lock = HomeLock(home.dir).acquire()  # one process per home, until this one ends
+    try:
+        check_secret_modes(home)
+        configcheck.require_valid(home.config)
+        check_ports_free(home)
+        for change in tighten_dirs(home):
+            log.warning("home_mode_tightened", change=change)
 
-    async def main() -> None:
-        rt = NodeRuntime(home)
-        await rt.serve()
+        async def main() -> None:
+            rt = NodeRuntime(home)
+            await rt.serve()
 
-    t0 = time.monotonic()
-    asyncio.run(main())
-    log.info("exit", uptime_s=round(time.monotonic() - t0, 1))
-    return 0
+        t0 = time.monotonic()
+        asyncio.run(main())
+        log.info("exit", uptime_s=round(time.monotonic() - t0, 1))
+        return 0
+    finally:
+        lock.release()
 
 
 def tls_not_after(home: Home) -> str:

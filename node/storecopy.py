@@ -15,6 +15,7 @@ Rules of this module:
 - Afterwards the target is proved, not trusted: row counts per table equal, every head equal
   (seq and chain), and ``integrity.verify_store`` recomputes every chain and checks every checkpoint
   and signature on the target. Only then may the caller switch node.toml to the new URL.
+- A SQLite target the copy creates is 0600 from birth, like the node's own store (node/home.py).
 """
 
 from __future__ import annotations
@@ -244,7 +245,11 @@ def verify_target(target: Store, root: Any, report: CopyReport, progress: Callab
 
 
 def open_target(url: str, base_dir: Path) -> Store:
+    """The target store; a new SQLite file is created 0600 (node.home.prepare_sqlite), like the node's own."""
+    from node.home import prepare_sqlite
+
     try:
+        prepare_sqlite(url, base_dir)
         return Store.open(url, base_dir=base_dir)
     except FednodeError:
         raise

@@ -304,16 +304,15 @@ def test_demo_run_metrics(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_bad_metrics_section_does_not_stop_the_node(tmp_path: Path) -> None:
-    """A typo in [metrics]: `fednode metrics` says exit 2 with the field; the node still runs its links."""
+def test_bad_metrics_section_stops_the_node_at_start(tmp_path: Path) -> None:
+    """A typo in [metrics]: `fednode metrics` and `fednode run` both exit 2 naming the field (issue 24: a
+    typo must not leave the node running without its endpoint, with only a log line saying so)."""
     homes = demo.build_tree(tmp_path / "tree", demo.TREE[:1])
     h = homes["320000"]
     with open(h.dir / "node.toml", "a", encoding="utf-8") as f:
         f.write('\n[metrics]\nlisten = "nowhere"\n')
     p = fednode("metrics", h.dir)
     assert p.returncode == 2 and "metrics.listen" in p.stderr and "fix:" in p.stderr
-    with running({"320000": h}):
-        r = admin.call(Home(h.dir), {"op": "status"})
-        assert r is not None
-        section = r["result"]["metrics"]
-        assert section["serving"] is False and "metrics.listen" in section["error"]
+    p = fednode("run", h.dir)
+    assert p.returncode == 2 and "metrics.listen" in p.stderr and "fix:" in p.stderr
+    assert admin.call(Home(h.dir), {"op": "status"}) is None

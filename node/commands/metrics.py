@@ -2,6 +2,7 @@
 
 - ``MetricsService`` serves GET /metrics and /healthz on ``[metrics] listen`` while the node runs
   (node/metrics.py says what is exported and why); SIGHUP re-reads the section and rebinds if it moved.
+  A bad section or a busy port stops `fednode run` before it starts (node/configcheck.py, node/runtime.py).
 - ``fednode metrics DIR [--json]`` prints the same exposition: from the running node (admin op
   ``metrics``), or from the store when the node is stopped (no links then).
 - ``fednode health DIR [--json]`` is the probe for container HEALTHCHECKs and monitoring: the admin
@@ -65,7 +66,8 @@ class MetricsService(Service):
         try:
             self.config = metrics.parse_config(self.rt.home.config.path, self.rt.home.config.sections.get("metrics"))
         except metrics.MetricsConfigError as e:
-            # a typo in [metrics] must not take the links down: run without the endpoint, say why
+            # `fednode run` refuses a bad [metrics] before it starts (node/configcheck.py) and SIGHUP keeps
+            # the running configuration: this is only reached by a runtime built without that check
             self.error = str(e)
             log.error("metrics_config_invalid", error=e.message, fix=e.fix)
             return

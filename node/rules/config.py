@@ -110,6 +110,7 @@ class RulesConfig:
 
 
 _FIELDS = {f.name for f in fields(Thresholds)}
+THRESHOLD_KEYS = frozenset(_FIELDS)  # the keys of [rules.default] and [rules.item_types.CODE] (node/configcheck.py)
 
 
 def _thresholds(base: Thresholds, section: Mapping[str, Any], where: str) -> Thresholds:

@@ -30,6 +30,9 @@ from node.stats.indicators import DEFAULT_BANDS, DEFAULT_CARDS_ZERO_AT, DEFAULT_
 
 _TOP = {"timely_hours", "cards_zero_at", "batch", "interval_s", "weights", "bands", "supervisors"}
 _SUP = {"login_days", "alert_days", "ticket_days", "escalate_after_days", "names"}
+# what each table may hold (node/configcheck.py reports any other key, with a "did you mean")
+TOP_KEYS, SUPERVISOR_KEYS = frozenset(_TOP), frozenset(_SUP)
+WEIGHT_KEYS, BAND_KEYS = frozenset(INDICATORS), frozenset(DEFAULT_BANDS)
 
 
 @dataclass(frozen=True)
