@@ -1,6 +1,11 @@
 # make demo   : create/refresh .venv from the project's own files, then run `fednode demo`
 # make test   : create/refresh .venv, then run the whole test suite (PostgreSQL tests included when
 #               the server at 127.0.0.1:5432 answers; CI makes them mandatory)
+# make dist   : one archive per target (Python version x platform) in dist/ for an install with no
+#               package index: the wheels of fednode and every dependency (postgres extra included),
+#               install.sh, the systemd unit and the docs (deploy/README.md, "Installing on a closed
+#               network"). More targets, e.g.:
+#               make dist DIST_PYTHONS="3.11 3.12" DIST_PLATFORMS="manylinux_2_28_x86_64 manylinux_2_28_aarch64"
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -45,3 +50,13 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+
+# the default target is this machine: its Python version and architecture, glibc 2.28 or newer
+DIST_DIR       ?= dist
+DIST_PYTHONS   ?= $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+DIST_PLATFORMS ?= manylinux_2_28_$(shell uname -m)
+
+.PHONY: dist
+dist: $(STAMP)
+	$(BIN)/python deploy/dist/build.py --out $(DIST_DIR) $(foreach p,$(DIST_PYTHONS),--python $(p)) \
+		$(foreach p,$(DIST_PLATFORMS),--platform $(p))
