@@ -1,10 +1,33 @@
-"""The supervisor work log (监察日志): operator actions as ``audit.action`` records, and the rules that
-watch the supervisors themselves.
+"""The supervisor work log (监察日志): what operators *do*, as ``audit.action`` records, and the rules
+that watch the supervisors themselves.
+
+Rules of this module:
+
+- Reads are never records. A command that only looks (``READS``: status, health, metrics, verify,
+  proof, quarantine list|show, calendar show, adapters list, pki keys, check, and the supervisor's
+  desk reads in ``VISIT_READS``) appends nothing to any log, however often it runs, on a running or a
+  stopped node. A monitoring system polling ``fednode status --json`` leaves the evidence chain alone.
+- Presence, not polling: the first desk read of a calendar day (``VISIT_READS``: alerts, tickets,
+  complaints list|show, stats, worklog) by a person writes ONE ``audit.action`` with action ``visit``
+  ("was here", DESIGN §10); every later read that day writes nothing. The ``login`` rule needs it: a
+  supervisor who only reads is still present. The day already visited is kept in store meta
+  ``audit.visit:<actor>``, written in the same transaction as the visit (``append_visit``), so the
+  log itself is the authority; the running node also caches it (admin op ``audit.visit``).
+- Acts are records: every other command (``ACTIONS``) appends one ``audit.action`` after it succeeds
+  (``audit_command``, called by node/cli.py). Commands whose own transaction already writes the
+  attributed ``audit.action`` (``SELF_RECORDED``: every ticket act, complaint registration, alert
+  handling) get no second one. ``NOT_LOGGED``: commands that run the node or build its home before it
+  has a log to write to. Every command is in exactly one of these sets (tests/test_reads_pure.py).
+- ``actor`` is the person: the command's ``--actor`` if it has one, else ``FEDNODE_ACTOR``, else the
+  OS user.
+- A stopped node is never written to by the CLI: actions (and the day's first visit) wait in
+  ``audit-spool.jsonl`` and the running node appends them once its own logs are current
+  (``drain_spool``, which also keeps visits to one per person per day).
 
 Records (control channel, so they are signed and travel up the tree like every other log):
 
-- ``audit.action`` {actor, action, target, detail, at} — one per operator action through the CLI or
-  the admin API (``record_action``). ``actor`` is the operator (``FEDNODE_ACTOR``, else the OS user).
+- ``audit.action`` {actor, action, target, detail, at} — one per operator act (``record_action``);
+  action ``visit`` (target "", detail {via}) at most once per person per day.
 - ``audit.remind`` {rule, subject, due, at, message} — a reminder to a supervisor (rule below).
 - an ``alert`` (monitor) with ``object = "supervisor"`` — the escalation to the supervisor's leader.
 
@@ -12,15 +35,20 @@ Supervisor rules (thresholds in ``[stats.supervisors]``, ``node.stats.config.Sup
 
 | rule            | subject       | due (reminder)                                  | done when                             |
 |-----------------|---------------|-------------------------------------------------|---------------------------------------|
-| login           | actor         | last action + login_days                        | any later action by that actor        |
-| alert_unhandled | alert_id      | alert ``at`` + alert_days                       | an action targets the alert, or a     |
-|                 |               |                                                 | ticket names it in ``alert_ids``      |
+| login           | actor         | last action + login_days                        | any later action or visit by that     |
+|                 |               |                                                 | actor                                 |
+| alert_unhandled | alert_id      | alert ``at`` + alert_days                       | an act targets the alert (`alerts     |
+|                 |               |                                                 | handle`), or a ticket names it in     |
+|                 |               |                                                 | ``alert_ids`` (`tickets issue         |
+|                 |               |                                                 | --alert`); looking at it (`alerts     |
+|                 |               |                                                 | show`, also old records of it) is not |
 | ticket_inactive | ticket number | issue + ticket_days (ticket sent to this node)  | signed for (sign) and replied (reply) |
 
 Per (rule, subject, due) at most one reminder, written when ``now >= due``; then at most one
 escalation alert, written when the subject is still not done ``escalate_after_days`` after the
-reminder. ``supervisor_actions`` is pure: facts in, records to write out; ``audit_facts`` and the
-Service read the store and write them.
+reminder. ``facts_from_records`` and ``supervisor_actions`` are pure: records in, records to write
+out; node/commands/stats.py (``check_supervisors``, the StatsService tick, `worklog --check`) reads the
+store and writes them.
 """
 
 from __future__ import annotations
@@ -97,6 +125,7 @@ def record_action(ledger_or_home: Any, actor: str, action: str, target: str = ""
 
 
 SPOOL = "audit-spool.jsonl"
+VISIT = "visit"  # the action of the daily "was here" record
 
 
 def spool(directory: Any, payload: dict[str, Any]) -> None:
@@ -110,9 +139,28 @@ def spool(directory: Any, payload: dict[str, Any]) -> None:
         f.write(json.dumps(payload, ensure_ascii=False) + "\n")
 
 
-def drain_spool(directory: Any, ledger: Any) -> int:
-    """Append the actions spooled while the node was stopped (runs in the node, after recovery)."""
+def _read_spool(path: Any) -> list[dict[str, Any]]:
     import json
+    from pathlib import Path
+
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return []
+    out = []
+    for line in lines:
+        try:
+            p = json.loads(line)
+        except ValueError:
+            continue  # a torn last line from a crash: the rest still counts
+        if isinstance(p, dict):
+            out.append(p)
+    return out
+
+
+def drain_spool(directory: Any, ledger: Any) -> int:
+    """Append the actions spooled while the node was stopped (runs in the node, after recovery).
+    Visits stay one per person per day: a visit of a day already visited is dropped."""
     import time
     from pathlib import Path
 
@@ -123,47 +171,140 @@ def drain_spool(directory: Any, ledger: Any) -> int:
         return 0
     draining = path.with_name(f"{SPOOL}.{time.time_ns()}.draining")
     path.rename(draining)  # new actions spooled meanwhile go to a fresh file
-    payloads = []
-    for line in draining.read_text(encoding="utf-8").splitlines():
-        try:
-            payloads.append(json.loads(line))
-        except ValueError:
-            continue  # a torn last line from a crash: the rest still counts
+    payloads: list[dict[str, Any]] = []
+    visited: dict[str, str] = {}
+    for p in _read_spool(draining):
+        if p.get("action") == VISIT:
+            actor, day = str(p.get("actor", "")), _day(p)
+            if day <= max(visited.get(actor, ""), visited_day(ledger.store, actor)):
+                continue
+            visited[actor] = day
+        payloads.append(p)
     if payloads:
-        ledger.append([NewRecord(ACTION, p) for p in payloads])
+        def mark(tx: Any) -> None:
+            for actor, day in visited.items():
+                tx.set_meta(visit_key(actor), day)
+
+        ledger.append([NewRecord(ACTION, p) for p in payloads], also=mark)
     draining.unlink()
     return len(payloads)
 
 
-# commands that are not an operator's supervisory action, or cannot write to an enrolled node's log
-CLI_SKIP = frozenset({"run", "demo", "bench", "init", "proof", "pki init-root", "pki request", "pki install",
-                      "pki sign", "worklog"})
-_ARG_SKIP = frozenset({"dir", "command", "json", "csv", "func"})
+# ---- what a command leaves in the work log ----------------------------------------------------------------
+
+# Reads: nothing, ever (DESIGN §10: reads are never records).
+READS = frozenset({"status", "health", "metrics", "verify", "proof", "quarantine list", "quarantine show",
+                   "calendar show", "adapters list", "pki keys", "check"})
+# The supervisor's desk reads: nothing either, except the first of the day per person (one `visit`).
+VISIT_READS = frozenset({"alerts list", "alerts show", "tickets list", "tickets show", "complaints list",
+                         "complaints show", "stats", "worklog"})
+# Acts whose own transaction writes the attributed audit.action (node/tickets/desk.py, `alerts handle`).
+SELF_RECORDED = frozenset({"tickets issue", "tickets sign", "tickets reply", "tickets conclude", "tickets return",
+                           "tickets extend-request", "tickets extend-grant", "tickets assign",
+                           "tickets assign-result", "complaints register", "alerts handle"})
+# Running the node, or building its home before it has a log of its own to write to.
+NOT_LOGGED = frozenset({"run", "demo", "bench", "init", "pki init-root", "pki request", "pki install"})
+# Acts recorded by audit_command after they succeed: one audit.action each.
+ACTIONS = frozenset({"ingest", "reconcile", "store copy", "quarantine replay", "adapters reset",
+                     "adapters push-token", "calendar import", "pki sign", "pki rotate", "pki revoke"})
+CLI_SKIP = READS | VISIT_READS | SELF_RECORDED | NOT_LOGGED  # kept for callers of the old name
+_ARG_SKIP = frozenset({"dir", "command", "json", "csv", "func", "actor"})
+
+
+def classify(name: str) -> str:
+    """read | visit | self | skip | action. A command in no set is taken for an act (recorded)."""
+    if name in READS:
+        return "read"
+    if name in VISIT_READS:
+        return "visit"
+    if name in SELF_RECORDED:
+        return "self"
+    if name in NOT_LOGGED:
+        return "skip"
+    return "action"
+
+
+def actor_of(args: Any) -> str:
+    given = getattr(args, "actor", None)
+    return given.strip() if isinstance(given, str) and given.strip() else current_actor()
 
 
 def audit_command(args: Any, name: str, rc: int) -> dict[str, Any] | None:
-    """Log one finished CLI command (node/cli.py main calls this). Never fails the command: a node that
-    is not enrolled yet, or a store that cannot be written, only gets a warning on stderr."""
+    """Log one finished CLI command (node/cli.py main calls this): an act's ``audit.action``, or the
+    day's first visit for a desk read, or nothing. Never fails the command: a node that is not
+    enrolled yet, or a store that cannot be written, only gets a warning on stderr."""
     import sys
 
-    if rc != 0 or name in CLI_SKIP or not getattr(args, "dir", None):
+    kind = classify(name)
+    if rc != 0 or kind not in ("visit", "action") or not getattr(args, "dir", None):
         return None
     try:
         from node.home import Home, resolve_dir
 
         home = Home(resolve_dir(args.dir))
-        if not home.enrolled:
-            return None
-        detail = {k: v for k, v in sorted(vars(args).items())
-                  if k not in _ARG_SKIP and not k.endswith("_command") and v not in (None, False, [], "")}
-        target = str(detail.pop("ticket", "") or detail.pop("alert_id", "") or "")
         try:
-            return record_action(home, current_actor(), name, target, _jsonable(detail))
+            if not home.enrolled:
+                return None
+            if kind == "visit":
+                return record_visit(home, actor_of(args), name)
+            detail = {k: v for k, v in sorted(vars(args).items())
+                      if k not in _ARG_SKIP and not k.endswith("_command") and v not in (None, False, [], "")}
+            target = str(detail.pop("ticket", "") or detail.pop("alert_id", "") or "")
+            return record_action(home, actor_of(args), name, target, _jsonable(detail))
         finally:
             home.close()
     except (FednodeError, OSError, ValueError) as e:
         print(f"fednode {name}: not written to the work log: {e}", file=sys.stderr)
         return None
+
+
+# ---- the daily visit ----------------------------------------------------------------------------------------
+
+
+def visit_key(actor: str) -> str:
+    return f"audit.visit:{actor}"
+
+
+def visited_day(store: Any, actor: str) -> str:
+    """The last day (YYYY-MM-DD, CST) a visit of ``actor`` is in this node's log ('' if none)."""
+    return store.get_meta(visit_key(actor), "") or ""
+
+
+def _day(payload: Mapping[str, Any]) -> str:
+    at = _time(payload.get("at"))
+    return at.astimezone(CST).date().isoformat() if at else ""
+
+
+def append_visit(ledger: Any, payload: dict[str, Any]) -> bool:
+    """Append the visit unless its person's day is already visited (store work, in the running node).
+    The day goes to store meta in the same transaction as the record."""
+    from node.ledger import NewRecord
+
+    actor, day = payload["actor"], _day(payload)
+    if not day or day <= visited_day(ledger.store, actor):
+        return False
+    ledger.append([NewRecord(ACTION, payload)], also=lambda tx: tx.set_meta(visit_key(actor), day))
+    return True
+
+
+def record_visit(home: Any, actor: str, via: str, *, at: datetime | None = None) -> dict[str, Any] | None:
+    """The day's first desk read by ``actor``: one ``visit``; later ones: nothing (returns None).
+    Running node: admin op ``audit.visit`` decides (cached there, so a poll costs no store work).
+    Stopped node: spooled unless the day is already in the log or the spool."""
+    from node import admin
+
+    payload = action_payload(actor, VISIT, "", {"via": via}, at)
+    resp = admin.call(home, {"op": "audit.visit", "payload": payload}, timeout=30.0)
+    if resp is not None:
+        return payload if resp["result"].get("written") else None
+    day = _day(payload)
+    if day <= visited_day(home.store(), payload["actor"]):
+        return None
+    if any(p.get("action") == VISIT and p.get("actor") == payload["actor"] and _day(p) >= day
+           for p in _read_spool(home.dir / SPOOL)):
+        return None
+    spool(home.dir, payload)
+    return payload
 
 
 def _jsonable(v: Any) -> Any:
@@ -179,11 +320,11 @@ def _jsonable(v: Any) -> Any:
 
 @dataclass
 class Facts:
-    """What the rules look at, read from the store by ``audit_facts``."""
+    """What the rules look at, built from the records held here by ``facts_from_records``."""
 
     node: str
-    last_action: dict[str, datetime] = field(default_factory=dict)  # actor -> latest action
-    acted_targets: set[str] = field(default_factory=set)  # targets of any action
+    last_action: dict[str, datetime] = field(default_factory=dict)  # actor -> latest action or visit
+    acted_targets: set[str] = field(default_factory=set)  # targets of any act (reads excluded)
     alerts: dict[str, tuple[datetime, str]] = field(default_factory=dict)  # alert_id -> (at, division)
     ticketed_alerts: set[str] = field(default_factory=set)
     tickets: dict[str, tuple[datetime, bool]] = field(default_factory=dict)  # to this node: issued, done?
@@ -278,7 +419,9 @@ def facts_from_records(node: str, records: Iterable[tuple[str, str, Mapping[str,
             actor = str(p.get("actor", ""))
             if at and actor:
                 f.last_action[actor] = max(at, f.last_action.get(actor, at))
-            if p.get("target"):
+            # looking is not handling: a read recorded by an older version (`alerts show` with its target) does
+            # not close an alert; its time still counts as presence above
+            if p.get("target") and str(p.get("action", "")) not in READS | VISIT_READS:
                 f.acted_targets.add(str(p["target"]))
         elif kind == REMIND and writer == node:
             at = _time(p.get("at"))

@@ -386,8 +386,8 @@ def test_supervisor_rules_remind_then_escalate_once() -> None:
     # the same moment again: nothing new (idempotent); half a day later: still inside escalate_after_days
     assert auditlog.supervisor_actions(_facts(records), RULES, now, names=["王五"]) == []
     assert auditlog.supervisor_actions(_facts(records), RULES, now + timedelta(hours=12), names=["王五"]) == []
-    # 张三 logs in again: his login reminder will not escalate
-    records.append(("audit.action", "320303", auditlog.action_payload("张三", "status", "", {}, now)))
+    # 张三 looks at the system again (the day's visit: reads write nothing else): his login reminder will not escalate
+    records.append(("audit.action", "320303", auditlog.action_payload("张三", auditlog.VISIT, "", {"via": "stats"}, now)))
     later = now + timedelta(days=1)
     esc = auditlog.supervisor_actions(_facts(records), RULES, later, names=["王五"])
     assert all(d.kind == "alert" for d in esc)
@@ -416,28 +416,36 @@ def test_record_action_and_worklog_cli(tree: Any, capsys: pytest.CaptureFixture[
     home = tree.county
     auditlog.record_action(home, "张三", "tickets sign", "320300-000001", {"note": "签收"})
     auditlog.record_action(home.ledger(), "李四", "stats", "", None)
-    # what node/cli.py main() does after each command (the patch in the report)
+    # what node/cli.py main() does after each command
     import argparse
 
-    ns = argparse.Namespace(dir=str(home.dir), json=True, ticket="320300-000001", text="已整改", command="tickets",
-                            tickets_command="reply")
-    assert auditlog.audit_command(ns, "tickets reply", 1) is None  # failed: nothing logged
+    ns = argparse.Namespace(dir=str(home.dir), json=True, file="holidays.csv", command="calendar",
+                            calendar_command="import")
+    assert auditlog.audit_command(ns, "calendar import", 1) is None  # failed: nothing logged
     assert auditlog.audit_command(ns, "run", 0) is None
+    # a ticket act's own transaction holds its work-log entry (node/tickets/desk.py): the CLI adds none
+    reply = argparse.Namespace(dir=str(home.dir), json=True, ticket="320300-000001", text="已整改", command="tickets",
+                               tickets_command="reply")
+    assert auditlog.audit_command(reply, "tickets reply", 0) is None
+    assert auditlog.audit_command(argparse.Namespace(dir=str(home.dir), json=True, command="status"), "status", 0) is None
     monkeypatch.setenv("FEDNODE_ACTOR", "赵六")
-    logged = auditlog.audit_command(ns, "tickets reply", 0)
-    assert logged is not None and (logged["actor"], logged["target"], logged["detail"]) == (
-        "赵六", "320300-000001", {"text": "已整改"})
+    logged = auditlog.audit_command(ns, "calendar import", 0)
+    assert logged is not None and (logged["actor"], logged["action"], logged["detail"]) == (
+        "赵六", "calendar import", {"file": "holidays.csv"})
     # the node is stopped: actions through the home wait in the spool (writing the log now could fork a node
     # restored from backup); the running node appends them once its logs are current, as drain_spool does here
+    # (reading the work log is 赵六's first desk read today: one visit waits in the spool too, and only one)
     assert main(["worklog", str(home.dir), "--json"]) == 0
     entries = json.loads(capsys.readouterr().out)["entries"]
     assert [e["actor"] for e in entries] == ["李四"]
-    assert auditlog.drain_spool(home.dir, home.ledger()) == 2
+    assert auditlog.drain_spool(home.dir, home.ledger()) == 3
     assert auditlog.drain_spool(home.dir, home.ledger()) == 0
     assert main(["worklog", str(home.dir), "--json"]) == 0
     entries = json.loads(capsys.readouterr().out)["entries"]
     assert [(e["actor"], e["action"], e["node"]) for e in entries] == [
-        ("李四", "stats", "320303"), ("张三", "tickets sign", "320303"), ("赵六", "tickets reply", "320303")]
+        ("李四", "stats", "320303"), ("张三", "tickets sign", "320303"), ("赵六", "calendar import", "320303"),
+        ("赵六", "visit", "320303")]
+    assert auditlog.drain_spool(home.dir, home.ledger()) == 0  # the day is visited: later reads spool nothing
     assert main(["worklog", str(home.dir), "--actor", "李四"]) == 0
     assert "李四" in capsys.readouterr().out
     # the supervisor rules, once: a name configured but never seen gets a reminder written

@@ -37,6 +37,9 @@ Rules of this module:
   is concluded (``ticket.conclude``); ticket records are read from any origin.
 - Bad records (unreadable payloads, impossible times) are logged and skipped; they never stop the
   service or move the cursor backwards.
+- `alerts list|show` and `calendar show` only read (the work log gets at most the day's first visit,
+  node/auditlog.py); `alerts handle ALERT_ID --note TEXT` is the act that records an alert as dealt with
+  (one ``audit.action`` targeting it, what the supervisor rule alert_unhandled looks for).
 
 Configuration (node.toml)::
 
@@ -85,7 +88,7 @@ from node.calendar import (
     parse_overrides,
 )
 from node.cli import command, emit, open_home
-from node.errors import ConfigError, FednodeError, NotFound
+from node.errors import ConfigError, FednodeError, NotFound, UsageError
 from node.home import Home
 from node.ledger import Ledger, NewRecord
 from node.notify import Dispatcher
@@ -885,6 +888,10 @@ def add_parsers(sub: Any, add: Callable[..., argparse.ArgumentParser]) -> None:
     sp.add_argument("--limit", type=int, default=0, help="only the last N (default: all)")
     sp = add("show", "one alert: its fields and the signed record that holds it", asub)
     sp.add_argument("alert_id")
+    sp = add("handle", "record that an alert was dealt with (处置): the work log keeps who, when and what", asub)
+    sp.add_argument("alert_id")
+    sp.add_argument("--note", required=True, help="what was done (处置情况), e.g. 已核实并督促整改")
+    sp.add_argument("--actor", help="who handled it (default: $FEDNODE_ACTOR, else the OS user)")
 
     cp = sub.add_parser("calendar", help="the working-day calendar: operator overrides and coverage")
     csub = cp.add_subparsers(dest="calendar_command", required=True)
@@ -948,6 +955,31 @@ def cmd_alerts_show(args: argparse.Namespace) -> int:
         return "\n".join(lines)
 
     emit(args, data, human)
+    return 0
+
+
+@command("alerts handle")
+def cmd_alerts_handle(args: argparse.Namespace) -> int:
+    """One ``audit.action`` "alerts handle" targeting the alert (node/auditlog.py): that is what closes
+    it for the supervisor rule alert_unhandled. Looking at an alert (`alerts show`) does not."""
+    from node import auditlog
+
+    home = open_home(args)
+    if not args.note.strip():
+        raise UsageError("--note is empty", fix="say what was done, e.g. --note 已核实并督促整改")
+    store = _open_store(home)
+    try:
+        found = [a for a in read_alerts(store) if a.payload.get("alert_id") == args.alert_id]
+    finally:
+        store.close()
+    if not found:
+        raise NotFound(f"no alert {args.alert_id!r} is held by {home.code}",
+                       fix="list them with `fednode alerts list DIR`; an alert raised below may not have arrived yet")
+    a = found[0]
+    payload = auditlog.record_action(home, auditlog.actor_of(args), "alerts handle", args.alert_id,
+                                     {"note": args.note.strip(), "record": f"{a.origin}/monitor/{a.seq}"})
+    emit(args, {"alert_id": args.alert_id, "handled": payload},
+         f"{args.alert_id}: handled by {payload['actor']} at {payload['at']} (work log of {home.code})")
     return 0
 
 

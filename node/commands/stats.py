@@ -10,6 +10,10 @@
 - ``StatsService`` folds on every store notification (at most every ``[stats] interval_s``) and runs
   the supervisor rules on the same tick.
 - admin op ``audit``: appends one ``audit.action`` for the CLI while the node runs (node/auditlog.py).
+- admin op ``audit.visit``: the day's first desk read by a person appends one ``visit``; every later one
+  that day is answered from a cache in this process without touching the store (reads are never
+  records, node/auditlog.py). Before the node's own logs are current the visit is spooled instead, so a
+  read never waits for recovery.
 """
 
 from __future__ import annotations
@@ -214,6 +218,33 @@ async def _op_audit(rt: NodeRuntime, req: dict[str, Any]) -> Any:
     await rt.db(rt.ledger.append, [NewRecord(auditlog.ACTION, payload)])
     rt.notify()
     return payload
+
+
+_VISITED: dict[tuple[str, str], str] = {}  # (node home, actor) -> the last day visited, in this process
+
+
+@admin.op("audit.visit")
+async def _op_visit(rt: NodeRuntime, req: dict[str, Any]) -> Any:
+    p = req.get("payload")
+    if not isinstance(p, dict):
+        raise auditlog.AuditError("the audit.visit op needs a payload", fix="use node.auditlog.record_visit")
+    payload = auditlog.action_payload(str(p.get("actor", "")), auditlog.VISIT, "", p.get("detail"),
+                                      auditlog._time(p.get("at")))
+    key, day = (str(rt.home.dir), payload["actor"]), payload["at"][:10]
+    if _VISITED.get(key, "") >= day:
+        return {"written": False}
+    _VISITED[key] = day  # claimed before any await: two first reads at once still write one visit
+    try:
+        if not rt.recovered.is_set():
+            auditlog.spool(rt.home.dir, payload)  # drained (one per person per day) once recovered
+            return {"written": False, "spooled": True}
+        written = await rt.db(auditlog.append_visit, rt.ledger, payload)
+    except BaseException:
+        _VISITED.pop(key, None)
+        raise
+    if written:
+        rt.notify()
+    return {"written": written}
 
 
 # ---- CLI --------------------------------------------------------------------------------------------------

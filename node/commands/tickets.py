@@ -9,6 +9,10 @@ Rules of this module:
   the node's job store, id ``tickets.deadlines``) writes reminders and escalations from
   ``lifecycle.due_actions``. Both decide from the projection of the store at the moment they write,
   on the single database thread, so nothing is written twice, across restarts too.
+- The work log (监察日志): each act's own transaction holds its ``audit.action`` (desk.py ``audit``), named
+  for ``--actor`` or else the operator (``FEDNODE_ACTOR``, the OS user), so node/auditlog.py adds none;
+  ``tickets issue --alert ID`` names the alerts a ticket deals with (they count as handled). ``list``
+  and ``show`` (and ``complaints list|show``) are reads: nothing but the day's first visit.
 - Output contract: ``tickets issue`` prints the ticket number (``--json``: an object with ``ticket``);
   ``tickets list --json`` prints objects with ``ticket``, ``state``, ``to``, ``issuer``.
 """
@@ -24,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from node import admin
+from node import admin, auditlog
 from node.cli import command, emit, open_home
 from node.errors import UsageError
 from node.home import Home
@@ -72,6 +76,7 @@ def execute(ledger: Ledger, cfg: TicketsConfig, req: dict[str, Any], *, clock: C
     if action == "issue":
         p = desk.issue(to=req["to"], subject=req["subject"], body=req.get("body", ""),
                        actor=req.get("actor", "operator"), case_nos=req.get("case_nos") or [],
+                       alert_ids=req.get("alert_ids") or [],
                        sign_days=req.get("sign_days"), reply_days=req.get("reply_days"))
         return {"ticket": p["ticket"], "to": p["to"], "sign_deadline": p["sign_deadline"],
                 "reply_deadline": p["reply_deadline"], "at": p["at"]}
@@ -284,6 +289,8 @@ def add_parsers(sub: Any, add: Callable[..., argparse.ArgumentParser]) -> None:
     sp.add_argument("--subject", required=True)
     sp.add_argument("--body", required=True)
     sp.add_argument("--case", action="append", default=[], dest="cases", help="related case number (repeatable)")
+    sp.add_argument("--alert", action="append", default=[], dest="alerts",
+                    help="the alert this ticket deals with (repeatable; it counts as handled in the work log)")
     sp.add_argument("--sign-days", type=float, help="working days to sign for it (default [tickets] sign_days)")
     sp.add_argument("--reply-days", type=float, help="working days to reply (default [tickets] reply_days)")
     _actor(sp)
@@ -357,7 +364,9 @@ def add_parsers(sub: Any, add: Callable[..., argparse.ArgumentParser]) -> None:
 
 
 def _actor(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("--actor", default="operator", help="who does it (recorded in the timeline)")
+    sp.add_argument("--actor", default=None,
+                    help="who does it (recorded in the timeline and the work log; default: $FEDNODE_ACTOR, else "
+                    "the OS user)")
 
 
 def _fields(args: argparse.Namespace) -> dict[str, Any]:
@@ -397,7 +406,8 @@ def cmd_issue(args: argparse.Namespace) -> int:
     home = open_home(args)
     result, via = run_request(home, {
         "action": "issue", "to": args.to, "subject": args.subject, "body": args.body, "case_nos": args.cases,
-        "sign_days": args.sign_days, "reply_days": args.reply_days, "actor": args.actor})
+        "sign_days": args.sign_days, "reply_days": args.reply_days, "actor": auditlog.actor_of(args),
+        "alert_ids": args.alerts})
     result["via"] = via
     emit(args, result, result["ticket"])
     return 0
@@ -406,7 +416,7 @@ def cmd_issue(args: argparse.Namespace) -> int:
 def _cmd_act(args: argparse.Namespace) -> int:
     home = open_home(args)
     result, via = run_request(home, {"action": "act", "verb": args.tickets_command, "ticket": args.ticket,
-                                     "fields": _fields(args), "actor": args.actor})
+                                     "fields": _fields(args), "actor": auditlog.actor_of(args)})
     result["via"] = via
     emit(args, result, f"{result['ticket']}: {result['event'].removeprefix('ticket.')} recorded at "
          f"{result['node']} ({result['at']})")
@@ -487,7 +497,8 @@ def cmd_complaint_register(args: argparse.Namespace) -> int:
         complaint["complaint_no"] = args.no
     if args.division:
         complaint["division"] = args.division
-    req: dict[str, Any] = {"action": "complaint", "complaint": complaint, "to": args.to, "actor": args.actor}
+    req: dict[str, Any] = {"action": "complaint", "complaint": complaint, "to": args.to,
+                           "actor": auditlog.actor_of(args)}
     if args.due:
         complaint["due_at"] = args.due
     else:

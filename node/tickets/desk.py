@@ -252,12 +252,13 @@ class TicketDesk:
     # -- issuing -------------------------------------------------------------------------------------
 
     def issue(self, *, to: str, subject: str, body: str = "", actor: str = "operator",
-              case_nos: list[str] | None = None, sign_days: float | None = None,
+              case_nos: list[str] | None = None, alert_ids: list[str] | None = None,
+              sign_days: float | None = None,
               reply_days: float | None = None, basis: str = "", rule_id: str = "") -> dict[str, Any]:
         proj = self.projection()
         payload = lc.make_issue(
             self.code, self._next_seq(proj), to=to, subject=subject, actor=actor, at=self.clock(),
-            body=body, basis=basis, rule_id=rule_id, case_nos=case_nos or [],
+            body=body, basis=basis, rule_id=rule_id, case_nos=case_nos or [], alert_ids=alert_ids or [],
             sign_days=sign_days if sign_days is not None else self.cfg.sign_days,
             reply_days=reply_days if reply_days is not None else self.cfg.reply_days,
             deadline_fn=self.deadline_fn,
@@ -374,6 +375,8 @@ class TicketDesk:
 def audit(kind: str, payload: dict[str, Any]) -> NewRecord:
     """The work-log entry (监察日志, DESIGN §7) of an operator's ticket action; it stays in our log."""
     detail = {k: v for k, v in payload.items() if k in ("to", "subject", "verdict", "reason", "complaint_no")}
+    if payload.get("alert_ids"):  # the alerts this ticket deals with: handled, for the supervisor rules
+        detail["alert_ids"] = payload["alert_ids"]
     return NewRecord("audit.action", {"actor": payload["actor"], "action": kind, "target": payload["ticket"],
                                       "detail": detail, "at": payload["at"]})
 
