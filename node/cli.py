@@ -100,42 +100,8 @@ def cmd_pki_sign(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("pki install")
-def cmd_pki_install(args: argparse.Namespace) -> int:
-    from node import enrol
-
-    home = open_home(args)
-    bundle = pki.Bundle.from_json(Path(args.bundle).read_text(encoding="utf-8"), source=args.bundle)
-    enrol.install(home, bundle)
-    emit(args, {"code": home.code, "path": bundle.path, "parent_code": bundle.parent_code,
-                "key_id": home.key_certificate().key_id.hex()},
-         f"installed certificates for {bundle.path}; parent {bundle.parent_code or '-'}")
-    return 0
-
-
-@command("pki rotate")
-def cmd_pki_rotate(args: argparse.Namespace) -> int:
-    from node import enrol
-
-    home = open_home(args)
-    old, new = enrol.rotate(home)
-    emit(args, {"old_key_id": old.hex(), "new_key_id": new.hex()},
-         f"signing key rotated: {old.hex()[:16]} → {new.hex()[:16]} (records signed by the old key stay valid)")
-    return 0
-
-
-@command("pki revoke")
-def cmd_pki_revoke(args: argparse.Namespace) -> int:
-    home = open_home(args)
-    key_id = bytes.fromhex(args.key_id)
-    ledger = home.ledger()
-    if key_id not in ledger.keyring.keys:
-        raise UsageError(f"key {args.key_id} is not known here", fix="see `fednode status DIR --json` for keys")
-    if ledger.signer is not None and key_id == ledger.signer.key_id:
-        raise UsageError("this is the node's current signing key", fix="run `fednode pki rotate DIR` first")
-    ledger.revoke_key(key_id, args.reason)
-    emit(args, {"revoked": args.key_id, "reason": args.reason}, f"key {args.key_id[:16]} revoked")
-    return 0
+# `pki install`, `pki rotate`, `pki revoke` and `pki keys` live in node/commands/pki.py (through the admin
+# socket while the node runs).
 
 
 # ---- verify and proof -------------------------------------------------------------------------------------
@@ -180,6 +146,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
             lines.append("OK: every chain and checkpoint verifies")
         for p in report.problems:
             lines.append(f"PROBLEM [{p['code']}] {p['origin']}/{p['channel']} seq {p['seq']}: {p['error']}")
+        if any(p["code"] == "revoked_key" and p["origin"] == home.code for p in report.problems):
+            lines.append(f"note: a revoked key of {home.code} signed records beyond its revocation: the running node "
+                         "rotates and re-signs them by itself; on a stopped node run `fednode pki rotate DIR`")
         return "\n".join(lines)
 
     emit(args, report.as_dict(), human)
@@ -222,6 +191,14 @@ def status_data(home: Home) -> dict[str, Any]:
     for name in ("tls.crt", "ca.crt", "sign.crt", "root.crt"):
         if home.has(name):
             data["certificates"][name] = pki.not_after(home.load_cert(name)).isoformat()
+    # this node's own signing keys (every key it knows: `fednode pki keys DIR`)
+    data["signing_key"] = pki.signing_key_id(home.load_cert("sign.crt")).hex() if home.has("sign.crt") else None
+    data["keys"] = [
+        {"key_id": bytes(r.key_id).hex(), "current": bytes(r.key_id).hex() == data["signing_key"],
+         "not_after": dt.datetime.fromtimestamp(r.not_after_us / 1e6, dt.UTC).isoformat(),
+         "revoked": r.revoked_us is not None, "revoked_reason": r.revoked_reason or None}
+        for r in store.keys(home.code)
+    ]
     return data
 
 
@@ -263,6 +240,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         lines.append("certificates expire:")
         for k, v in data["certificates"].items():
             lines.append(f"  {k:<9} {v}")
+        if data.get("signing_key"):
+            lines.append(f"signing key: {data['signing_key']} (every key: `fednode pki keys DIR`)")
         return "\n".join(lines)
 
     emit(args, data, human)
@@ -353,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--listen", help="HOST:PORT to serve children on")
     sp.add_argument("--db", help="store URL (default sqlite:///store.db in the home)")
 
-    pki_p = sub.add_parser("pki", help="certificates: init-root, request, sign, install, rotate, revoke")
+    pki_p = sub.add_parser("pki", help="certificates and keys: init-root, request, sign, install, rotate, revoke, keys")
     pki_sub = pki_p.add_subparsers(dest="pki_command", required=True)
     add("init-root", "province: create the root CA and enrol the province", pki_sub)
     add("request", "print this node's certificate request (send it to the parent)", pki_sub)
@@ -361,10 +340,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("csr")
     sp = add("install", "install the bundle the parent issued", pki_sub)
     sp.add_argument("bundle")
-    add("rotate", "replace the signing key (old records stay verifiable)", pki_sub)
-    sp = add("revoke", "revoke a signing key (a signed record that travels the tree)", pki_sub)
-    sp.add_argument("key_id")
+    add("rotate", "replace the signing key (old records stay verifiable); prints both full key ids", pki_sub)
+    sp = add("revoke", "revoke a signing key of this node or of its subtree, by position (a signed record that "
+             "travels up and down to the key's owner)", pki_sub)
+    sp.add_argument("key_id", help="the full key id or a unique prefix (`fednode pki keys DIR` lists them)")
     sp.add_argument("--reason", default="revoked by operator")
+    sp = add("keys", "list every signing key this node knows: full id, node, state, validity, fingerprint", pki_sub)
+    sp.add_argument("--code", help="only the keys of this node code")
 
     sp = add("verify", "verify every chain and checkpoint at rest; or a proof with --proof")
     sp.add_argument("--proof", help="a proof file from `fednode proof`")

@@ -3,13 +3,26 @@
 Enrolment is CSR → parent signs → child installs. The province creates the root CA and enrols itself
 against it. After `install`, the node's signing key is registered in its keyring and announced in its
 control log (`key.announce`), so every node that receives its records can verify them.
+
+Key operations take the ledger they work on: the running node passes its own (``NodeRuntime.ledger``,
+through the admin socket: node/commands/pki.py), so the live keyring and signer change at once; the
+CLI on a stopped node passes none and a fresh ledger on the store is used.
+
+``recover_own_keys`` is what a node does about its own keys (the running node, at start and whenever
+one of its keys is revoked; ``pki rotate``/``pki revoke`` on a stopped node): rotate when the current
+signing key is revoked, or when its certificate ends within ``RENEW_BEFORE`` (then the old key is
+retired by a self-revocation at the current heads, so every node knows its exact last positions
+before the certificate ends), and re-sign what revoked keys signed beyond their positions
+(node/ledger.py, ``Ledger.resign_revoked``).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -18,6 +31,10 @@ from node import pki
 from node.codes import parse_code
 from node.errors import CertificateError, UsageError
 from node.home import Home, write_public, write_secret
+from node.ledger import Ledger
+from node.records import now_us
+
+RENEW_BEFORE = dt.timedelta(days=30)  # a node rotates its signing key this long before its certificate ends
 
 
 def init(directory: Path, *, code: str, name: str, level: str, parent: str = "", listen: str = "",
@@ -87,8 +104,9 @@ def sign(home: Home, req: pki.Request) -> pki.Bundle:
     )
 
 
-def install(home: Home, bundle: pki.Bundle) -> None:
-    """Child: check the bundle against our own keys and the root, then install it."""
+def install(home: Home, bundle: pki.Bundle, ledger: Ledger | None = None) -> None:
+    """Child: check the bundle against our own keys and the root, then install it. ``ledger``: the
+    running node's (its keyring and signer take the installed key at once)."""
     if bundle.code != home.code:
         raise CertificateError(f"the bundle is for {bundle.code}, this node is {home.code}",
                                fix="install the bundle issued for this node's request")
@@ -108,19 +126,22 @@ def install(home: Home, bundle: pki.Bundle) -> None:
     if bundle.parent_code and bundle.parent_code != home.code:
         config_mod.set_field(home.config.path, "link", "parent_code", bundle.parent_code)
         home.config = config_mod.load(home.config.path)
-    _register_own_key(home)
+    _register_own_key(home, ledger)
 
 
-def _register_own_key(home: Home) -> None:
-    ledger = home.ledger()
+def _register_own_key(home: Home, ledger: Ledger | None = None) -> None:
+    ledger = ledger or home.ledger()
     kc = home.key_certificate()
-    if kc.key_id not in ledger.keyring.keys:
-        ledger.admit_keys([kc])
+    known = kc.key_id in ledger.keyring.keys
+    ledger.admit_keys([kc])  # a new key, or a renewed certificate of the same key
+    ledger.set_signer(home.signer())
+    if not known:
         ledger.announce_key(kc)
 
 
-def rotate(home: Home) -> tuple[bytes, bytes]:
-    """Replace the signing key by a new one certified by this node's own CA. Returns (old, new) key ids."""
+def rotate(home: Home, ledger: Ledger | None = None) -> tuple[bytes, bytes]:
+    """Replace the signing key by a new one certified by this node's own CA. Returns (old, new) key ids.
+    ``ledger``: the running node's (it signs with the new key from the next record on)."""
     old = home.key_certificate().key_id
     new_key = pki.new_signing_key()
     ca_key = home.load_key("ca.key")
@@ -134,5 +155,30 @@ def rotate(home: Home) -> tuple[bytes, bytes]:
     shutil.copy2(home.key_path("sign.crt"), retired / f"sign-{old.hex()[:12]}-{stamp}.crt")
     write_secret(home.key_path("sign.key"), pki.key_to_pem(new_key))
     write_public(home.key_path("sign.crt"), pki.cert_to_pem(cert))
-    _register_own_key(home)
+    _register_own_key(home, ledger)
     return old, home.key_certificate().key_id
+
+
+def recover_own_keys(home: Home, ledger: Ledger, *, now: int | None = None) -> dict[str, Any] | None:
+    """Put this node's own keys right (see the module docstring): rotate away from a revoked or ending
+    signing key, then re-sign what revoked keys of ours signed beyond their positions. Returns what was
+    done, or None when there was nothing to do."""
+    now = now or now_us()
+    ledger.own_key_revoked = False
+    signer = ledger.signer
+    if signer is None:
+        return None
+    done: dict[str, Any] = {}
+    info = ledger.keyring.keys.get(signer.key_id)
+    ending = info is not None and info.not_after_us - now < RENEW_BEFORE.total_seconds() * 1e6
+    if info is not None and (info.revoked_us is not None or ending):
+        old, new = rotate(home, ledger)
+        done["rotated"] = {"old_key_id": old.hex(), "new_key_id": new.hex(),
+                           "why": "revoked" if info.revoked_us is not None else "certificate ends "
+                           f"{dt.datetime.fromtimestamp(info.not_after_us / 1e6, dt.UTC):%Y-%m-%d}"}
+        if info.revoked_us is None:  # retire the old key at our heads: its last positions are known everywhere
+            ledger.revoke_key(old, f"retired: its certificate ends; replaced by {new.hex()[:16]}")
+    resigned = ledger.resign_revoked()
+    if resigned:
+        done["resigned"] = resigned
+    return done or None

@@ -3,12 +3,18 @@
 verify_store recomputes every chain from the stored bodies, compares it with the stored chain values
 and with every signed checkpoint, checks every signature on the signed channels and every downward
 record, and reports each problem with its origin, channel and seq. It never stops at the first
-problem of the store (only at the first of each log, since everything after it is suspect).
+problem of the store (only at the first of each log, since everything after it is suspect). Keys are
+judged by the keyring's rules (node/keyring.py): a revoked key verifies nothing beyond its position,
+on this node's own logs too (the owner re-signs those, node/ledger.py).
+
+A proof (verify_proof) admits its key as valid at the time the proof's checkpoint says it was signed,
+since proofs outlive certificates; a revocation cannot be checked offline.
 """
 
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
 import json
 from collections.abc import Callable
@@ -33,7 +39,7 @@ from node.errors import (
 from node.keyring import Keyring
 from node.records import SIGNED_CHANNELS, channel_name, channel_number, parse_body
 from node.store import Store
-from node.verify import verify_checkpoint
+from node.verify import parse_checkpoint, verify_checkpoint
 from proto.fednode.v1 import fednode_pb2 as pb
 
 CHUNK = 5000
@@ -227,7 +233,9 @@ def verify_proof(proof: pb.RecordProof, trusted_root: x509.Certificate | None = 
         raise pki.CertificateError("the proof's root CA is not this node's root CA",
                                    fix="verify it on a node of the same tree, or pass the right root")
     ring = Keyring(root)
-    ring.add(ring.admit(proof.key))
+    # a proof is kept for years: the key must have been valid when the checkpoint says it signed
+    cp_time = dt.datetime.fromtimestamp(parse_checkpoint(proof.checkpoint).time_us / 1e6, dt.UTC)
+    ring.add(ring.admit(proof.key, at=cp_time))
     b = parse_body(proof.record.body)
     ch = channel_name(b.channel)
     cpb = verify_checkpoint(proof.checkpoint, ring, b.origin, b.channel)

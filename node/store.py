@@ -7,7 +7,12 @@ Rules of this module (the store enforces them itself, whoever calls it):
   mismatch raises ChainMismatch and nothing is written;
 - appending a record that is already held is a no-op; a different record at a held seq raises
   ForkDetected and is recorded as an incident (with the conflicting bytes) after the rollback:
-  nothing is ever overwritten;
+  no body, chain value or seq is ever overwritten;
+- the one exception is a signature, and only after a revocation: ``resign`` (the owner re-signs its
+  own records and checkpoints that a revoked key signed beyond its position) and ``refresh_stale`` (a
+  receiver takes re-signed copies of bodies it holds, where its own copy's signature no longer
+  verifies) replace signatures, key ids and checkpoints, never bodies, chains or the change feed
+  (node/ledger.py explains the decision);
 - every write runs in one transaction: ``BEGIN IMMEDIATE`` on SQLite (pysqlite's deferred
   transactions lose read-modify-write updates across threads), a row lock on the head on PostgreSQL.
 """
@@ -24,7 +29,7 @@ from typing import Any, NamedTuple
 
 import structlog
 from google.protobuf.message import DecodeError
-from sqlalchemy import Connection, Engine, and_, create_engine, event, func, or_, select, update
+from sqlalchemy import Connection, Engine, and_, create_engine, delete, event, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 
@@ -310,6 +315,12 @@ class WriteTx:
         )
         return bool(self.conn.execute(ins.on_conflict_do_nothing()).rowcount)
 
+    def renew_key(self, key_id: bytes, certificate: bytes, not_after_us: int) -> None:
+        """A renewed certificate for a known key (the keyring validated it): the only update of a key's row
+        besides its revocation."""
+        self.conn.execute(update(t.keys).where(t.keys.c.key_id == key_id)
+                          .values(certificate=certificate, not_after_us=not_after_us))
+
     def revoke_key(self, key_id: bytes, revoked_us: int, reason: str, through: str | None = None) -> None:
         """Record a revocation; ``through`` is the keyring's merged position (JSON), stored as given."""
         self.conn.execute(
@@ -320,6 +331,76 @@ class WriteTx:
         )
         if through is not None:
             self.conn.execute(update(t.keys).where(t.keys.c.key_id == key_id).values(revoked_through=through))
+
+    # -- re-signing after a revocation (see the module rules) -------------------------------------------
+
+    def resign(
+        self, origin: str, channel: int, key_id: bytes, after: int, *,
+        sign: Callable[[bytes], tuple[bytes, bytes]] | None,
+        checkpoint_at: Callable[[int, bytes], CheckpointRow],
+    ) -> tuple[int, int, int, int]:
+        """Sign again, with ``sign`` (body -> (signature, key id)) and ``checkpoint_at``, what ``key_id``
+        signed in this log beyond seq ``after``: the records' own signatures (``sign`` is None for the
+        bulk channel) and the checkpoints, at the same seqs over the same chain values. Returns
+        (records, checkpoints, first seq, last seq) re-signed."""
+        r, c = t.records.c, t.checkpoints.c
+        seqs: list[int] = []
+        n_rec = 0
+        if sign is not None:
+            rows = self.conn.execute(
+                select(r.seq, r.body).where(and_(r.origin == origin, r.channel == channel, r.seq > after,
+                                                 r.key_id == key_id)).order_by(r.seq)
+            ).all()
+            for seq, body in rows:
+                sig, kid = sign(bytes(body))
+                self.conn.execute(update(t.records).where(and_(r.origin == origin, r.channel == channel, r.seq == seq))
+                                  .values(signature=sig, key_id=kid))
+                seqs.append(seq)
+            n_rec = len(rows)
+        cps = [s for (s,) in self.conn.execute(
+            select(c.seq).where(and_(c.origin == origin, c.channel == channel, c.seq > after, c.key_id == key_id)))]
+        if cps:
+            chains = self.store._chains(self.conn, origin, channel, min(cps), max(cps))
+            for seq in cps:
+                cp = checkpoint_at(seq, chains[seq])
+                self.conn.execute(update(t.checkpoints).where(and_(c.origin == origin, c.channel == channel, c.seq == seq))
+                                  .values(body=cp.body, signature=cp.signature, key_id=cp.key_id))
+            seqs += cps
+        if not seqs:
+            return 0, 0, 0, 0
+        return n_rec, len(cps), min(seqs), max(seqs)
+
+    def refresh_stale(self, origin: str, channel: int, rows: Sequence[Row], checkpoint: CheckpointRow | None,
+                      stale: Callable[[bytes, int], bool]) -> int:
+        """``rows`` (verified, and already held here: same bodies) arrived again: where the held copy's
+        signature no longer verifies (``stale(key_id, seq)``) and the incoming one differs, take the
+        incoming signature; drop held checkpoints up to ``checkpoint`` that no longer verify and keep
+        ``checkpoint`` (verified, it covers them). Returns how many signatures and checkpoints changed."""
+        if not rows:
+            return 0
+        r, c = t.records.c, t.checkpoints.c
+        lo, hi = rows[0].seq, rows[-1].seq
+        n = 0
+        if any(row.key_id for row in rows):
+            held = {s: bytes(k) for s, k in self.conn.execute(
+                select(r.seq, r.key_id).where(and_(r.origin == origin, r.channel == channel, r.seq >= lo, r.seq <= hi)))}
+            for row in rows:
+                kid = held.get(row.seq)
+                if kid is not None and kid != row.key_id and stale(kid, row.seq):
+                    self.conn.execute(update(t.records).where(and_(r.origin == origin, r.channel == channel,
+                                                                   r.seq == row.seq))
+                                      .values(signature=row.signature, key_id=row.key_id))
+                    n += 1
+        if checkpoint is not None and checkpoint.seq >= hi:
+            gone = [s for s, k in self.conn.execute(
+                select(c.seq, c.key_id).where(and_(c.origin == origin, c.channel == channel, c.seq >= lo,
+                                                   c.seq <= checkpoint.seq))) if stale(bytes(k), s)]
+            if gone:
+                self.conn.execute(delete(t.checkpoints).where(and_(c.origin == origin, c.channel == channel,
+                                                                   c.seq.in_(gone))))
+                self.put_checkpoints([checkpoint])
+                n += len(gone)
+        return n
 
     def quarantine(self, *, source: str, position: str, kind: str, reason: str, raw: bytes) -> int:
         res = self.conn.execute(
@@ -535,9 +616,10 @@ class Store:
         with self.read() as conn:
             return list(conn.execute(select(t.incidents).order_by(t.incidents.c.id)))
 
-    def keys(self) -> list[Any]:
+    def keys(self, code: str | None = None) -> list[Any]:
+        q = select(t.keys) if code is None else select(t.keys).where(t.keys.c.code == code)
         with self.read() as conn:
-            return list(conn.execute(select(t.keys)))
+            return list(conn.execute(q))
 
     def count(self, table: str = "records") -> int:
         tbl = t.metadata.tables[table]

@@ -1,6 +1,9 @@
 """The store side of links: which streams a link carries, reading batches for them, applying batches.
 
 Synchronous (it runs on the node's database thread); node/transport.py calls it through the runtime.
+Every batch is verified with the node's one live keyring (``ledger.keyring``), so a key operation
+through the admin socket applies to the next batch; a key certificate the keyring refuses (not valid
+now, outside the tree) refuses only the segments its key signed, never the whole batch.
 """
 
 from __future__ import annotations
@@ -189,7 +192,8 @@ def _apply_batch(ledger: Ledger, batch: pb.Batch, *, peer: str, from_child: bool
     ack = pb.Ack(batch_id=batch.batch_id, ok=True)
     errors: dict[tuple[str, int], FednodeError] = {}
     try:
-        ledger.admit_keys(batch.keys)
+        # a refused key certificate (not valid now, outside the tree) refuses only what its key signed
+        ledger.admit_keys(batch.keys, strict=False)
     except FednodeError as e:
         ack.ok, ack.error_code, ack.error = False, e.code, str(e)
         return ack
