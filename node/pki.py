@@ -4,10 +4,28 @@ Rules of this module:
 - TLS keys are ECDSA P-256 (grpcio's TLS rejects Ed25519); record-signing keys are Ed25519, certified
   by the same chain.
 - Every certificate carries the node's tree path as a URI SAN ``fednode:320000/320300/320303``; the
-  last element is the node code. TLS certificates also carry the DNS SAN ``<code>.fednode`` that a
-  child uses as the expected server name when it dials its parent.
-- A CA may only certify codes inside its own subtree (node.codes.within); the rule is checked when a
-  certificate is issued AND when any chain is validated, so a rogue intermediate gains nothing.
+  last element is the node code. That URI is the node's identity, on the link and in signing chains.
+- TLS certificates also carry the path as a hierarchical DNS SAN, the path reversed, lower case:
+  ``320303.320300.320000.fednode`` (``dns_name_of_path``). A child dials its parent with the parent's
+  name (its own path minus its code) as the expected server name. Certificates issued before this
+  scheme carry the flat ``<code>.fednode`` instead (``legacy_dns_name``); a dialler falls back to it.
+- The one rule: a CA certifies only codes inside its own subtree (node.codes.within), below its own
+  path. ``validate_chain`` applies it to every link of a chain and is what every check calls: the
+  keyring for signing chains, the link (node/transport.py) for the chain a peer presents in TLS. It is
+  also checked when a certificate is issued, so a rogue intermediate gains nothing.
+- Defence in depth for standards-conforming TLS stacks (BoringSSL in gRPC, OpenSSL, cryptography's
+  verifier): every CA certificate carries a critical NameConstraints extension whose only permitted
+  subtree is the DNS name of its own path, and a path length. URI name constraints are NOT used:
+  BoringSSL/OpenSSL reject a ``fednode:`` URI (no ``//`` authority) under a URI constraint as
+  unsupported syntax and would fail every handshake, and cryptography's verifier refuses URI
+  constraints outright. So the TLS stack bounds DNS names (who may answer as a server), while the URI
+  identity of a client is bounded only by ``validate_chain``.
+- Path length: a tree path has at most ``MAX_DEPTH`` (8) elements: province, city, county and five
+  levels of departments (``320300-GA-X`` nests). The root carries pathLenConstraint ``MAX_DEPTH``; the
+  CA of a node whose path has ``k`` elements carries ``MAX_DEPTH - k`` (the province's ``MAX_DEPTH - 1``,
+  so a CA at the deepest level may still certify its own rotated signing keys but no child CA); a
+  child deeper than ``MAX_DEPTH`` is refused at issue. ``validate_chain`` honours a path length where
+  one is present (certificates issued before carry none).
 - The province holds the root CA; each node holds an intermediate CA for its subtree, issued by its
   parent. A node's own TLS/CA/signing certificates are issued by its parent's CA (the root's, for the
   province); later signing keys (rotation) may be issued by the node's own CA.
@@ -27,7 +45,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from node.codes import parse_code, strictly_within, within
+from node.codes import parse_code, path_of, strictly_within, within
 from node.crypto import key_id_of
 from node.errors import CertificateError, CertificateOutsideSubtree, UsageError
 
@@ -35,6 +53,8 @@ URI_PREFIX = "fednode:"
 CA_DAYS = 3650
 LEAF_DAYS = 825
 CLOCK_SKEW = dt.timedelta(minutes=5)
+DNS_SUFFIX = "fednode"
+MAX_DEPTH = 8  # elements of a tree path: province, city, county, five levels of departments
 
 PrivateKey = ec.EllipticCurvePrivateKey | Ed25519PrivateKey
 
@@ -127,8 +147,64 @@ def _name(code: str, name: str, role: str) -> x509.Name:
     return x509.Name(attrs)
 
 
+def dns_name_of_path(path: str) -> str:
+    """The DNS name of a node at ``path``: ``320000/320300/320303`` -> ``320303.320300.320000.fednode``.
+    A CA's NameConstraints permit exactly this name and the names below it."""
+    return ".".join([*reversed(path.lower().split("/")), DNS_SUFFIX])
+
+
 def dns_name_for(code: str) -> str:
-    return f"{code.lower()}.fednode"
+    """The DNS name of ``code`` in its natural place in the tree (node.codes.path_of). A node enrolled
+    elsewhere (e.g. a county signed by the province directly) has ``dns_name_of_path`` of its real path."""
+    return dns_name_of_path(path_of(code))
+
+
+def legacy_dns_name(code: str) -> str:
+    """The flat server name certificates carried before hierarchical names: ``320300.fednode``."""
+    return f"{code.lower()}.{DNS_SUFFIX}"
+
+
+def parent_server_names(path: str) -> list[str]:
+    """The server names a node at ``path`` may expect of its parent, preferred first: the parent's
+    hierarchical name, then (a parent whose certificate predates it) its flat legacy name."""
+    parent = path.rsplit("/", 1)[0] if "/" in path else path
+    return [dns_name_of_path(parent), legacy_dns_name(parent.rsplit("/", 1)[-1])]
+
+
+def server_name_of(cert: x509.Certificate) -> str:
+    """The server name a TLS certificate answers to (its first DNS SAN)."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        san = None
+    names = san.get_values_for_type(x509.DNSName) if san is not None else []
+    if not names:
+        raise CertificateError(f"certificate for {path_of_cert(cert)} carries no DNS name",
+                               fix="it is not a fednode TLS certificate; reinstall the bundle from the parent")
+    return str(names[0])
+
+
+def path_length_for(path: str) -> int:
+    """pathLenConstraint of the CA certificate of the node at ``path`` (see the module docstring)."""
+    return MAX_DEPTH - len(path.split("/"))
+
+
+def check_issuable_path(path: str) -> None:
+    """Refuse a tree path that the certificate profile cannot carry: too deep for the path length, or
+    whose DNS name breaks DNS limits (63 characters a label, 253 a name)."""
+    code = path.rsplit("/", 1)[-1]
+    if len(path.split("/")) > MAX_DEPTH:
+        raise CertificateOutsideSubtree(
+            f"{path} is {len(path.split('/'))} levels deep; a tree is at most {MAX_DEPTH} levels "
+            "(province, city, county, five levels of departments)",
+            fix=f"enrol {code} higher in the tree, under a node of fewer levels",
+        )
+    name = dns_name_of_path(path)
+    if len(name) > 253 or any(len(label) > 63 for label in name.split(".")):
+        raise UsageError(
+            f"the DNS name of {path} ({name}) is longer than DNS allows (63 characters a label, 253 in all)",
+            fix="use shorter department suffixes",
+        )
 
 
 def _build(
@@ -141,7 +217,9 @@ def _build(
     role: str,
     days: int,
     now: dt.datetime | None = None,
+    path_length: int | None = None,
 ) -> x509.Certificate:
+    """``path_length`` (CA only): default ``path_length_for(path)``; the root passes ``MAX_DEPTH``."""
     now = now or _now()
     b = (
         x509.CertificateBuilder()
@@ -152,15 +230,19 @@ def _build(
         .not_valid_before(now - CLOCK_SKEW)
         .not_valid_after(now + dt.timedelta(days=days))
     )
-    code = path.rsplit("/", 1)[-1]
     sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(URI_PREFIX + path)]
     if role == "tls":
-        sans.append(x509.DNSName(dns_name_for(code)))
+        sans.append(x509.DNSName(dns_name_of_path(path)))
     b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
     if role == "ca":
-        b = b.add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        plen = path_length_for(path) if path_length is None else path_length
+        b = b.add_extension(x509.BasicConstraints(ca=True, path_length=plen), critical=True)
         b = b.add_extension(
             x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+        )
+        b = b.add_extension(
+            x509.NameConstraints(permitted_subtrees=[x509.DNSName(dns_name_of_path(path))], excluded_subtrees=None),
+            critical=True,
         )
     else:
         b = b.add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
@@ -196,6 +278,7 @@ def create_root(code: str, name: str, key: ec.EllipticCurvePrivateKey) -> x509.C
         path=code,
         role="ca",
         days=CA_DAYS * 2,
+        path_length=MAX_DEPTH,
     )
 
 
@@ -354,6 +437,7 @@ def sign_request(
             )
         path = f"{signer_path}/{req.code}"
         chain = [signer_ca_cert, *signer_chain]
+    check_issuable_path(path)
     common = {"issuer_cert": signer_ca_cert, "issuer_key": signer_ca_key, "path": path}
     ca_cert = _build(subject=req.ca_csr.subject, public_key=req.ca_csr.public_key(), role="ca", days=CA_DAYS, **common)  # type: ignore[arg-type]
     tls_cert = _build(subject=req.tls_csr.subject, public_key=req.tls_csr.public_key(), role="tls", days=LEAF_DAYS, **common)  # type: ignore[arg-type]
@@ -390,9 +474,19 @@ def validate_chain(
                 f"(valid {cert.not_valid_before_utc:%Y-%m-%d} .. {cert.not_valid_after_utc:%Y-%m-%d})",
                 fix="renew it: a new `fednode pki request` signed by the parent",
             )
-    for child, issuer in zip(certs, certs[1:], strict=False):
+    for cert in certs:
+        _check_dns_names(cert)
+    for i, (child, issuer) in enumerate(zip(certs, certs[1:], strict=False)):
         if not is_ca(issuer):
             raise CertificateError(f"{path_of_cert(issuer)} is not a CA certificate but issued {path_of_cert(child)}")
+        plen = issuer.extensions.get_extension_for_class(x509.BasicConstraints).value.path_length
+        below = sum(1 for c in certs[1 : i + 1] if c.issuer != c.subject)  # CAs between issuer and leaf
+        if plen is not None and below > plen:
+            raise CertificateError(
+                f"the CA certificate of {path_of_cert(issuer)} allows {plen} CA levels below it, this chain "
+                f"has {below}",
+                fix="certificates must be issued by the parent of the node they name",
+            )
         try:
             child.verify_directly_issued_by(issuer)
         except (ValueError, TypeError, InvalidSignature):
@@ -414,6 +508,62 @@ def validate_chain(
     except (ValueError, TypeError, InvalidSignature):
         raise CertificateError("the root CA certificate is not self-signed") from None
     return path_of_cert(leaf)
+
+
+def _check_dns_names(cert: x509.Certificate) -> None:
+    """A certificate's DNS names name the node of its URI path and nothing else: its hierarchical name,
+    or (issued before those) its flat legacy name."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return
+    path = path_of_cert(cert)
+    allowed = {dns_name_of_path(path), legacy_dns_name(path.rsplit("/", 1)[-1])}
+    for name in san.get_values_for_type(x509.DNSName):
+        if name.lower() not in allowed:
+            raise CertificateOutsideSubtree(
+                f"certificate for {path} also names the server {name}; a certificate names only its own node",
+                fix="certificates must be issued by `fednode pki sign` on the parent of the node they name",
+            )
+
+
+MAX_PRESENTED = 16  # certificates a peer may present in its TLS chain; a real chain has at most MAX_DEPTH
+
+
+def chain_from_presented(leaf: x509.Certificate, presented: list[x509.Certificate],
+                         root: x509.Certificate) -> list[x509.Certificate]:
+    """Order the certificates a peer presented (in any order, with or without the leaf and the root) into
+    the issuer chain from ``leaf`` up to, excluding, ``root``, for ``validate_chain``. Each step takes a
+    presented certificate whose key verifies the signature below it. Raises CertificateError when the
+    presented certificates do not lead to ``root``."""
+    if len(presented) > MAX_PRESENTED:
+        raise CertificateError(f"the peer presented {len(presented)} certificates (at most {MAX_PRESENTED})")
+    pool = [c for c in presented if c != leaf and c != root]
+    chain: list[x509.Certificate] = []
+    current = leaf
+    for _ in range(len(pool) + 1):
+        if current.issuer == root.subject:
+            try:
+                current.verify_directly_issued_by(root)
+                return chain
+            except (ValueError, TypeError, InvalidSignature):
+                pass
+        for cand in pool:
+            if cand.subject != current.issuer or cand in chain:
+                continue
+            try:
+                current.verify_directly_issued_by(cand)
+            except (ValueError, TypeError, InvalidSignature):
+                continue
+            chain.append(cand)
+            current = cand
+            break
+        else:
+            break
+    raise CertificateError(
+        f"the chain presented for {path_of_cert(leaf)} does not lead to this tree's root CA",
+        fix="present the certificates of keys/chain.pem after keys/tls.crt (reinstall the bundle from the parent)",
+    )
 
 
 def signing_key_id(cert: x509.Certificate) -> bytes:

@@ -2,7 +2,14 @@
 
 Rules of this module:
 - the peer's identity is the URI SAN of its TLS client certificate (auth_context), never anything it
-  says in a message; a child must be a direct child of this node in the certificate tree;
+  says in a message; a child must be a direct child of this node in the certificate tree, and the whole
+  chain it presented must pass ``pki.validate_chain`` (each CA certifies only its own subtree) against
+  this node's root: the TLS stack only proves the chain reaches the root, and any node's CA reaches it;
+- a child dials its parent by the parent's hierarchical DNS name (node/pki.py), falling back to the
+  flat legacy name when the handshake fails, so parents whose certificates predate the scheme answer;
+- ports are opened exclusively (``grpc.so_reuseport`` 0): a second node on a busy port fails to bind;
+- a link session reads at most ``INBOX_BATCHES`` batches ahead of what it has applied: past that it
+  stops reading and the peer is held back by HTTP/2 flow control (a peer keeping to its window never is);
 - grpc.aio objects are created inside the running loop; blocking store work goes to the runtime's
   database thread (``rt.db``);
 - keepalive: the client pings every 20 s; the server permits pings every 10 s, so links never drop
@@ -53,12 +60,21 @@ SERVER_OPTIONS = [
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.http2.max_ping_strikes", 0),
     ("grpc.keepalive_permit_without_calls", 1),
+    # gRPC sets SO_REUSEPORT by default: a second node on a busy port would bind it and share connections
+    ("grpc.so_reuseport", 0),
 ]
 REPORT_EVERY_S = 5.0
 # the dialler's longest wait between attempts (before jitter, x0.5..1.5): after an outage the backlog
 # starts draining within ~10 s of the parent's return; a hundred children redialling that often cost a
 # down parent's host nothing worth saving (30 s made the catch-up bench wait 17-19 s for its reconnect)
 MAX_BACKOFF_S = 10.0
+# batches a session holds received but not yet applied. A peer keeping to the link protocol has at most
+# its window (at most 16, node/config.py) + the priority slot unacknowledged, so it is never held back;
+# one that floods is, by HTTP/2 flow control, instead of growing this node's memory without bound.
+INBOX_BATCHES = 16 + 1
+# how long a validated peer chain is trusted before it is checked again
+PEER_CHAIN_CACHE_S = 60.0
+PEER_CHAIN_CACHE_MAX = 256
 
 
 def server_credentials(rt: NodeRuntime) -> grpc.ServerCredentials:
@@ -87,6 +103,53 @@ def peer_certificate(context: grpc.aio.ServicerContext) -> x509.Certificate | No
     if not pem:
         return None
     return pki.cert_from_pem(pem[0])
+
+
+class PeerChains:
+    """Validates the chain a peer presented in TLS with ``pki.validate_chain`` against this node's root,
+    caching the outcome a short while per presented chain (the same peer calls Heads/Fetch/Chains often)."""
+
+    def __init__(self, root: x509.Certificate) -> None:
+        self.root = root
+        self._cache: dict[tuple[bytes, bytes], tuple[float, str | None, str]] = {}
+
+    def check(self, context: grpc.aio.ServicerContext) -> tuple[str | None, str, str]:
+        """(path or None, who, why): the peer's validated tree path; else None, the path its leaf
+        claims (or a description) and why it is refused."""
+        auth = context.auth_context()
+        leaf_pem = b"".join(auth.get("x509_pem_cert") or [])
+        chain_pem = b"".join(auth.get("x509_pem_cert_chain") or [])
+        if not leaf_pem:
+            return None, "a peer without a certificate", "it presented no client certificate"
+        key = (leaf_pem, chain_pem)
+        now = time.monotonic()
+        hit = self._cache.get(key)
+        if hit is not None and now - hit[0] < PEER_CHAIN_CACHE_S:
+            return hit[1], hit[2], ""
+        path, who, why = self._validate(leaf_pem, chain_pem)
+        if len(self._cache) >= PEER_CHAIN_CACHE_MAX:
+            self._cache.clear()
+        if path is not None:
+            self._cache[key] = (now, path, who)
+        return path, who, why
+
+    def _validate(self, leaf_pem: bytes, chain_pem: bytes) -> tuple[str | None, str, str]:
+        try:
+            leaf = pki.cert_from_pem(leaf_pem)
+        except ValueError as e:
+            return None, "a peer with an unreadable certificate", str(e)
+        try:
+            who = pki.path_of_cert(leaf)
+        except pki.CertificateError as e:
+            return None, leaf.subject.rfc4514_string(), e.message
+        try:
+            presented = pki.certs_from_pem(chain_pem)
+            chain = pki.chain_from_presented(leaf, presented, self.root)
+            return pki.validate_chain(leaf, chain, self.root), who, ""
+        except FednodeError as e:
+            return None, who, e.message
+        except ValueError as e:
+            return None, who, f"unreadable certificate chain: {e}"
 
 
 class ProtocolViolation(ConnectionError):
@@ -207,6 +270,8 @@ class Session:
         ones queue is applied as soon as the current apply ends (node/link.py ``next_to_apply``)."""
         self._inbox: list[tuple[Queued, pb.Batch]] = []
         self._inbox_ready = asyncio.Event()
+        self._inbox_room = asyncio.Event()  # set while the inbox holds fewer than INBOX_BATCHES
+        self._inbox_room.set()
         self._peer_done = False  # the peer half-closed: apply and ack what it sent, then end
         try:
             async with asyncio.TaskGroup() as tg:
@@ -217,6 +282,10 @@ class Session:
 
     async def _read_loop(self) -> None:
         while True:
+            # back-pressure: with the inbox full, stop reading; what the peer sends waits in the transport
+            while len(self._inbox) >= INBOX_BATCHES:
+                self._inbox_room.clear()
+                await self._inbox_room.wait()
             msg = await self._read()
             if msg is grpc.aio.EOF or msg is None:
                 self._peer_done = True
@@ -249,6 +318,7 @@ class Session:
                 self._inbox_ready.clear()
                 continue
             _queued, batch = self._inbox.pop(next_to_apply([q for q, _b in self._inbox]))
+            self._inbox_room.set()
             await self._apply(batch)
 
     async def _apply(self, batch: pb.Batch) -> None:
@@ -296,29 +366,31 @@ class Session:
 class FederationService(pbg.FederationServicer):
     def __init__(self, rt: NodeRuntime) -> None:
         self.rt = rt
+        root = rt.home.root()
+        self.chains = PeerChains(root) if root is not None else None
 
-    def _authorise_child(self, context: grpc.aio.ServicerContext) -> str | None:
-        cert = peer_certificate(context)
-        if cert is None:
-            return None
-        try:
-            path = pki.path_of_cert(cert)
-        except pki.CertificateError:
-            return None
+    def _authorise_child(self, context: grpc.aio.ServicerContext) -> tuple[str | None, str, str]:
+        """(child code or None, who, why refused). A child is a peer whose presented TLS chain passes
+        ``pki.validate_chain`` against this node's root and whose path is this node's path + its code."""
+        if self.chains is None:
+            return None, "a peer", f"{self.rt.path} has no root certificate installed"
+        path, who, why = self.chains.check(context)
+        if path is None:
+            return None, who, f"its certificate chain is refused: {why}"
         code = path.rsplit("/", 1)[-1]
         if path != f"{self.rt.path}/{code}":
-            return None
-        return code
+            return None, who, f"{who} is not a direct child of {self.rt.path}; enrol it under its own parent"
+        return code, who, ""
+
+    async def _refuse_peer(self, context: grpc.aio.ServicerContext, rpc: str, who: str, why: str) -> None:
+        log.warning("link_refused", peer=who, rpc=rpc, reason=why)
+        self.rt.refused_peers[who] = now_us()
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{who} refused by {self.rt.path}: {why}")
 
     async def Link(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:  # noqa: N802
-        child = self._authorise_child(context)
+        child, who, why = self._authorise_child(context)
         if child is None:
-            cert = peer_certificate(context)
-            who = pki.path_of_cert(cert) if cert is not None else "a peer without a certificate"
-            log.warning("link_refused", peer=who, reason="not a direct child of this node")
-            self.rt.refused_peers[who] = now_us()
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                                f"{who} is not a direct child of {self.rt.path}; enrol it under its own parent")
+            await self._refuse_peer(context, "Link", who, why)
             return
         state = self.rt.child_state(child)
         state.set("connecting")
@@ -338,10 +410,10 @@ class FederationService(pbg.FederationServicer):
 
     # Reconciliation RPCs: the logic lives in node/reconcile.py (serve_heads, serve_fetch, serve_chains).
 
-    async def _child_or_abort(self, context: grpc.aio.ServicerContext) -> str:
-        child = self._authorise_child(context)
+    async def _child_or_abort(self, context: grpc.aio.ServicerContext, rpc: str) -> str:
+        child, who, why = self._authorise_child(context)
         if child is None:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "not a direct child of this node")
+            await self._refuse_peer(context, rpc, who, why)
         assert child is not None
         return child
 
@@ -352,7 +424,7 @@ class FederationService(pbg.FederationServicer):
     async def Heads(self, request: pb.HeadsRequest, context: grpc.aio.ServicerContext) -> pb.HeadsReply:  # noqa: N802
         from node import reconcile
 
-        child = await self._child_or_abort(context)
+        child = await self._child_or_abort(context, "Heads")
         try:
             return await reconcile.serve_heads(self.rt, child, request)
         except FednodeError as e:
@@ -362,7 +434,7 @@ class FederationService(pbg.FederationServicer):
     async def Fetch(self, request: pb.FetchRequest, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
         from node import reconcile
 
-        child = await self._child_or_abort(context)
+        child = await self._child_or_abort(context, "Fetch")
         try:
             async for batch in reconcile.serve_fetch(self.rt, child, request):
                 yield batch
@@ -372,7 +444,7 @@ class FederationService(pbg.FederationServicer):
     async def Chains(self, request: pb.ChainsRequest, context: grpc.aio.ServicerContext) -> pb.ChainsReply:  # noqa: N802
         from node import reconcile
 
-        child = await self._child_or_abort(context)
+        child = await self._child_or_abort(context, "Chains")
         try:
             return await reconcile.serve_chains(self.rt, child, request)
         except FednodeError as e:
@@ -380,14 +452,25 @@ class FederationService(pbg.FederationServicer):
             raise
 
 
+def _tls_failure(error: str) -> bool:
+    """Whether a failed dial looks like the TLS handshake or the server name check, not a down parent."""
+    e = error.lower()
+    return any(w in e for w in ("hostname", "peer name", "handshake", "certificate", "ssl", "tls"))
+
+
 async def dial_parent(rt: NodeRuntime, state: LinkState) -> None:
     """Keep one link to the parent up, forever: reconnect with exponential backoff and jitter."""
     backoff = 0.5
     creds = channel_credentials(rt)
-    options = [*CLIENT_OPTIONS, ("grpc.ssl_target_name_override", pki.dns_name_for(rt.parent_code))]
+    # the parent's hierarchical name first; a parent whose certificate predates it answers to the flat
+    # one. Trying both costs nothing in trust: which names a certificate may carry is bounded by its
+    # issuers' NameConstraints (node/pki.py), not by the name asked for.
+    names = pki.parent_server_names(rt.path)
+    name_at, worked, failures = 0, False, 0
     while not rt.stopping.is_set():
         state.set("connecting")
         started = time.monotonic()
+        options = [*CLIENT_OPTIONS, ("grpc.ssl_target_name_override", names[name_at])]
         channel = grpc.aio.secure_channel(rt.home.config.parent, creds, options=options)
         session: Session | None = None
         try:
@@ -396,7 +479,9 @@ async def dial_parent(rt: NodeRuntime, state: LinkState) -> None:
             await session.run()
         except grpc.aio.AioRpcError as e:
             refused = e.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
-            state.down(f"{e.code().name}: {e.details()}", refused=refused)
+            through = session is not None and session.established
+            state.down(f"{e.code().name}: {e.details()}" + ("" if through else f" (server name {names[name_at]})"),
+                       refused=refused)
         except (ConnectionError, OSError) as e:
             state.down(str(e))
         except asyncio.InvalidStateError:
@@ -415,6 +500,14 @@ async def dial_parent(rt: NodeRuntime, state: LinkState) -> None:
             await channel.close(grace=None)
         if (session is not None and session.established) or time.monotonic() - started > 10:
             backoff = 0.5
+        if session is not None and session.established:
+            worked, failures = True, 0
+        else:
+            # not through: try the other name next time if this one may be the wrong one (never worked,
+            # or the handshake failed); a name that worked is kept while the parent is merely down
+            failures += 1
+            if not worked or _tls_failure(state.last_error) or failures % 4 == 0:
+                name_at, worked = (name_at + 1) % len(names), False
         delay = backoff * (0.5 + random.random())
         backoff = min(backoff * 2, MAX_BACKOFF_S)
         with contextlib.suppress(TimeoutError):

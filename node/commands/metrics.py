@@ -159,7 +159,8 @@ def probe_grpc_health(home: Home, timeout: float) -> tuple[bool, str]:
     )
     target = _connect_host(home.config.listen)
     with grpc.secure_channel(target, creds,
-                             options=[("grpc.ssl_target_name_override", pki.dns_name_for(home.code))]) as ch:
+                             options=[("grpc.ssl_target_name_override",
+                                       pki.server_name_of(home.load_cert("tls.crt")))]) as ch:
         try:
             resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
         except grpc.RpcError as e:
