@@ -705,9 +705,20 @@ class GrpcParent:
         self.address = cfg.parent
         self.timeout = timeout
         creds = transport.channel_credentials(cast(Any, SimpleNamespace(home=home)))
-        options = [*transport.CLIENT_OPTIONS, ("grpc.ssl_target_name_override", pki.dns_name_for(self.code))]
         self._grpc = grpc
-        self.channel = grpc.secure_channel(cfg.parent, creds, options=options)
+        # the parent's hierarchical server name first, then the flat name of a parent whose certificate
+        # predates it (as the link's dialler does: node.transport.dial_parent)
+        names = pki.parent_server_names(home.path())
+        for i, name in enumerate(names):
+            options = [*transport.CLIENT_OPTIONS, ("grpc.ssl_target_name_override", name)]
+            self.channel = grpc.secure_channel(cfg.parent, creds, options=options)
+            if i == len(names) - 1:
+                break
+            try:
+                grpc.channel_ready_future(self.channel).result(timeout=min(5.0, timeout))
+                break
+            except grpc.FutureTimeoutError:
+                self.channel.close()
         self.stub = pbg.FederationStub(self.channel)
 
     def close(self) -> None:
