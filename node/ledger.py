@@ -43,7 +43,7 @@ from cryptography import x509
 
 from node import codes
 from node.crypto import CHECKPOINT_TYPE, RECORD_TYPE, Signer
-from node.errors import CertificateError, FednodeError, UsageError, VerificationError
+from node.errors import CertificateError, FednodeError, ForkDetected, UsageError, VerificationError
 from node.keyring import KeyInfo, Keyring, through_json
 from node.records import (
     CHANNEL_NAMES,
@@ -255,14 +255,20 @@ class Ledger:
             except FednodeError as e:
                 errors[(s.origin, int(s.channel))] = e
         results: dict[tuple[str, int], AppendResult] = {}
+        current: VerifiedSegment | None = None
         try:
             with self.store.write() as tx:
-                for v in verified:
-                    results[(v.origin, v.channel)] = self._append_verified(tx, v, source)
+                for current in verified:
+                    results[(current.origin, current.channel)] = self._append_verified(tx, current, source)
             return results, errors
-        except FednodeError:
+        except FednodeError as e:
             results.clear()
+            # a fork is recorded as an incident once, by the store: the segment is not tried again
+            forked = (current, e) if isinstance(e, ForkDetected) else None
         for v in verified:
+            if forked is not None and v is forked[0]:
+                errors[(v.origin, v.channel)] = forked[1]
+                continue
             try:
                 with self.store.write() as tx:
                     results[(v.origin, v.channel)] = self._append_verified(tx, v, source)

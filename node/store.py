@@ -7,7 +7,8 @@ Rules of this module (the store enforces them itself, whoever calls it):
   mismatch raises ChainMismatch and nothing is written;
 - appending a record that is already held is a no-op; a different record at a held seq raises
   ForkDetected and is recorded as an incident (with the conflicting bytes) after the rollback:
-  no body, chain value or seq is ever overwritten;
+  no body, chain value or seq is ever overwritten; with a signed chain, only when the rows hash to it
+  (what the signature does not cover is a ChainMismatch, never an incident);
 - the one exception is a signature, and only after a revocation: ``resign`` (the owner re-signs its
   own records and checkpoints that a revoked key signed beyond its position) and ``refresh_stale`` (a
   receiver takes re-signed copies of bodies it holds, where its own copy's signature no longer
@@ -194,9 +195,19 @@ class WriteTx:
         if overlap:
             stored = self.store._chains(self.conn, origin, channel, first - 1, first + overlap - 1)
             prev = stored[first - 1]
-            for r in rows[:overlap]:
+            for i, r in enumerate(rows[:overlap]):
                 c = chain_step(prev, r.body)
                 if c != stored[r.seq]:
+                    # a fork only from what the checkpoint's signature covers: otherwise the bytes are
+                    # merely altered (anyone relaying a valid checkpoint could forge the evidence)
+                    if expected_chain is not None and chain_over(prev, [x.body for x in rows[i:]])[-1] != expected_chain:
+                        raise ChainMismatch(
+                            f"records {origin}/{ch} {first}..{last} do not hash to the signed checkpoint: seq {r.seq} "
+                            "differs from the record held here and is not what the checkpoint signed",
+                            origin=origin, channel=ch, seq=r.seq,
+                            fix="the batch was refused and no fork was recorded; the sender's store may be damaged, "
+                                "run `fednode verify` there",
+                        )
                     exc = ForkDetected(
                         f"a different record at {origin}/{ch} seq {r.seq} than the one stored",
                         origin=origin, channel=ch, seq=r.seq,
