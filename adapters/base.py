@@ -31,6 +31,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
+from node import configschema
 from node.domain import ValidationError, validate_keyed
 from node.errors import ConfigError, FednodeError
 from node.ledger import Ledger, NewRecord
@@ -360,59 +361,20 @@ def configured(sections: dict[str, Any]) -> dict[str, dict[str, Any]]:
 # ---- configuration keys of [adapters.<name>], checked before the node starts (node/configcheck.py) ------
 #
 # A typo (`enabeld`, `setle_seconds`) must stop `fednode run` with the field named, never leave an adapter
-# running on defaults. An installed adapter type declares its own keys with a ``CONFIG_KEYS`` class
+# running on defaults. The keys of the built-in types and of [adapters.push] are node.configschema's
+# (docs/configuration.md). An installed adapter type declares its own keys with a ``CONFIG_KEYS`` class
 # attribute (key -> (valid, fix)); without it only the common keys are checked.
 
 KeySpec = tuple[Any, str]  # (valid(value) -> bool, fix text)
 
 
-def _number(lo: float, hi: float = float("inf"), *, open_lo: bool = False) -> Any:
-    def valid(v: Any) -> bool:
-        return isinstance(v, int | float) and not isinstance(v, bool) and (v > lo if open_lo else v >= lo) and v <= hi
-
-    return valid
+def _specs(section: Any) -> dict[str, KeySpec]:
+    return {k.name: ((lambda v, k=k: not k.problem(v)), k.fix.removeprefix("use ")) for k in section.keys}
 
 
-def _whole(lo: int, hi: int) -> Any:
-    return lambda v: isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
-
-
-def _text(v: Any) -> bool:
-    return isinstance(v, str) and bool(v)
-
-
-def _texts(v: Any) -> bool:
-    return isinstance(v, list) and all(isinstance(x, str) and x for x in v)
-
-
-COMMON_KEYS: dict[str, KeySpec] = {
-    "type": (_text, 'the adapter type, e.g. type = "filedrop" or "sql_poll"'),
-    "enabled": (lambda v: isinstance(v, bool), "true or false"),
-    "reader": (lambda v: v in ("process", "thread"), 'reader = "process" (the default) or "thread"'),
-}
-BUILTIN_KEYS: dict[str, dict[str, KeySpec]] = {
-    "filedrop": {
-        "dir": (_text, 'the drop directory, e.g. dir = "drop" (relative to the node home)'),
-        "archive": (_text, 'where finished files go, e.g. archive = "drop/archive"'),
-        "marker": (lambda v: isinstance(v, bool), "true (a file is complete when FILE.done appears) or false"),
-        "settle_seconds": (_number(0, 86400), "seconds a file must stay unchanged, e.g. settle_seconds = 2"),
-        "batch": (_whole(1, 1_000_000), "rows per batch, e.g. batch = 5000"),
-        "interval": (_number(0, 86400, open_lo=True), "seconds between looks when nothing is new, e.g. interval = 1"),
-    },
-    "sql_poll": {
-        "url": (_text, 'a SQLAlchemy URL, e.g. url = "postgresql://user@host/db"'),
-        "mapping": (lambda v: isinstance(v, str | dict) and bool(v), 'mapping = "exchange2009", "gbt39046" or a JSON file'),
-        "tables": (lambda v: isinstance(v, list) and bool(v), "an inline list of table mappings"),
-        "only": (_texts, 'the tables of the mapping to read, e.g. only = ["SPXX"]'),
-        "override": (lambda v: isinstance(v, dict), "[adapters.NAME.override.TABLE] tables of mapping fields"),
-        "batch": (_whole(1, 1_000_000), "rows per batch, e.g. batch = 5000"),
-        "interval": (_number(0, 86400, open_lo=True), "seconds between polls when nothing is new, e.g. interval = 2"),
-    },
-}
-PUSH_KEYS: dict[str, KeySpec] = {
-    "listen": (_text, 'a loopback HOST:PORT, e.g. listen = "127.0.0.1:7451"'),
-    "token_file": (_text, 'the token file, e.g. token_file = "push.token" (relative to the node home)'),
-}
+COMMON_KEYS: dict[str, KeySpec] = _specs(configschema.ADAPTERS_COMMON)
+BUILTIN_KEYS: dict[str, dict[str, KeySpec]] = {kind: _specs(sec) for kind, sec in configschema.ADAPTER_TYPES.items()}
+PUSH_KEYS: dict[str, KeySpec] = _specs(configschema.ADAPTERS_PUSH)
 
 
 def config_keys(kind: Any) -> dict[str, KeySpec] | None:
@@ -431,10 +393,12 @@ def config_keys(kind: Any) -> dict[str, KeySpec] | None:
 
 def check_keys(name: str, section: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(field, message, fix) for every unknown key and every badly typed value of ``[adapters.<name>]``."""
-    from node.config import unknown_key_fix
-
     where = f"[adapters.{name}]"
-    keys = PUSH_KEYS if name == "push" else config_keys(section.get("type"))
+    kind = section.get("type")
+    keys = PUSH_KEYS if name == "push" else config_keys(kind)
+    schema_keys = ({k.name: k for k in configschema.ADAPTERS_PUSH.keys} if name == "push" else
+                   {k.name: k for s in (configschema.ADAPTERS_COMMON, configschema.adapter_section(kind)) if s
+                    for k in s.keys})
     out = []
     for key, value in section.items():
         if keys is None:
@@ -444,9 +408,11 @@ def check_keys(name: str, section: dict[str, Any]) -> list[tuple[str, str, str]]
         else:
             spec = keys.get(key)
             if spec is None:
-                out.append((key, f"{where}: unknown field adapters.{name}.{key}", unknown_key_fix(key, keys)))
+                out.append((key, f"{where}: unknown field adapters.{name}.{key}", configschema.unknown_key_fix(key, keys)))
                 continue
         valid, fix = spec
         if not valid(value):
-            out.append((key, f"{where}: adapters.{name}.{key} = {value!r} is not valid", f"use {fix}"))
+            known = schema_keys.get(key)
+            why = known.problem(value) if known is not None else "is not valid"
+            out.append((key, f"{where}: adapters.{name}.{key} = {value!r} {why}", f"use {fix}"))
     return out

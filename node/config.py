@@ -1,24 +1,26 @@
 """node.toml: read, validated, with errors that name the file, the field and the fix.
 
-The table of fields below is the single description of the file; `fednode init` writes it (mode
-0600 in a 0700 home: it may hold database passwords) and `load` checks it. Unknown fields and sections
-are errors (a typo must not be silently ignored), with a "did you mean" when one is close. ``check``
-returns every problem (``Problem``: file, section, field, message, fix); ``load`` raises the first.
-The sections owned by other parts of fednode (FREE_SECTIONS) are validated by node.configcheck.
+The sections and keys are described once, in node.configschema (type, default, range, meaning; the
+reference docs/configuration.md is generated from it): this module reads [node] [store] [link]
+[admin] [log] [reconcile] with it, `fednode init` writes them (mode 0600 in a 0700 home: it may hold
+database passwords) and `load` checks them. Unknown fields and sections are errors (a typo must not
+be silently ignored), with a "did you mean" when one is close. ``check`` returns every problem
+(``Problem``: file, section, field, message, fix); ``load`` raises the first. The sections owned by
+other parts of fednode (FREE_SECTIONS) are validated by node.configcheck.
 """
 
 from __future__ import annotations
 
 import contextlib
-import difflib
 import os
 import tomllib
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from node.codes import LEVELS, is_code, parse_code
+from node import configschema as schema
+from node.codes import parse_code
+from node.configschema import did_you_mean, unknown_key_fix
 from node.errors import ConfigError, UsageError
 
 CONFIG_NAME = "node.toml"
@@ -30,23 +32,23 @@ class Config:
     code: str
     name: str
     level: str
-    store_url: str = "sqlite:///store.db"
-    listen: str = ""  # host:port the node serves its children on ("" = no children)
-    parent: str = ""  # host:port of the parent ("" = the province, no parent)
-    parent_code: str = ""
-    admin_socket: str = "admin.sock"
-    log_level: str = "info"
-    log_format: str = "auto"  # auto | json | console
-    reconcile_cron: str = "0 2 * * *"
-    reconcile_jitter_s: int = 600
+    store_url: str = schema.default("store", "url")
+    listen: str = schema.default("link", "listen")  # host:port the node serves its children on ("" = no children)
+    parent: str = schema.default("link", "parent")  # host:port of the parent ("" = the province, no parent)
+    parent_code: str = schema.default("link", "parent_code")
+    admin_socket: str = schema.default("admin", "socket")
+    log_level: str = schema.default("log", "level")
+    log_format: str = schema.default("log", "format")  # auto | json | console
+    reconcile_cron: str = schema.default("reconcile", "cron")
+    reconcile_jitter_s: int = schema.default("reconcile", "jitter_s")
     # records per batch and batches in flight per link: bigger batches amortise the per-message cost of
     # gRPC, the database thread hop and the commit (4000 cut a relay's CPU per record by ~18% against
     # 1000 in `fednode bench`); memory per link is about window x batch x record size
-    batch_records: int = 4000
-    window: int = 6
+    batch_records: int = schema.default("link", "batch_records")
+    window: int = schema.default("link", "window")
     # a restarted node whose parent cannot be reached appends after this long, if its own logs are not
     # behind what it last recorded outside the store (own-heads.json): see node/runtime.py
-    recover_wait_s: int = 30
+    recover_wait_s: int = schema.default("link", "recover_wait_s")
     sections: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -54,36 +56,27 @@ class Config:
         return self.path.parent
 
 
-def _hostport(value: str) -> bool:
-    host, sep, port = value.rpartition(":")
-    return bool(sep and host and port.isdigit() and 0 < int(port) < 65536)
-
-
-# (section, key) -> (attribute, type, validator or None, fix text)
-FIELDS: dict[tuple[str, str], tuple[str, type, Any, str]] = {
-    ("node", "code"): ("code", str, is_code, "a 6-digit division code such as 320303, or 320300-GA"),
-    ("node", "name"): ("name", str, None, "the jurisdiction's name, e.g. 云龙区"),
-    ("node", "level"): ("level", str, lambda v: v in LEVELS, f"one of {', '.join(LEVELS)}"),
-    ("store", "url"): ("store_url", str, lambda v: v.startswith(("sqlite:", "postgresql")),
-                       "sqlite:///store.db (relative to the node home) or postgresql://user@host/db"),
-    ("link", "listen"): ("listen", str, lambda v: v == "" or _hostport(v), "HOST:PORT, e.g. 0.0.0.0:7700"),
-    ("link", "parent"): ("parent", str, lambda v: v == "" or _hostport(v), "HOST:PORT of the parent node"),
-    ("link", "parent_code"): ("parent_code", str, lambda v: v == "" or is_code(v), "the parent's node code"),
-    ("link", "batch_records"): ("batch_records", int, lambda v: 100 <= v <= 20_000, "records per batch, 100..20000"),
-    ("link", "window"): ("window", int, lambda v: 1 <= v <= 16, "batches in flight per link, 1..16"),
-    ("link", "recover_wait_s"): ("recover_wait_s", int, lambda v: 0 <= v <= 86400,
-                                 "seconds a restarted node waits for its parent before it appends, 0..86400"),
-    ("admin", "socket"): ("admin_socket", str, None, "a path for the admin Unix socket"),
-    ("log", "level"): ("log_level", str, lambda v: v in ("debug", "info", "warning", "error"),
-                       "debug, info, warning or error"),
-    ("log", "format"): ("log_format", str, lambda v: v in ("auto", "json", "console"), "auto, json or console"),
-    ("reconcile", "cron"): ("reconcile_cron", str, lambda v: len(v.split()) == 5,
-                            "a 5-field cron expression, e.g. \"0 2 * * *\""),
-    ("reconcile", "jitter_s"): ("reconcile_jitter_s", int, lambda v: 0 <= v <= 86400, "seconds, 0..86400"),
+# (section, key) -> the Config attribute it sets; the key's type, range and fix are in node.configschema
+FIELDS: dict[tuple[str, str], str] = {
+    ("node", "code"): "code",
+    ("node", "name"): "name",
+    ("node", "level"): "level",
+    ("store", "url"): "store_url",
+    ("link", "listen"): "listen",
+    ("link", "parent"): "parent",
+    ("link", "parent_code"): "parent_code",
+    ("link", "batch_records"): "batch_records",
+    ("link", "window"): "window",
+    ("link", "recover_wait_s"): "recover_wait_s",
+    ("admin", "socket"): "admin_socket",
+    ("log", "level"): "log_level",
+    ("log", "format"): "log_format",
+    ("reconcile", "cron"): "reconcile_cron",
+    ("reconcile", "jitter_s"): "reconcile_jitter_s",
 }
-REQUIRED = {("node", "code"), ("node", "name"), ("node", "level")}
-# sections owned by other parts of fednode (adapters, rules, notifiers...): validated there
-FREE_SECTIONS = {"adapters", "rules", "notify", "calendar", "tickets", "stats", "metrics"}
+REQUIRED = {(s, k.name) for s in schema.NODE_CONFIG_SECTIONS for k in schema.SECTIONS[s].keys if k.required}
+# sections owned by other parts of fednode (adapters, rules, notifiers...): validated by node.configcheck
+FREE_SECTIONS = set(schema.TOP_LEVEL) - set(schema.NODE_CONFIG_SECTIONS)
 
 
 @dataclass(frozen=True)
@@ -102,17 +95,6 @@ class Problem:
     def as_dict(self) -> dict[str, str]:
         return {"file": self.file, "section": self.section, "field": self.field, "error": self.message,
                 "fix": self.fix}
-
-
-def did_you_mean(word: str, choices: Iterable[str]) -> str:
-    """' (did you mean `x`?)' for the closest of ``choices``, or '' when none is close."""
-    close = difflib.get_close_matches(word, sorted(set(choices)), n=1, cutoff=0.6)
-    return f"did you mean `{close[0]}`? " if close else ""
-
-
-def unknown_key_fix(key: str, known: Iterable[str]) -> str:
-    known = sorted(set(known))
-    return f"{did_you_mean(key, known)}remove it, or use one of: {', '.join(known)}"
 
 
 def check(path: Path) -> tuple[Config | None, list[Problem]]:
@@ -140,7 +122,7 @@ def check(path: Path) -> tuple[Config | None, list[Problem]]:
                               "check the file's owner and mode (the node's user reads it; `chmod 600`)")]
     problems: list[Problem] = []
     values: dict[str, Any] = {}
-    known_sections = {s for s, _k in FIELDS} | FREE_SECTIONS
+    known_sections = set(schema.TOP_LEVEL)
     for section, body in data.items():
         if section in FREE_SECTIONS:
             continue
@@ -153,25 +135,21 @@ def check(path: Path) -> tuple[Config | None, list[Problem]]:
             problems.append(problem(section, "", f"{path}: [{section}] must be a table",
                                     f"write it as [{section}] with key = value lines"))
             continue
+        spec = schema.SECTIONS[section]
         for key, value in body.items():
-            spec = FIELDS.get((section, key))
-            if spec is None:
-                known = sorted(k for s, k in FIELDS if s == section)
-                problems.append(problem(section, key, f"{path}: unknown field {section}.{key}", unknown_key_fix(key, known)))
+            if key not in spec.known:
+                problems.append(problem(section, key, f"{path}: unknown field {section}.{key}",
+                                        unknown_key_fix(key, spec.known)))
                 continue
-            attr, typ, valid, fix = spec
-            if not isinstance(value, typ) or isinstance(value, bool) != (typ is bool):
-                problems.append(problem(section, key, f"{path}: {section}.{key} = {value!r} must be a {typ.__name__}",
-                                        f"use {fix}"))
-            elif valid is not None and not valid(value):
-                problems.append(problem(section, key, f"{path}: {section}.{key} = {value!r} is not valid", f"use {fix}"))
+            why = spec.key(key).problem(value)
+            if why:
+                problems.append(problem(section, key, f"{path}: {section}.{key} = {value!r} {why}", spec.key(key).fix))
             else:
-                values[attr] = value
+                values[FIELDS[(section, key)]] = value
     for section, key in sorted(REQUIRED):
-        attr = FIELDS[(section, key)][0]
-        if attr not in values and not any(p.section == section and p.field == key for p in problems):
+        if FIELDS[(section, key)] not in values and not any(p.section == section and p.field == key for p in problems):
             problems.append(problem(section, key, f"{path}: missing field {section}.{key}",
-                                    f"add it under [{section}]: {FIELDS[(section, key)][3]}"))
+                                    f"add it under [{section}]: {schema.SECTIONS[section].key(key).fix.removeprefix('use ')}"))
     if problems:
         return None, problems
     cfg = Config(path=path, **values, sections={k: v for k, v in data.items() if k in FREE_SECTIONS})
@@ -183,6 +161,20 @@ def check(path: Path) -> tuple[Config | None, list[Problem]]:
     return cfg, []
 
 
+def partial(path: Path) -> Config | None:
+    """The sections other modules own, from a node.toml whose own sections have problems (so that
+    `fednode check` lists theirs too); None when the file cannot be read as TOML."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CONFIG_NAME
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+    return Config(path=path, code="", name="", level="",
+                  sections={k: v for k, v in data.items() if k in FREE_SECTIONS})
+
+
 def load(path: Path) -> Config:
     """node.toml, validated; the first problem is raised as a ConfigError (exit status 2)."""
     cfg, problems = check(path)
@@ -192,19 +184,18 @@ def load(path: Path) -> Config:
     return cfg
 
 
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+_toml_value = schema.toml_value
+
+HEADER = ("# fednode node configuration. Every section and key (type, default, range, meaning) is described in\n"
+          f"# {schema.DOC_PATH} (doc/{schema.DOC_PATH} in the install bundle; `python -m node.configschema`\n"
+          "# prints it). `fednode check DIR` validates this file without starting the node.")
 
 
 def render(cfg: Config) -> str:
     sections: dict[str, list[str]] = {}
-    for (section, key), (attr, _t, _c, _f) in FIELDS.items():
+    for (section, key), attr in FIELDS.items():
         sections.setdefault(section, []).append(f"{key} = {_toml_value(getattr(cfg, attr))}")
-    out = ["# fednode node configuration (see README: configuration)."]
+    out = [HEADER]
     for section, lines in sections.items():
         out.append(f"\n[{section}]")
         out.extend(lines)

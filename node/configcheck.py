@@ -2,29 +2,32 @@
 anything) and `fednode check DIR` (without starting).
 
 Rules of this module:
-- every section of node.toml is checked by the code that uses it: node.config for [node] [store]
-  [link] [admin] [log] [reconcile]; each service's own loader for its section ([rules] and [calendar]:
-  node.commands.alerts, [notify]: node.notify, [metrics]: node.metrics, [stats]: node.stats.config,
-  [tickets]: node.tickets.desk, [adapters.*]: adapters.base and the adapter's own constructor). One
-  rule, one place: this module calls them, it never re-implements what they accept;
-- unknown keys are errors, with a "did you mean" when one is close (difflib), and every one of them is
-  reported; a section's loader then runs on its known keys and reports its first problem, so one
-  `fednode check` lists every section that is wrong (``Problem``: file, section, field, message, fix);
+- every section is checked against node.configschema, the one description of node.toml (type,
+  default, range and meaning of each key; docs/configuration.md is generated from it): unknown keys
+  are errors, with a "did you mean" when one is close (difflib), and every unknown key and every
+  refused value is reported, so one `fednode check` lists every problem (``Problem``: file, section,
+  field, message, fix);
+- then the code that uses a section checks what ties its keys together, on its known keys, when no
+  value was refused: node.config for [node] [store] [link] [admin] [log] [reconcile]; [rules] and
+  [calendar]: node.commands.alerts, [notify]: node.notify, [metrics]: node.metrics, [stats]:
+  node.stats.config, [tickets]: node.tickets.desk, [adapters.*]: adapters.base and the adapter's own
+  constructor. One rule, one place: this module calls them, it never re-implements what they accept;
 - a problem stops `fednode run` with exit status 2 (a typo must never switch a service off with only
   a log line); SIGHUP applies a new node.toml only when it has no problem;
 - a feature module of node.commands may add ``CONFIG_CHECKS = {"section": fn}`` (fn(config) raises a
-  FednodeError) for a section no built-in check knows.
+  FednodeError) for a section no built-in check knows (the section must also be in the schema).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from node import config as config_mod
-from node.config import Config, Problem, unknown_key_fix
+from node import configschema as schema
+from node.config import Config, Problem
 from node.errors import ConfigError, FednodeError
 
 Check = Callable[[Config], list[Problem]]
@@ -56,65 +59,47 @@ def _table(cfg: Config, section: str) -> tuple[dict[str, Any] | None, list[Probl
     return body, []
 
 
-def _known_keys(cfg: Config, section: str, body: Mapping[str, Any], known: Any, prefix: str = ""
-                ) -> tuple[dict[str, Any], list[Problem]]:
-    """``body`` without its unknown keys, and a problem for each of them."""
-    kept: dict[str, Any] = {}
-    problems = []
-    for key, value in body.items():
-        if key in known:
-            kept[key] = value
-        else:
-            dotted = f"{prefix}{key}"
-            problems.append(Problem(str(cfg.path), section, dotted, f"{cfg.path}: unknown field {section}.{dotted}",
-                                    unknown_key_fix(key, known)))
-    return kept, problems
+def _all_keys(section_id: str) -> set[str]:
+    """Every key of a section and of the tables under it (to find the field a loader's message names)."""
+    spec = schema.SECTIONS[section_id]
+    out = set(spec.known)
+    for key in spec.keys:
+        if key.table:
+            out |= _all_keys(key.table)
+    return out
+
+
+def _with_schema(cfg: Config, section: str, loader: Callable[[dict[str, Any]], Any]) -> list[Problem]:
+    """Check [section] against the schema (every unknown key, every refused value), then, when no value
+    was refused, run its owner's ``loader`` on the known keys for the rules that tie keys together."""
+    body, problems = _table(cfg, section)
+    if body is None:
+        return problems
+    kept, issues = schema.split(section, body)
+    problems += [Problem(str(cfg.path), section, i.field, f"{cfg.path}: {i.message}", i.fix) for i in issues]
+    if any(not i.unknown for i in issues):
+        return problems  # the loader would only repeat the first of them
+    try:
+        loader(kept)
+    except FednodeError as e:
+        problems.append(_problem(cfg, section, e, _all_keys(section)))
+    return problems
 
 
 # ---- one check per section ----------------------------------------------------------------------------
 
 
 def _check_rules(cfg: Config) -> list[Problem]:
-    from node.commands.alerts import _RULES_KEYS, RulesSettings
-    from node.rules.config import DEFAULT_ANOMALY_LEVELS, THRESHOLD_KEYS
+    from node.commands.alerts import RulesSettings
 
-    body, problems = _table(cfg, "rules")
-    if body is None:
-        return problems
-    kept, problems = _known_keys(cfg, "rules", body, _RULES_KEYS)
-    # the thresholds' own tables: [rules.default], [rules.item_types.CODE], [rules.anomaly_levels]
-    if isinstance(kept.get("default"), dict):
-        kept["default"], more = _known_keys(cfg, "rules", kept["default"], THRESHOLD_KEYS, "default.")
-        problems += more
-    if isinstance(kept.get("item_types"), dict):
-        types = {}
-        for code, t in kept["item_types"].items():
-            if isinstance(t, dict):
-                t, more = _known_keys(cfg, "rules", t, THRESHOLD_KEYS, f"item_types.{code}.")
-                problems += more
-            types[code] = t
-        kept["item_types"] = types
-    if isinstance(kept.get("anomaly_levels"), dict):
-        kept["anomaly_levels"], more = _known_keys(cfg, "rules", kept["anomaly_levels"], DEFAULT_ANOMALY_LEVELS,
-                                                   "anomaly_levels.")
-        problems += more
-    try:
-        RulesSettings.from_sections({"rules": kept}, where=str(cfg.path))
-    except FednodeError as e:
-        problems.append(_problem(cfg, "rules", e, {*_RULES_KEYS, *THRESHOLD_KEYS}))
-    return problems
+    return _with_schema(cfg, "rules", lambda kept: RulesSettings.from_sections({"rules": kept}, where=str(cfg.path)))
 
 
 def _check_calendar(cfg: Config) -> list[Problem]:
-    from node.commands.alerts import _CALENDAR_KEYS, RulesSettings, stored_overrides
+    from node.commands.alerts import RulesSettings, stored_overrides
 
-    body, problems = _table(cfg, "calendar")
-    if body is not None:
-        kept, problems = _known_keys(cfg, "calendar", body, _CALENDAR_KEYS)
-        try:
-            RulesSettings.from_sections({"calendar": kept}, where=str(cfg.path))
-        except FednodeError as e:
-            problems.append(_problem(cfg, "calendar", e, _CALENDAR_KEYS))
+    problems = _with_schema(cfg, "calendar",
+                            lambda kept: RulesSettings.from_sections({"calendar": kept}, where=str(cfg.path)))
     try:
         stored_overrides(cfg.home)  # the imported holidays the rules count working days with
     except FednodeError as e:
@@ -123,63 +108,28 @@ def _check_calendar(cfg: Config) -> list[Problem]:
 
 
 def _check_notify(cfg: Config) -> list[Problem]:
-    from node.notify import KEYS, NotifyConfig
+    from node.notify import NotifyConfig
 
-    body, problems = _table(cfg, "notify")
-    if body is None:
-        return problems
-    kept, problems = _known_keys(cfg, "notify", body, KEYS)
-    try:
-        NotifyConfig.from_section(kept, where=f"{cfg.path} [notify]")
-    except FednodeError as e:
-        problems.append(_problem(cfg, "notify", e, KEYS))
-    return problems
+    return _with_schema(cfg, "notify", lambda kept: NotifyConfig.from_section(kept, where=f"{cfg.path} [notify]"))
 
 
 def _check_metrics(cfg: Config) -> list[Problem]:
     from node import metrics
 
-    body, problems = _table(cfg, "metrics")
-    if body is None:
-        return problems
-    kept, problems = _known_keys(cfg, "metrics", body, {"listen"})
-    try:
-        metrics.parse_config(cfg.path, kept)
-    except FednodeError as e:
-        problems.append(_problem(cfg, "metrics", e, {"listen"}))
-    return problems
+    return _with_schema(cfg, "metrics", lambda kept: metrics.parse_config(cfg.path, kept))
 
 
 def _check_stats(cfg: Config) -> list[Problem]:
-    from node.stats.config import BAND_KEYS, SUPERVISOR_KEYS, TOP_KEYS, WEIGHT_KEYS, StatsConfig
+    from node.stats.config import StatsConfig
 
-    body, problems = _table(cfg, "stats")
-    if body is None:
-        return problems
-    kept, problems = _known_keys(cfg, "stats", body, TOP_KEYS)
-    for sub, known in (("weights", WEIGHT_KEYS), ("bands", BAND_KEYS), ("supervisors", SUPERVISOR_KEYS)):
-        if isinstance(kept.get(sub), dict):
-            kept[sub], more = _known_keys(cfg, "stats", kept[sub], known, f"{sub}.")
-            problems += more
-    try:
-        StatsConfig.from_section(kept, source=str(cfg.path))
-    except FednodeError as e:
-        problems.append(_problem(cfg, "stats", e, {*TOP_KEYS, *SUPERVISOR_KEYS}))
-    return problems
+    return _with_schema(cfg, "stats", lambda kept: StatsConfig.from_section(kept, source=str(cfg.path)))
 
 
 def _check_tickets(cfg: Config) -> list[Problem]:
-    from node.tickets.desk import _CONFIG_KEYS, TicketsConfig
+    from node.tickets.desk import TicketsConfig
 
-    body, problems = _table(cfg, "tickets")
-    if body is None:
-        return problems
-    kept, problems = _known_keys(cfg, "tickets", body, _CONFIG_KEYS)
-    try:
-        TicketsConfig.from_section(kept, source=str(cfg.path), base=cfg.home).calendar()
-    except FednodeError as e:
-        problems.append(_problem(cfg, "tickets", e, _CONFIG_KEYS))
-    return problems
+    return _with_schema(cfg, "tickets", lambda kept: TicketsConfig.from_section(
+        kept, source=str(cfg.path), base=cfg.home).calendar())
 
 
 def _check_adapters(cfg: Config) -> list[Problem]:
@@ -267,10 +217,13 @@ def check_config(cfg: Config) -> list[Problem]:
 
 
 def check_home(directory: Path) -> tuple[Config | None, list[Problem]]:
-    """node.toml and every section of it; no store, no keys, no network."""
-    cfg, problems = config_mod.check(Path(directory) / config_mod.CONFIG_NAME)
+    """node.toml (DIR/node.toml, or the file itself) and every section of it, the other sections'
+    problems too when node.config's own have some; no store, no keys, no network."""
+    path = Path(directory)
+    cfg, problems = config_mod.check(path if path.is_file() else path / config_mod.CONFIG_NAME)
     if cfg is None:
-        return None, problems
+        rest = config_mod.partial(path) if problems and problems[0].section else None
+        return None, problems + (check_config(rest) if rest is not None else [])
     return cfg, check_config(cfg)
 
 

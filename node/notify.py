@@ -19,6 +19,8 @@ Rules of this module:
 
   Levels not listed use ``["log"]``. A notifier named for a level must be configured (a webhook
   needs ``webhook_url``, a command needs ``command``): a typo is an error at start, not a silence.
+  Each key's type, default and range is node.configschema.NOTIFY (docs/configuration.md); this
+  module checks what ties keys together.
 - sans-I/O where it can be: ``NotifyConfig.from_section`` validates, ``plan`` says which notifiers
   an alert goes to; ``Notifier.send`` does the I/O (``urllib``, ``subprocess``).
 """
@@ -36,14 +38,15 @@ from typing import Any, Protocol
 
 import structlog
 
+from node import configschema
 from node.errors import ConfigError, FednodeError
 
 log = structlog.get_logger(__name__)
 
+SCHEMA = configschema.NOTIFY  # the keys of [notify], their types, defaults and ranges (docs/configuration.md)
 LEVEL_KEYS = {1: "warn", 2: "yellow", 3: "red", 4: "serious"}
-NOTIFIERS = ("log", "webhook", "command")
-_KEYS = {*LEVEL_KEYS.values(), "webhook_url", "webhook_timeout_s", "command", "command_timeout_s", "retries"}
-KEYS = frozenset(_KEYS)  # what [notify] may hold (node/configcheck.py reports any other key with a "did you mean")
+NOTIFIERS = configschema.NOTIFIERS
+KEYS = SCHEMA.known  # what [notify] may hold (node/configcheck.py reports any other key with a "did you mean")
 
 
 class NotifyError(FednodeError):
@@ -52,37 +55,27 @@ class NotifyError(FednodeError):
 
 @dataclass(frozen=True, slots=True)
 class NotifyConfig:
-    levels: Mapping[int, tuple[str, ...]] = field(default_factory=lambda: {lv: ("log",) for lv in LEVEL_KEYS})
-    webhook_url: str = ""
-    webhook_timeout_s: float = 5.0
-    command: tuple[str, ...] = ()
-    command_timeout_s: float = 10.0
-    retries: int = 2
+    levels: Mapping[int, tuple[str, ...]] = field(
+        default_factory=lambda: {lv: tuple(SCHEMA.key(k).default) for lv, k in LEVEL_KEYS.items()})
+    webhook_url: str = SCHEMA.key("webhook_url").default
+    webhook_timeout_s: float = float(SCHEMA.key("webhook_timeout_s").default)
+    command: tuple[str, ...] = tuple(SCHEMA.key("command").default)
+    command_timeout_s: float = float(SCHEMA.key("command_timeout_s").default)
+    retries: int = SCHEMA.key("retries").default
 
     @classmethod
     def from_section(cls, section: Mapping[str, Any] | None, *, where: str = "node.toml [notify]") -> NotifyConfig:
+        """Each key is checked by the schema (node.configschema.NOTIFY); here only what ties keys together."""
         section = dict(section or {})
-        unknown = set(section) - _KEYS
+        unknown = set(section) - KEYS
         if unknown:
-            raise NotifyError(f"{where}: unknown setting(s) {sorted(unknown)}", fix=f"use {sorted(_KEYS)}")
-        levels: dict[int, tuple[str, ...]] = {}
-        for lv, key in LEVEL_KEYS.items():
-            names = section.get(key, ["log"])
-            if isinstance(names, str):
-                names = [names]
-            if not isinstance(names, list) or any(n not in NOTIFIERS for n in names):
-                raise NotifyError(f"{where}: {key} = {names!r} is not a list of notifiers",
-                                  fix=f"use a list of {', '.join(NOTIFIERS)}, e.g. {key} = [\"log\", \"webhook\"]")
-            levels[lv] = tuple(dict.fromkeys(names))
-        url = section.get("webhook_url", "")
-        if not isinstance(url, str) or (url and not url.startswith(("http://", "https://"))):
-            raise NotifyError(f"{where}: webhook_url = {url!r} is not an http(s) URL", fix="give http://host:port/path")
-        command = section.get("command", [])
-        if isinstance(command, str):
-            command = [command]
-        if not isinstance(command, list) or not all(isinstance(c, str) and c for c in command):
-            raise NotifyError(f"{where}: command = {command!r} is not a list of strings",
-                              fix='give the program and its arguments, e.g. ["/usr/local/bin/sms", "--to", "138..."]')
+            raise NotifyError(f"{where}: unknown setting(s) {sorted(unknown)}",
+                              fix=configschema.unknown_key_fix(sorted(unknown)[0], KEYS))
+        v = {key: SCHEMA.get(section, key, where, error=NotifyError) for key in KEYS}
+        levels = {lv: tuple(dict.fromkeys([v[key]] if isinstance(v[key], str) else v[key]))
+                  for lv, key in LEVEL_KEYS.items()}
+        url: str = v["webhook_url"]
+        command = [v["command"]] if isinstance(v["command"], str) else v["command"]
         used = {n for names in levels.values() for n in names}
         if "webhook" in used and not url:
             raise NotifyError(f"{where}: a level uses the webhook notifier but webhook_url is not set",
@@ -90,14 +83,8 @@ class NotifyConfig:
         if "command" in used and not command:
             raise NotifyError(f"{where}: a level uses the command notifier but command is not set",
                               fix="set command = [\"/path/to/script\", ...], or remove \"command\" from the levels")
-        numbers: dict[str, float] = {}
-        for key, default in (("webhook_timeout_s", 5.0), ("command_timeout_s", 10.0), ("retries", 2)):
-            value = section.get(key, default)
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                raise NotifyError(f"{where}: {key} = {value!r} must be a number >= 0", fix=f"e.g. {key} = {default}")
-            numbers[key] = float(value)
-        return cls(levels, url, numbers["webhook_timeout_s"], tuple(command), numbers["command_timeout_s"],
-                   int(numbers["retries"]))
+        return cls(levels, url, float(v["webhook_timeout_s"]), tuple(command), float(v["command_timeout_s"]),
+                   int(v["retries"]))
 
     def plan(self, alert: Mapping[str, Any]) -> tuple[str, ...]:
         """Which notifiers an alert goes to."""

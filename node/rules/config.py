@@ -7,7 +7,9 @@ Rules of this module:
 - "reached" thresholds (预警) fire when the elapsed time is >= the threshold; "past" thresholds
   (黄牌/红牌, "past the limit", "more than N days past") fire when it is strictly greater, i.e. on the
   first working minute after it;
-- ``RulesConfig.for_item_type`` returns the thresholds of an item type, falling back to ``default``.
+- ``RulesConfig.for_item_type`` returns the thresholds of an item type, falling back to ``default``;
+- the keys, their defaults and ranges are node.configschema's (RULES_DEFAULT, RULES_ANOMALY_LEVELS;
+  docs/configuration.md): this module reads them with it, never with a copy of its own.
 """
 
 from __future__ import annotations
@@ -19,48 +21,49 @@ from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import Any
 
+from node import configschema
 from node.errors import ConfigError
 
 # Levels (records.md `alert.level`)
 WARN, YELLOW, RED, SERIOUS = 1, 2, 3, 4
 
-# Rule ids of the anomaly rules and their default level: a violation of authority or of a
-# discretion band is a serious violation; the others call for attention.
-DEFAULT_ANOMALY_LEVELS: Mapping[str, int] = MappingProxyType(
-    {
-        "permission": SERIOUS,
-        "workflow": WARN,
-        "discretion": SERIOUS,
-        "risk_evidence": WARN,
-        "major": WARN,
-        "refusal_reason": WARN,
-    }
-)
+# The keys of [rules.default] / [rules.item_types.CODE] / [rules.anomaly_levels], their defaults and
+# ranges: node.configschema (docs/configuration.md). Rule ids of the anomaly rules and their default
+# level: a violation of authority or of a discretion band is a serious violation; the others call for
+# attention.
+DEFAULT_ANOMALY_LEVELS: Mapping[str, int] = configschema.DEFAULT_ANOMALY_LEVELS
+_SCHEMA = configschema.RULES_DEFAULT
+_LEVELS_SCHEMA = configschema.RULES_ANOMALY_LEVELS
+
+
+def _d(name: str) -> Any:
+    value = _SCHEMA.key(name).default
+    return None if value is configschema.UNSET else value
 
 
 @dataclass(frozen=True, slots=True)
 class Thresholds:
     # case (办件): 预警 N days before the promised limit; 黄牌 more than N days past the promised
     # limit; 红牌 more than N days past the statutory limit
-    case_warn_before_days: float = 2.0
-    case_yellow_after_days: float = 1.0
-    case_red_after_days: float = 1.0
+    case_warn_before_days: float = _d("case_warn_before_days")
+    case_yellow_after_days: float = _d("case_yellow_after_days")
+    case_red_after_days: float = _d("case_red_after_days")
     # single step (环节): fractions of the step's own limit
-    step_warn_ratio: float = 0.8
-    step_yellow_ratio: float = 1.0
-    step_red_ratio: float = 2.0
+    step_warn_ratio: float = _d("step_warn_ratio")
+    step_yellow_ratio: float = _d("step_yellow_ratio")
+    step_red_ratio: float = _d("step_red_ratio")
     # special procedure (特别程序): relative to its approved length
-    special_warn_before_days: float = 2.0
-    special_yellow_after_days: float = 0.0
-    special_red_after_days: float = 1.0
+    special_warn_before_days: float = _d("special_warn_before_days")
+    special_yellow_after_days: float = _d("special_yellow_after_days")
+    special_red_after_days: float = _d("special_red_after_days")
     # complaint (投诉): relative to its due time
-    complaint_warn_before_days: float = 2.0
-    complaint_yellow_after_days: float = 1.0
-    complaint_red_after_days: float = 2.0
+    complaint_warn_before_days: float = _d("complaint_warn_before_days")
+    complaint_yellow_after_days: float = _d("complaint_yellow_after_days")
+    complaint_red_after_days: float = _d("complaint_red_after_days")
     # 重大事项 threshold used when the item does not give one (None: only the item's counts)
-    major_threshold: float | None = None
+    major_threshold: float | None = _d("major_threshold")
     # rule ids switched off for this item type
-    disabled_rules: frozenset[str] = frozenset()
+    disabled_rules: frozenset[str] = frozenset(_d("disabled_rules"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,35 +102,24 @@ class RulesConfig:
             for code, section in dict(doc.get("item_types", {})).items()
         }
         levels = dict(DEFAULT_ANOMALY_LEVELS)
-        for rule, level in dict(doc.get("anomaly_levels", {})).items():
-            if rule not in levels or level not in (WARN, YELLOW, RED, SERIOUS):
-                raise ConfigError(
-                    f"{source}: anomaly_levels.{rule} = {level!r} is not valid",
-                    fix=f"rules are {sorted(levels)}; levels are 1..4",
-                )
-            levels[rule] = int(level)
+        given = dict(doc.get("anomaly_levels", {}))
+        _LEVELS_SCHEMA.check_unknown(given, source, prefix="anomaly_levels.")
+        for rule in given:
+            levels[rule] = int(_LEVELS_SCHEMA.get(given, rule, source, label=f"anomaly_levels.{rule}"))
         return cls(default, MappingProxyType(by_type), MappingProxyType(levels))
 
 
-_FIELDS = {f.name for f in fields(Thresholds)}
-THRESHOLD_KEYS = frozenset(_FIELDS)  # the keys of [rules.default] and [rules.item_types.CODE] (node/configcheck.py)
+THRESHOLD_KEYS = _SCHEMA.known  # the keys of [rules.default] and [rules.item_types.CODE] (node/configcheck.py)
+assert {f.name for f in fields(Thresholds)} == THRESHOLD_KEYS, "Thresholds and node.configschema disagree"
 
 
 def _thresholds(base: Thresholds, section: Mapping[str, Any], where: str) -> Thresholds:
-    unknown = set(section) - _FIELDS
+    unknown = set(section) - THRESHOLD_KEYS
     if unknown:
-        raise ConfigError(f"{where}: unknown setting(s) {sorted(unknown)}", fix=f"use {sorted(_FIELDS)}")
+        raise ConfigError(f"{where}: unknown setting(s) {sorted(unknown)}",
+                          fix=configschema.unknown_key_fix(sorted(unknown)[0], THRESHOLD_KEYS))
     values: dict[str, Any] = {}
-    for name, value in section.items():
-        if name == "disabled_rules":
-            values[name] = frozenset(str(v) for v in value)
-        elif name == "major_threshold":
-            values[name] = None if value is None else float(value)
-        else:
-            try:
-                values[name] = float(value)
-            except (TypeError, ValueError) as e:
-                raise ConfigError(f"{where}: {name} = {value!r} is not a number", fix="give a number") from e
-            if values[name] < 0:
-                raise ConfigError(f"{where}: {name} must not be negative", fix="give a number >= 0")
+    for name in section:
+        value = _SCHEMA.get(section, name, where)
+        values[name] = frozenset(value) if name == "disabled_rules" else float(value)
     return replace(base, **values)
