@@ -49,6 +49,7 @@ class Config:
     # a restarted node whose parent cannot be reached appends after this long, if its own logs are not
     # behind what it last recorded outside the store (own-heads.json): see node/runtime.py
     recover_wait_s: int = schema.default("link", "recover_wait_s")
+    parent_down_unhealthy_s: int = schema.default("link", "parent_down_unhealthy_s")
     sections: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -68,6 +69,7 @@ FIELDS: dict[tuple[str, str], str] = {
     ("link", "batch_records"): "batch_records",
     ("link", "window"): "window",
     ("link", "recover_wait_s"): "recover_wait_s",
+    ("link", "parent_down_unhealthy_s"): "parent_down_unhealthy_s",
     ("admin", "socket"): "admin_socket",
     ("log", "level"): "log_level",
     ("log", "format"): "log_format",

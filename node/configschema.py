@@ -361,6 +361,8 @@ LINK = Section("link", "链路", "The links to the parent and to the children (m
     Key("window", "integer", 6, "Batches in flight per link.", lo=1, hi=16),
     Key("recover_wait_s", "integer", 30, "Seconds a restarted node waits for its parent before it appends again "
         "(if its own logs are not behind what it recorded outside the store).", lo=0, hi=86400),
+    Key("parent_down_unhealthy_s", "integer", 300, "Seconds without a connection to the parent after which "
+        "`fednode health` says unhealthy (before that: degraded).", lo=10, hi=86400),
 ))
 ADMIN = Section("admin", "管理接口", "The local admin socket the CLI talks to while the node runs.", "node.config", (
     Key("socket", "string", "admin.sock", "Path of the admin Unix socket (relative to the node home).",

@@ -7,7 +7,9 @@ Rules of this module:
 - Pure core, thin shell: ``collect_store`` (store thread) and ``link_samples`` (loop) read the node;
   ``families`` turns that snapshot into metric families; ``render`` writes the text format
   (version 0.0.4). ``MetricsServer`` is a minimal HTTP/1.1 server on asyncio (no new dependency):
-  GET /metrics, GET /healthz, anything else 404/405.
+  GET /metrics, GET /healthz, anything else 404/405. /healthz answers from the node's last health
+  evaluation (node/health.py): 200 "ok" healthy, 200 "degraded: ..." degraded, 503 "unhealthy: ..."
+  unhealthy or not evaluated yet; answering it reads that result and nothing else.
 - A scrape never hurts the node: a bad request gets a 4xx and is closed; a failing collection gets a
   500 with the error text; a port already in use is logged and the node runs on without metrics.
 - What other features own (reconciliation, alerts) is read only if it exists: a service's numeric
@@ -329,11 +331,14 @@ def channel_counters(link_state: Any) -> tuple[dict[str, int], dict[str, int]]:
 
 
 class MetricsServer:
-    """GET /metrics → the exposition from ``scrape()``; GET /healthz → 200 "ok"."""
+    """GET /metrics → the exposition from ``scrape()``; GET /healthz → ``health()`` (status line, body),
+    200 "ok" without one."""
 
-    def __init__(self, host: str, port: int, scrape: Callable[[], Awaitable[str]]) -> None:
+    def __init__(self, host: str, port: int, scrape: Callable[[], Awaitable[str]],
+                 health: Callable[[], tuple[str, bytes]] | None = None) -> None:
         self.host, self.port = host, port
         self.scrape = scrape
+        self.health = health
         self.server: asyncio.Server | None = None
         self.scrapes = 0
 
@@ -379,7 +384,8 @@ class MetricsServer:
         if method not in ("GET", "HEAD"):
             return "405 Method Not Allowed", "text/plain; charset=utf-8", b"only GET\n"
         if target == "/healthz":
-            return "200 OK", "text/plain; charset=utf-8", b"ok\n"
+            status, body = self.health() if self.health is not None else ("200 OK", b"ok\n")
+            return status, "text/plain; charset=utf-8", body if method == "GET" else b""
         if target not in ("/metrics", "/"):
             return "404 Not Found", "text/plain; charset=utf-8", b"see /metrics\n"
         try:

@@ -7,9 +7,16 @@ Before anything starts, ``run`` refuses (exit 2, with the fix) a home another pr
 flock of node.home.HomeLock, held until this process ends: a live admin.sock is never replaced),
 secrets other local users can read, any problem in any section of node.toml (node.configcheck) and a
 listen port (link, push, metrics) another process holds; the link port is then bound without
-SO_REUSEPORT, so two nodes never share it. Files the node creates are 0600 (umask 077). Health is
-served by the asyncio health servicer: SIGTERM stops the node within the server's grace (3 s)
-whatever probes and Watch streams are open.
+SO_REUSEPORT, so two nodes never share it. Files the node creates are 0600 (umask 077). A node
+below the province without a parent address starts, with a warning: its records go nowhere.
+
+Health (node/health.py) is evaluated on the node every few seconds; the gRPC health service (the
+asyncio servicer: SIGTERM stops the node within the server's grace, 3 s, whatever probes and Watch
+streams are open) says NOT_SERVING until the first evaluation and whenever the node is unhealthy.
+Readiness: under systemd (``Type=notify``) the node sends READY=1 once it listens, its admin socket
+answers, its services run and it has recovered its own logs (at the latest after READY_MAX_WAIT_S,
+for a node that waits for its parent however long it takes), then STATUS= lines when its health
+changes, and STOPPING=1 on SIGTERM.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from node import pki, streams
 from node.errors import UsageError
+from node.health import READY_MAX_WAIT_S, HealthMonitor, SystemdNotifier, has_parent
 from node.home import Home, HomeLock, check_secret_modes, tighten_dirs
 from node.link import LOG, Outbox, StreamKey
 from node.records import channel_name, now_us
@@ -57,12 +65,19 @@ class LinkState:
     channel_records_out: dict[int, int] = field(default_factory=dict)
     batches_out: int = 0
     last_error: str = ""
+    # since when the link has not been connected (its state moves between "connecting" and "down"
+    # while it redials; health judges the whole time without a connection); 0 while connected
+    down_since_us: int = field(default_factory=now_us)
     peer_heads: dict[StreamKey, int] = field(default_factory=dict)
     local_heads: dict[StreamKey, int] = field(default_factory=dict)
     outbox: Outbox | None = None
 
     def set(self, state: str) -> None:
         if state != self.state:
+            if state == "connected":
+                self.down_since_us = 0
+            elif self.state == "connected":
+                self.down_since_us = now_us()
             self.state, self.since_us = state, now_us()
             log.info("link_state", peer=self.peer, direction=self.direction, state=state)
 
@@ -104,6 +119,9 @@ class NodeRuntime:
         self.scheduler: Any = None
         self._uplink: asyncio.Task[None] | None = None
         self._parent_heads_known = False  # until the first Hello, "recovered" cannot be decided
+        self.notifier = SystemdNotifier.from_env()  # systemd's $NOTIFY_SOCKET, taken out of the environment
+        self.health = HealthMonitor(self)
+        self.health.notifier = self.notifier
 
     async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await self.loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
@@ -197,6 +215,20 @@ class NodeRuntime:
             self.recovered.set()
             log.warning("appending_without_parent", waited_s=self.home.config.recover_wait_s,
                         note="the parent is unreachable; own logs are not behind their last recorded heads")
+
+    async def _announce_ready(self) -> None:
+        """READY=1 for systemd once the node has recovered its own logs (everything else runs by now)."""
+        if not self.recovered.is_set():
+            await self.notifier.notify("STATUS=recovering its own logs from the parent")
+            try:
+                await asyncio.wait_for(self.recovered.wait(), READY_MAX_WAIT_S)
+            except TimeoutError:
+                log.warning("ready_before_recovered", waited_s=READY_MAX_WAIT_S,
+                            note="the node runs and waits for its parent; `fednode health` says unhealthy meanwhile",
+                            fix="bring the link to the parent up")
+        result, line = await self.health.became_ready()
+        await self.notifier.notify("READY=1", f"STATUS={line}")
+        log.info("ready", health=result["state"], systemd=self.notifier.enabled)
 
     async def wait_recovered(self, timeout: float = 30.0) -> None:
         from node.errors import FednodeError
@@ -352,9 +384,11 @@ class NodeRuntime:
                 bound = 0
             if not bound:
                 raise cannot_listen(cfg.listen, "[link] listen")
+            # NOT_SERVING until the first health evaluation says otherwise (node/health.py)
+            for name in ("", "fednode.v1.Federation"):
+                await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+            self.health.servicer = health_servicer
             await server.start()
-            await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-            await health_servicer.set("fednode.v1.Federation", health_pb2.HealthCheckResponse.SERVING)
             log.info("listening", address=cfg.listen, path=self.path)
         if cfg.parent and self.parent_code:
             self._start_uplink()
@@ -377,13 +411,17 @@ class NodeRuntime:
         # collector's full passes, which otherwise rescan it while batches come and go (ingest: -0.3 s
         # of collection per 100k rows)
         gc.freeze()
+        health_task = asyncio.create_task(self.health.run())
+        ready_task = asyncio.create_task(self._announce_ready())
         log.info("node_running", code=self.code, pid=os.getpid())
         await self.stopping.wait()
         log.info("node_stopping", code=self.code)
+        await self.notifier.notify("STOPPING=1", "STATUS=stopping")
         # graceful: stop taking new work, let the in-flight transaction finish, then close
         admin_server.close()
-        spool_task.cancel()
-        heads_task.cancel()
+        for task in (ready_task, health_task, spool_task, heads_task):
+            task.cancel()
+        await asyncio.gather(ready_task, health_task, return_exceptions=True)
         if recover_task is not None:
             recover_task.cancel()
         for svc in reversed(self.services):
@@ -488,6 +526,10 @@ def run(home: Home) -> int:
 
         raise ConfigError(f"{home.config.path}: link.parent is set but link.parent_code is empty",
                           fix="install the bundle from the parent (`fednode pki install`), which records it")
+    if not home.config.parent and has_parent(home):
+        log.warning("no_parent_address", code=home.code, level=home.config.level,
+                    warning="this node has no [link] parent: its records go nowhere",
+                    fix='set [link] parent = "HOST:PORT" of the parent node in node.toml, then restart')
     os.umask(0o077)  # whatever the node creates (WAL, spool, reports, quarantine files) is its own
     lock = HomeLock(home.dir).acquire()  # one process per home, until this one ends
     try:

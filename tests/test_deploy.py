@@ -91,6 +91,21 @@ def test_unit_is_hardened() -> None:
     assert one["Install.WantedBy"] == "multi-user.target"
 
 
+def test_unit_waits_for_readiness_and_owns_its_state_directory() -> None:
+    """Type=notify (issue 27): `systemctl start` returns once the node sent READY=1 (node/health.py), only
+    the node's own process may notify, and systemd creates the home (StateDirectory=) the unit runs in;
+    the start timeout leaves room for the longest wait before READY=1."""
+    from node.health import READY_MAX_WAIT_S
+
+    d = unit_directives(UNIT.read_text(encoding="utf-8"))
+    one = {k: v[-1] for k, v in d.items()}
+    assert one["Service.Type"] == "notify" and one["Service.NotifyAccess"] == "main"
+    assert one["Service.StateDirectory"] == "fednode" and one["Service.StateDirectoryMode"] == "0700"
+    home = f"/var/lib/{one['Service.StateDirectory']}"
+    assert one["Service.WorkingDirectory"] == home and one["Service.ExecStart"].endswith(f" run {home}")
+    assert float(one["Service.TimeoutStartSec"]) > READY_MAX_WAIT_S
+
+
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None,
                     reason="systemd-analyze is missing: install Debian's `systemd` package (apt-get install systemd)")
 def test_systemd_analyze_verify(tmp_path: Path) -> None:

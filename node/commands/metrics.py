@@ -5,10 +5,15 @@
   A bad section or a busy port stops `fednode run` before it starts (node/configcheck.py, node/runtime.py).
 - ``fednode metrics DIR [--json]`` prints the same exposition: from the running node (admin op
   ``metrics``), or from the store when the node is stopped (no links then).
-- ``fednode health DIR [--json]`` is the probe for container HEALTHCHECKs and monitoring: the admin
-  socket answers, the gRPC health service (grpc.health.v1, mutual TLS with the node's own
-  certificate) says SERVING on the link port when the node listens, and /healthz answers when the
-  metrics endpoint is on. Exit 0 healthy, 1 not.
+- ``fednode health DIR [--json] [--wait S]`` is the probe for systemd, container HEALTHCHECKs and
+  monitoring: the admin socket answers, and the node's own evaluation (node/health.py: store,
+  recovered, uplink, each service, certificates, disk; admin op ``health``, which only reads the last
+  evaluation) with every check and its state; then, from outside, the gRPC health service
+  (grpc.health.v1, mutual TLS with the node's own certificate) on the link port when the node listens,
+  and /healthz when the metrics endpoint is on. Exit 0 healthy, 0 with a warning on stderr degraded,
+  1 unhealthy or not running. ``--wait S`` asks again until the node is not unhealthy, for at most S
+  seconds (right after `systemctl start`, or a start in a script). A stopped node still gets its
+  certificates and disk judged.
 """
 
 from __future__ import annotations
@@ -16,13 +21,15 @@ from __future__ import annotations
 import argparse
 import json
 import socket
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from node import admin, metrics
+from node import admin, health, metrics
 from node.cli import command, emit, open_home, status_data
+from node.errors import FednodeError
 from node.home import Home
 from node.services import Service
 
@@ -74,7 +81,7 @@ class MetricsService(Service):
         if not self.config.enabled:
             return
         host, port = self.config.host_port
-        server = metrics.MetricsServer(host, port, lambda: scrape_running(self.rt))
+        server = metrics.MetricsServer(host, port, lambda: scrape_running(self.rt), self.rt.health.http)
         try:
             await server.start()
         except OSError as e:
@@ -101,6 +108,15 @@ class MetricsService(Service):
         await self.stop()
         await self.start()
 
+    def health(self) -> list[health.Check]:
+        """(Loop.) The endpoint: off without [metrics] or with listen = "", degraded when it cannot listen."""
+        if not self.config.enabled:
+            return [health.Check("service:metrics", health.OFF, "no [metrics] listen address: no endpoint")]
+        if self.server is None:
+            return [health.Check("service:metrics", health.DEGRADED,
+                                 f"not serving {self.config.listen}: {self.error or 'not started'}")]
+        return [health.Check("service:metrics", health.OK, f"serving on {self.config.listen}")]
+
     def status(self) -> dict[str, Any] | None:
         return {"listen": self.config.listen, "serving": self.server is not None,
                 "port": self.server.bound_port if self.server is not None else 0,
@@ -115,13 +131,22 @@ async def _metrics_op(rt: NodeRuntime, req: dict[str, Any]) -> Any:
     return {"text": await scrape_running(rt)}
 
 
+@admin.op("health")
+async def _health_op(rt: NodeRuntime, req: dict[str, Any]) -> Any:
+    """The node's last health evaluation (node/health.py); evaluated now only before the first one."""
+    return await rt.health.current()
+
+
 # ---- CLI ---------------------------------------------------------------------------------------------
 
 
 def add_parsers(sub: Any, add: Any) -> None:
     add("metrics", "print the Prometheus metrics (from the running node, or from the store)")
-    sp = add("health", "probe the node: admin socket, gRPC health on the link port, /healthz; exit 1 if unhealthy")
+    sp = add("health", "every health check of the node (store, recovery, uplink, services, certificates, disk, gRPC "
+             "health, /healthz); exit 1 if unhealthy, 0 with a warning if degraded")
     sp.add_argument("--timeout", type=float, default=5.0, help="seconds per probe (default 5)")
+    sp.add_argument("--wait", type=float, default=0.0, metavar="S",
+                    help="wait up to S seconds for the node to be healthy (exit 0 as soon as it is, 1 if not by then)")
 
 
 @command("metrics")
@@ -146,7 +171,9 @@ def _connect_host(listen: str) -> str:
     return f"{host}:{port}"
 
 
-def probe_grpc_health(home: Home, timeout: float) -> tuple[bool, str]:
+def probe_grpc_health(home: Home, timeout: float) -> tuple[str, str]:
+    """(state, detail) of the gRPC health service on the link port, over mutual TLS with the node's own
+    certificate: SERVING is ok, anything else (NOT_SERVING while unhealthy, no answer) unhealthy."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -164,12 +191,14 @@ def probe_grpc_health(home: Home, timeout: float) -> tuple[bool, str]:
         try:
             resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
         except grpc.RpcError as e:
-            return False, f"{target}: {e.code().name}: {e.details()}"
-    serving = resp.status == health_pb2.HealthCheckResponse.SERVING
-    return serving, f"{target}: {health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)}"
+            return health.UNHEALTHY, f"{target}: {e.code().name}: {e.details()}"
+    name = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+    return (health.OK if resp.status == health_pb2.HealthCheckResponse.SERVING else health.UNHEALTHY), f"{target}: {name}"
 
 
-def probe_http(address: str, timeout: float) -> tuple[bool, str]:
+def probe_http(address: str, timeout: float) -> tuple[str, str]:
+    """(state, detail) of GET /healthz: 200 ok (or degraded), 503 unhealthy; no answer: degraded (the
+    endpoint is for monitoring; the node's work does not depend on it)."""
     host, _, port = _connect_host(address).rpartition(":")
     try:
         with socket.create_connection((host, int(port)), timeout=timeout) as s:
@@ -178,39 +207,65 @@ def probe_http(address: str, timeout: float) -> tuple[bool, str]:
             while chunk := s.recv(4096):
                 data += chunk
     except OSError as e:
-        return False, f"{host}:{port}: {e}"
+        return health.DEGRADED, f"{host}:{port}: {e}"
     first = data.split(b"\r\n", 1)[0].decode("latin-1")
-    return first.startswith("HTTP/1.1 200"), f"{host}:{port}: {first}"
+    body = data.partition(b"\r\n\r\n")[2].decode("utf-8", "replace").strip()
+    if first.startswith("HTTP/1.1 200"):
+        return (health.DEGRADED if body.startswith("degraded") else health.OK), f"{host}:{port}: {first[9:]}"
+    return health.UNHEALTHY, f"{host}:{port}: {first[9:]}: {body[:300]}"
+
+
+def _check(state: str, detail: str) -> dict[str, Any]:
+    return health.Check("", state, detail).as_dict()
+
+
+def health_once(home: Home, timeout: float) -> dict[str, Any]:
+    """Every check, once: the node's own evaluation through the admin socket, then the probes from outside."""
+    checks: dict[str, dict[str, Any]] = {}
+    try:
+        resp = admin.call(home, {"op": "health"}, timeout=timeout)
+    except (OSError, ValueError, FednodeError) as e:
+        resp, why = None, f"{type(e).__name__}: {e}"
+    else:
+        why = "" if resp is not None else f"no node answers on {admin.socket_path(home)}"
+    running = resp is not None
+    if not running:
+        checks["admin"] = _check(health.UNHEALTHY, why)
+        for c in health.offline_checks(home):
+            checks[c.name] = c.as_dict()
+    else:
+        node = resp["result"] if resp else {}
+        checks["admin"] = _check(health.OK, f"answers on {admin.socket_path(home)}")
+        checks.update(node.get("checks") or {})
+        if home.config.listen:
+            checks["grpc_health"] = _check(*probe_grpc_health(home, timeout))
+        mcfg = metrics.parse_config(home.config.path, home.config.sections.get("metrics"))
+        if mcfg.enabled:
+            checks["metrics"] = _check(*probe_http(mcfg.listen, timeout))
+    state = health.worst(c["state"] for c in checks.values())
+    return {"code": home.code, "state": state, "healthy": state != "unhealthy", "running": running,
+            "checks": checks}
+
+
+_LABEL = {health.OK: "ok", health.OFF: "off", health.DEGRADED: "DEGRADED", health.UNHEALTHY: "UNHEALTHY"}
 
 
 @command("health")
 def cmd_health(args: argparse.Namespace) -> int:
     home = open_home(args)
-    checks: dict[str, dict[str, Any]] = {}
+    metrics.parse_config(home.config.path, home.config.sections.get("metrics"))  # exit 2 on a bad section
     t0 = time.monotonic()
-    try:
-        resp = admin.call(home, {"op": "status"}, timeout=args.timeout)
-    except Exception as e:
-        resp, why = None, f"{type(e).__name__}: {e}"
-    else:
-        why = "" if resp is not None else f"no node answers on {admin.socket_path(home)}"
-    running = resp is not None
-    checks["admin"] = {"ok": running, "detail": why or "answers"}
-    if running:
-        result = resp["result"] if resp else {}
-        checks["recovered"] = {"ok": bool(result.get("recovered", True)),
-                               "detail": "own logs current" if result.get("recovered", True)
-                               else "still recovering its own logs from the parent"}
-        if home.config.listen:
-            ok, detail = probe_grpc_health(home, args.timeout)
-            checks["grpc_health"] = {"ok": ok, "detail": detail}
-        mcfg = metrics.parse_config(home.config.path, home.config.sections.get("metrics"))
-        if mcfg.enabled:
-            ok, detail = probe_http(mcfg.listen, args.timeout)
-            checks["metrics"] = {"ok": ok, "detail": detail}
-    healthy = all(c["ok"] for c in checks.values())
-    data = {"code": home.code, "healthy": healthy, "checks": checks, "elapsed_s": round(time.monotonic() - t0, 3)}
+    deadline = t0 + max(0.0, args.wait)
+    while True:
+        data = health_once(home, args.timeout)
+        if data["state"] != "unhealthy" or time.monotonic() >= deadline:
+            break
+        time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+    data["elapsed_s"] = round(time.monotonic() - t0, 3)
+    state, checks = data["state"], data["checks"]
     emit(args, data, lambda: "\n".join(
-        [f"{home.code}: {'healthy' if healthy else 'UNHEALTHY'}"]
-        + [f"  {'ok ' if c['ok'] else 'BAD'} {name}: {c['detail']}" for name, c in checks.items()]))
-    return 0 if healthy else 1
+        [f"{home.code}: {'UNHEALTHY' if state == 'unhealthy' else state}"]
+        + [f"  {_LABEL.get(c['state'], c['state']):<9} {name}: {c['detail']}" for name, c in checks.items()]))
+    if state == "degraded":
+        print(f"warning: {home.code} is {health.summary(state, checks)}", file=sys.stderr)
+    return 0 if data["healthy"] else 1
