@@ -25,7 +25,9 @@ Rules of this module:
   from then on, so after a restart the heads (fixed again, on first use) hold nothing more signed by
   the key; between the end and the first verification nothing is accepted, because the ledger fixes
   positions before every verification. At rest (``fednode verify``), a key whose position was never
-  fixed verifies what is held: all of it was admitted by the rules above.
+  fixed verifies what is held: all of it was admitted by the rules above. The judge is this node's
+  clock: if it jumped past a certificate's end and comes back, the position is lifted again (a wrong
+  clock refuses records for as long as it is wrong, never for good; the owner re-sends them).
 - Renewal: a new certificate for a key already known (same key, e.g. re-issued by `pki install` of a
   new bundle) replaces the stored one when it is valid now and ends later; it lifts a fixed end
   position (the CA vouches for the key again). Links carry the renewed certificate from then on.
@@ -38,7 +40,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,6 +87,8 @@ class Keyring:
         self.refused: dict[bytes, str] = {}  # key id -> why its certificate was refused
         self.limited_codes: set[str] = set()  # owners with a position-limited key (cheap test for the ledger)
         self.next_end_us = NEVER  # earliest end of a certificate whose position is not fixed yet
+        self.ended_ids: set[bytes] = set()  # keys bounded by ``ended_through`` now (looked at on every call)
+        self.lifted: list[KeyInfo] = []  # end positions lifted because the clock went back (drained by the ledger)
         self.judged: set[bytes] = set()  # leaf certificates of known keys already compared (renewals)
 
     @classmethod
@@ -203,21 +207,34 @@ class Keyring:
             info.revoked_through = {c: min(s, old.get(c, s)) for c, s in through.items()} if old else dict(through)
             self.limited_codes.add(info.code)
 
-    def fix_ended(self, now_us: int, heads: Mapping[tuple[str, int], Any]) -> list[KeyInfo]:
+    def fix_ended(self, now_us: int, read_heads: Callable[[], Mapping[tuple[str, int], Any]]) -> list[KeyInfo]:
         """Fix the last positions of keys whose certificate has ended and that no revocation bounds yet:
-        the owner's heads held here (``heads``: (origin, channel) -> Head). Returns the keys fixed now."""
+        the owner's heads held here (``read_heads()``: (origin, channel) -> Head, read only when a key
+        ends now). Returns the keys fixed now."""
         fixed = []
+        heads: Mapping[tuple[str, int], Any] | None = None
         nxt = NEVER
         for info in self.keys.values():
-            if info.revoked_through is not None or info.ended_through is not None:
+            if info.revoked_through is not None:
+                continue
+            if info.ended_through is not None:
+                if info.not_after_us >= now_us:  # our clock went back (it had jumped past the end): lift it
+                    info.ended_through = None
+                    self.lifted.append(info)
+                    nxt = min(nxt, info.not_after_us)
+                else:
+                    self.ended_ids.add(info.key_id)
                 continue
             if info.not_after_us < now_us:
+                heads = read_heads() if heads is None else heads
                 info.ended_through = {c: (heads[(info.code, c)].seq if (info.code, c) in heads else 0)
                                       for c in CHANNEL_NAMES}
                 self.limited_codes.add(info.code)
+                self.ended_ids.add(info.key_id)
                 fixed.append(info)
             else:
                 nxt = min(nxt, info.not_after_us)
+        self.ended_ids -= {i.key_id for i in self.lifted}
         self.next_end_us = nxt
         return fixed
 

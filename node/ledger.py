@@ -216,11 +216,15 @@ class Ledger:
         """Fix the last positions of keys whose certificate has ended (node/keyring.py): before any
         verification. One comparison when no certificate has ended since the last call."""
         now = now_us()
-        if now < self.keyring.next_end_us:
+        if now < self.keyring.next_end_us and not self.keyring.ended_ids:
             return
-        for info in self.keyring.fix_ended(now, self.store.heads()):
+        for info in self.keyring.fix_ended(now, self.store.heads):
             log.warning("key_certificate_ended", key_id=info.key_id.hex(), code=info.code,
                         through={channel_name(c): s for c, s in (info.ended_through or {}).items()})
+        lifted, self.keyring.lifted = self.keyring.lifted, []
+        for info in lifted:
+            log.warning("key_certificate_end_lifted", key_id=info.key_id.hex(), code=info.code,
+                        reason="this node's clock is before the certificate's end again (it had jumped)")
 
     def verify_segment(self, seg: pb.Segment, *, sender_subtree: str | None = None) -> VerifiedSegment:
         self.fix_ended_keys()

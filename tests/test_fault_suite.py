@@ -285,15 +285,20 @@ def test_clock_jumps_do_not_affect_ordering_or_acks(tmp_path: Path) -> None:
             wait_for(lambda c=c: links_connected(cl, c), 30, f"{c}'s links are connected")  # type: ignore[misc]
         downs_before = {c: len(cl.events(c, "link_down")) for c in cl.codes}
         connects_before = len(cl.events(COUNTY, "link_state", state="connected"))
+        # the signer's clock leaps by decades: the times it writes into records and checkpoints must not
+        # matter. The relay's clock leaps too, but stays inside the certificates' validity (825 days):
+        # a receiver whose own clock passes a certificate's end refuses that key's new records, by design
+        # (node/keyring.py; tests/test_key_ops_live.py shows the position lifted when the clock comes back)
         jumps = [rng.uniform(5, 15) * YEAR, -rng.uniform(20, 40) * YEAR, rng.uniform(1, 2) * 86400,
                  -rng.uniform(1, 3600), 0.0]
+        city_jumps = [-rng.uniform(100, 300) * 86400, rng.uniform(200, 500) * 86400, -jumps[2] / 2, -jumps[3] / 2, 0.0]
         ingested = 0
-        for i, jump in enumerate(jumps):
+        for i, (jump, city_jump) in enumerate(zip(jumps, city_jumps, strict=True)):
             county_clock.jump(jump)
-            city_clock.jump(-jump / 2)
+            city_clock.jump(city_jump)
             time.sleep(0.2)
             ingested += cl.ingest(COUNTY, 1500, seed=rng.seed_value + i)
-            print(f"  county clock {jump / YEAR:+.3f} years, city clock {-jump / 2 / YEAR:+.3f} years: "
+            print(f"  county clock {jump / YEAR:+.3f} years, city clock {city_jump / YEAR:+.3f} years: "
                   f"{ingested} ingested")
         downs = {c: cl.events(c, "link_down")[downs_before[c]:] for c in cl.codes}
         connects = len(cl.events(COUNTY, "link_state", state="connected")) - connects_before

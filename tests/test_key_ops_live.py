@@ -475,6 +475,26 @@ def test_certificate_end_bounds_the_key_by_position(tree: ConfTree) -> None:
         Keyring(city.keyring.root).admit(kc)
 
 
+def test_a_clock_that_jumped_past_the_end_and_came_back_lifts_the_position(tree: ConfTree) -> None:
+    """The judge of a certificate's end is this node's clock: a clock that jumped years ahead bounds the
+    key only while it is wrong (the fault suite's clock jumps), never for good."""
+    from node.keyring import ExpiredKey
+
+    county, city = tree.county.ledger(), tree.city.ledger()
+    county.append(case_events(5))
+    assert send(county, city, COUNTY, BULK, 0).appended == 5
+    county.append(case_events(5, 5))
+    ahead = time.time_ns() + 3 * 365 * 86400 * 10**9  # past the county key's certificate (825 days)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(time, "time_ns", lambda: ahead)  # the clock (node.records.now_us)
+        with pytest.raises(ExpiredKey):
+            send(county, city, COUNTY, BULK, 5)
+    key_id = county.signer.key_id  # type: ignore[union-attr]
+    assert city.keyring.keys[key_id].ended_through == {CONTROL: 0, MONITOR: 0, BULK: 5}
+    assert send(county, city, COUNTY, BULK, 5).appended == 5  # the clock is right again: accepted
+    assert city.keyring.keys[key_id].ended_through is None and city.store.head(COUNTY, BULK).seq == 10
+
+
 def test_renewed_certificate_of_a_known_key_replaces_the_old(tree: ConfTree) -> None:
     county, city = tree.county.ledger(), tree.city.ledger()
     county.append(case_events(3))
