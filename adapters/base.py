@@ -31,12 +31,12 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
-from node import configschema
-from node.domain import ValidationError, validate_keyed
-from node.errors import ConfigError, FednodeError
-from node.ledger import Ledger, NewRecord
-from node.records import encode_payload, now_us
-from node.store import Store, WriteTx
+from node.core import configschema
+from node.core.domain import ValidationError, validate_keyed
+from node.core.errors import ConfigError, FednodeError
+from node.core.ledger import Ledger, NewRecord
+from node.core.records import encode_payload, now_us
+from node.core.store import Store, WriteTx
 
 ENTRY_POINT_GROUP = "fednode.adapters"
 MAX_RAW = 64 * 1024  # quarantined raw bytes kept per row; a huge row is cut, and the reason says so
@@ -358,7 +358,7 @@ def configured(sections: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
-# ---- configuration keys of [adapters.<name>], checked before the node starts (node/configcheck.py) ------
+# ---- configuration keys of [adapters.<name>], checked before the node starts (node/runtime/configcheck.py) ------
 #
 # A typo (`enabeld`, `setle_seconds`) must stop `fednode run` with the field named, never leave an adapter
 # running on defaults. The keys of the built-in types and of [adapters.push] are node.configschema's

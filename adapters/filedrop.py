@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from adapters.base import MAX_RAW, AdapterError, Batch, SourceRow
-from node.errors import ConfigError
+from node.core.errors import ConfigError
 
 MAX_LINE = 1 << 20  # a line longer than 1 MiB is not a record: quarantined with its first MAX_RAW bytes only
 SKIP_CHUNK = 1 << 20  # an over-long line is skipped this much at a time

@@ -37,7 +37,7 @@ from typing import Any
 import grpc
 
 from adapters.base import Accepted, Outcome, SourceRow, commit_prepared, prepare
-from node.errors import ConfigError
+from node.core.errors import ConfigError
 from proto.fednode.v1 import fednode_pb2 as pb
 from proto.fednode.v1 import fednode_pb2_grpc as pbg
 

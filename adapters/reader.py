@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from adapters.base import Accepted, Batch, Rejected, make_adapter, prepare
-from node.errors import ConfigError
+from node.core.errors import ConfigError
 
 READERS = ("process", "thread")
 

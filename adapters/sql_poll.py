@@ -34,7 +34,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from adapters import mappings
 from adapters.base import AdapterError, Batch, SourceRow
-from node.errors import ConfigError
+from node.core.errors import ConfigError
 
 ROW_VALUE_DIALECTS = frozenset({"postgresql", "sqlite", "mysql", "mariadb"})
 

@@ -32,7 +32,7 @@ from typing import Any, Final
 
 import chinese_calendar
 
-from node.errors import UsageError
+from node.core.errors import UsageError
 
 WORK_START: Final = 8 * 3600 + 30 * 60  # 08:30
 WORK_LEN: Final = 9 * 3600  # until 17:30

@@ -42,12 +42,13 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Column, MetaData, Table, create_engine, text
 
-from node import enrol, pki, schema
-from node.crypto import RECORD_TYPE, chain_over, pae
-from node.home import Home
-from node.ledger import Ledger, NewRecord
-from node.records import BULK
-from node.store import Store
+from node.app import enrol
+from node.core import pki, schema
+from node.core.crypto import RECORD_TYPE, chain_over, pae
+from node.core.home import Home
+from node.core.ledger import Ledger, NewRecord
+from node.core.records import BULK
+from node.core.store import Store
 from proto.fednode.v1 import fednode_pb2 as pb
 
 BATCH = 1000

@@ -31,8 +31,8 @@ from adapters import mappings
 from adapters.base import Accepted, commit_prepared, load_cursor, prepare
 from adapters.reader import ProcessReader, reads_in_process
 from adapters.sql_poll import SqlPollAdapter, engine_url
-from node import enrol
-from node.ledger import NewRecord
+from node.app import enrol
+from node.core.ledger import NewRecord
 
 TARGET = 20_000.0
 PG_ADMIN = os.environ.get("FEDNODE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -98,7 +98,7 @@ def bench_ingest(n: int, reader: str = "process") -> dict[str, Any]:
             raw_rate = len(payloads) / (time.perf_counter() - t)
             raw_home.close()
 
-            # the adapter pipeline, as AdapterService (node/commands/adapters.py) runs it
+            # the adapter pipeline, as AdapterService (node/runtime/services/adapters.py) runs it
             home = _home(base, "node")
             ledger = home.ledger()
             section = {"type": "sql_poll", "url": url, "mapping": "exchange2009", "only": ["SPXX"], "batch": 5000,

@@ -35,14 +35,14 @@ from typing import Any
 
 from sqlalchemy import select
 
-from node import schema
-from node.demo import build_tree
-from node.home import Home
-from node.ledger import Ledger, NewRecord
-from node.reconcile import LocalParent, read_tail, reconcile_with_parent
-from node.records import BULK, CONTROL, MONITOR, build_body
-from node.store import Row
-from node.streams import apply_batch
+from bench.demo import build_tree
+from node.core import schema
+from node.core.home import Home
+from node.core.ledger import Ledger, NewRecord
+from node.core.records import BULK, CONTROL, MONITOR, build_body
+from node.core.store import Row
+from node.link.reconcile import LocalParent, read_tail, reconcile_with_parent
+from node.link.streams import apply_batch
 from proto.fednode.v1 import fednode_pb2 as pb
 
 BYTES_TARGET = 64 * 1024
@@ -142,7 +142,7 @@ def _put_back(home_dir: Path, src: Path) -> None:
 def _real_process_run(root: Path, province: Path, city: Path) -> tuple[float, dict[str, Any]]:
     """The province as its own process (mutual TLS on loopback); the stopped city runs
     `fednode reconcile DIR --json`, which dials it, as an operator would."""
-    from node.demo import start, stop_all, wait_admin
+    from bench.demo import start, stop_all, wait_admin
 
     proc = start(province)
     try:
@@ -252,7 +252,7 @@ def run(size_factor: float = 1.0, base: Path | None = None, real: bool = True) -
 
 
 def _print(rows: list[dict[str, Any]]) -> None:
-    from node.bench import print_table
+    from bench.harness import print_table
 
     print(print_table(rows))
     r0 = rows[0]

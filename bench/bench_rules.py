@@ -36,8 +36,8 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
-from node.calendar import CST, Calendar
-from node.rules import RulesEngine
+from node.core.calendar import CST, Calendar
+from node.features.rules import RulesEngine
 
 Record = tuple[str, dict[str, Any]]
 
@@ -203,9 +203,11 @@ def bench_service(n_records: int) -> list[dict[str, Any]]:
     from pathlib import Path
 
     from adapters.synthetic import generate
-    from node import enrol, ingest
-    from node.calendar import CST as _CST
-    from node.commands.alerts import RulesProcessor, RulesSettings, load_calendar
+    from node.app import enrol, ingest
+    from node.core.calendar import CST as _CST
+    from node.features.rules.overrides import load_calendar
+    from node.features.rules.processor import RulesProcessor
+    from node.features.rules.settings import RulesSettings
 
     with tempfile.TemporaryDirectory(prefix="fednode-bench-rules-") as tmp:
         home = enrol.init(Path(tmp) / "p", code="320000", name="江苏省", level="province")
@@ -257,9 +259,11 @@ def _service_memory_child(home_dir: str) -> None:
     """(``--rss-child DIR``) Run the rules service over DIR's store to the end, then scan; print JSON."""
     from pathlib import Path
 
-    from node.calendar import CST as _CST
-    from node.commands.alerts import RulesProcessor, RulesSettings, load_calendar
-    from node.home import Home
+    from node.core.calendar import CST as _CST
+    from node.core.home import Home
+    from node.features.rules.overrides import load_calendar
+    from node.features.rules.processor import RulesProcessor
+    from node.features.rules.settings import RulesSettings
 
     home = Home(Path(home_dir))
     ledger = home.ledger()
@@ -284,7 +288,7 @@ def bench_service_memory(small: int, big: int) -> list[dict[str, Any]]:
     from pathlib import Path
 
     from adapters.synthetic import generate
-    from node import enrol, ingest
+    from node.app import enrol, ingest
 
     got: dict[int, dict[str, Any]] = {}
     for n in (small, big):
@@ -322,7 +326,7 @@ def run(size_factor: float = 1.0) -> list[dict[str, Any]]:
 
 
 def _print(rows: list[dict[str, Any]]) -> None:
-    from node.bench import print_table
+    from bench.harness import print_table
 
     print(print_table(rows))
     print("reference: events -> json.loads rate of the same payloads (events/s); "
@@ -331,7 +335,7 @@ def _print(rows: list[dict[str, Any]]) -> None:
 
 
 if __name__ == "__main__":
-    from node import logging as node_logging
+    from node.runtime import logging as node_logging
 
     node_logging.configure("warning")  # the rules service logs its rebuilds at info
     if len(sys.argv) > 2 and sys.argv[1] == "--rss-child":

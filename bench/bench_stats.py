@@ -1,6 +1,6 @@
 """Statistics benchmark (not a test): every indicator over 1M cases, on SQLite and on PostgreSQL.
 
-The projection tables (node/stats/tables.py) are filled by SQL (1M cases × scale over 10 divisions,
+The projection tables (node/core/schema/stats.py) are filled by SQL (1M cases × scale over 10 divisions,
 20 items, 12 months; 5% of cases with a card, one reporting row per group), then timed:
 
 - ``query.groups`` (the GROUP BY over cases, alerts and reporting) + ``query.breakdown`` by division
@@ -27,11 +27,11 @@ from typing import Any
 
 from sqlalchemy import create_engine, text
 
-import node.stats.tables  # noqa: F401 — the tables on node.schema.metadata
-from node.bench import print_table
-from node.stats import query
-from node.stats.config import StatsConfig
-from node.store import Store
+import node.core.schema.stats  # noqa: F401 — the tables on node.schema.metadata
+from bench.harness import print_table
+from node.core.store import Store
+from node.features.stats import query
+from node.features.stats.config import StatsConfig
 
 CASES = 1_000_000
 TARGET_S = 10.0

@@ -1,7 +1,7 @@
 """Ticket latency benchmark (not a test): printed figures beside references measured in the same run.
 
 Three processes (province 320000 ← city 320300 ← county 320303, mutual TLS, SQLite). The county
-store is preloaded with a bulk backlog (100k case events) before the nodes start, as node/bench.py
+store is preloaded with a bulk backlog (100k case events) before the nodes start, as bench/harness.py
 does, so the backlog drains up while we measure:
 
 - ticket down: `tickets issue` at the province until the county holds the ticket; target < 2 s;
@@ -9,7 +9,7 @@ does, so the backlog drains up while we measure:
 each the median of 3 tickets in a row, all while the backlog drains.
 
 References, measured in the same run: the same two on an idle tree (no backlog), ratio = loaded / idle;
-and node/bench.py's bare control record (``link.ping``) from the county to the province under the
+and bench/harness.py's bare control record (``link.ping``) from the county to the province under the
 same backlog, i.e. what the links alone achieve, without any ticket work.
 A row is ok only if the bulk backlog was still draining when the figure was taken.
 
@@ -30,10 +30,11 @@ from typing import Any
 
 from sqlalchemy import text
 
-from node import admin, demo
-from node.bench import CHAIN, control_latency, print_table
-from node.home import Home
-from node.store import Store
+from bench import demo
+from bench.harness import CHAIN, control_latency, print_table
+from node.core import admin_client as admin
+from node.core.home import Home
+from node.core.store import Store
 
 TARGET_S = 2.0
 BULK = 3
@@ -71,7 +72,7 @@ def round_trip(base: Path, backlog: int, samples: int = 3) -> dict[str, Any]:
     ups: list[float] = []
     homes = demo.build_tree(base, CHAIN)
     if backlog:
-        from node.bench import preload
+        from bench.harness import preload
 
         preload(homes["320303"].dir, backlog, 3)
     procs = {code: demo.start(homes[code].dir) for code, *_ in CHAIN}

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from node import enrol, pki
-from node.home import Home
+from node.app import enrol
+from node.core import pki
+from node.core.home import Home
 
 PG_ADMIN_URL = os.environ.get("FEDNODE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -102,6 +103,6 @@ def _log_to_the_real_stderr() -> Iterator[None]:
     """Tests that call node.cli.main in-process reconfigure structlog onto pytest's captured stream, which
     closes after the test: point logging back at the real stderr after every test."""
     yield
-    from node import logging as node_logging
+    from node.runtime import logging as node_logging
 
     node_logging.configure("warning", stream=sys.__stderr__)

@@ -37,12 +37,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from node import admin, codes, config
-from node.demo import LINKS_ONLY, build_tree, root_counts, start, stop_all, wait_admin
-from node.home import Home
-from node.integrity import verify_store
-from node.keyring import Keyring
-from node.store import Store
+from bench.demo import LINKS_ONLY, build_tree, root_counts, start, stop_all, wait_admin
+from node.core import admin_client as admin
+from node.core import codes, config
+from node.core.home import Home
+from node.core.integrity import verify_store
+from node.core.keyring import Keyring
+from node.core.store import Store
 
 Tree = list[tuple[str, str, str, str | None]]
 

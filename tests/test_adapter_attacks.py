@@ -38,9 +38,11 @@ import grpc
 import pytest
 from sqlalchemy import func, select
 
-from node import admin, demo, schema
-from node.bench import _rss_peak_mb
-from node.home import Home
+from bench import demo
+from bench.harness import _rss_peak_mb
+from node.core import admin_client as admin
+from node.core import schema
+from node.core.home import Home
 from proto.fednode.v1 import fednode_pb2 as pb
 from proto.fednode.v1 import fednode_pb2_grpc as pbg
 from tests.faultlib import TcpProxy, open_store, wait_for
@@ -98,7 +100,7 @@ def n_steps(h: Home) -> int:
 
 
 def cli_json(*args: str) -> Any:
-    out = subprocess.run([sys.executable, "-m", "node.cli", *args, "--json"], capture_output=True, check=True,
+    out = subprocess.run([sys.executable, "-m", "node.interfaces.cli", *args, "--json"], capture_output=True, check=True,
                          timeout=120)
     return json.loads(out.stdout)
 

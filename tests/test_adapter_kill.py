@@ -23,9 +23,11 @@ from sqlalchemy import Column, DateTime, Index, Integer, MetaData, Table, Text, 
 
 from adapters import mappings
 from adapters.sql_poll import engine_url
-from node import admin, demo, schema
-from node.home import Home
-from node.store import Store
+from bench import demo
+from node.core import admin_client as admin
+from node.core import schema
+from node.core.home import Home
+from node.core.store import Store
 
 T0 = dt.datetime(2025, 10, 9, 9, 0, 0)
 SINGLE = [("320000", "江苏省", "province", None)]
@@ -54,7 +56,7 @@ def _counts(h: Home, kind: str = "case.step") -> tuple[int, int]:
 
 
 def _distinct_case_nos(h: Home) -> tuple[int, int]:
-    from node.records import parse_body
+    from node.core.records import parse_body
 
     store = Store.open(h.config.store_url, base_dir=h.dir, migrate=False)
     try:

@@ -20,12 +20,13 @@ from adapters import mappings
 from adapters.base import Batch, commit, load_cursor, make_adapter
 from adapters.filedrop import FileDropAdapter
 from adapters.sql_poll import SqlPollAdapter, engine_url
-from node import enrol, schema
-from node.domain import natural_key
-from node.errors import ConfigError
-from node.home import Home
-from node.ledger import Ledger
-from node.records import BULK, parse_body
+from node.app import enrol
+from node.core import schema
+from node.core.domain import natural_key
+from node.core.errors import ConfigError
+from node.core.home import Home
+from node.core.ledger import Ledger
+from node.core.records import BULK, parse_body
 
 T0 = dt.datetime(2025, 10, 9, 9, 0, 0)
 
@@ -309,7 +310,7 @@ def test_push_service_token_accept_quarantine_redelivery(node: Home) -> None:
         async def do_commit(source: str, prepared: list[Any]) -> Any:
             return run(source, prepared)
 
-        from node.demo import free_port
+        from bench.demo import free_port
 
         listen = f"127.0.0.1:{free_port()}"
         server = push.make_server(listen, push.IngestServicer(token, do_commit, lambda o, p: counted.append(o)))
@@ -357,7 +358,7 @@ def test_natural_key_conflict_is_quarantined_not_dropped(node: Home) -> None:
 
 
 def test_ingest_command_quarantines_bad_rows(node: Home, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from node.cli import main
+    from node.interfaces.cli.main import main
 
     f = tmp_path / "in.jsonl"
     f.write_text("\n".join([json.dumps({"kind": "case.step", "payload": step_obj(1)}),
@@ -411,8 +412,8 @@ def test_service_keeps_running_through_source_errors(node: Home) -> None:
     """An injected fault: the source fails on the first poll; the service counts it, backs off, retries,
     and then commits every row once, with its cursor."""
     from adapters.base import Counters, SourceRow
-    from node.commands.adapters import AdapterService
-    from node.runtime import NodeRuntime
+    from node.runtime.process import NodeRuntime
+    from node.runtime.services.adapters import AdapterService
 
     class Flaky:
         name, interval, prefetch = "flaky", 0.05, True
@@ -483,8 +484,8 @@ def test_row_mapper_gives_what_apply_gives() -> None:
 
 def test_accepted_carries_what_the_commit_needs() -> None:
     from adapters.base import Accepted, SourceRow, key_meta, prepare
-    from node.domain import validate
-    from node.records import encode_payload
+    from node.core.domain import validate
+    from node.core.records import encode_payload
 
     raw = {**step_obj(7), "step_no": " 2 ", "handler": " 张三 "}
     [p] = prepare([SourceRow("t:7", "case.step", raw)])
@@ -639,8 +640,8 @@ def test_reader_setting(node: Home, tmp_path: Path) -> None:
 
 
 def test_service_reads_sql_sources_in_a_child_process(node: Home, tmp_path: Path) -> None:
-    from node.commands.adapters import AdapterService
-    from node.runtime import NodeRuntime
+    from node.runtime.process import NodeRuntime
+    from node.runtime.services.adapters import AdapterService
 
     url = _sqlite_source(tmp_path, 40)
     with (node.dir / "node.toml").open("a", encoding="utf-8") as f:

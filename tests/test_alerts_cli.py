@@ -11,10 +11,13 @@ from typing import Any
 import pytest
 import structlog
 
-from node import cli, ingest
-from node.calendar import CST
-from node.commands.alerts import OVERRIDES_FILE, RulesProcessor, RulesSettings, load_calendar
-from node.home import Home
+from node.app import ingest
+from node.core.calendar import CST
+from node.core.home import Home
+from node.features.rules.overrides import OVERRIDES_FILE, load_calendar
+from node.features.rules.processor import RulesProcessor
+from node.features.rules.settings import RulesSettings
+from node.interfaces.cli import main as cli
 from tests.conftest import Tree
 
 

@@ -11,14 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.calendar import (
-    CST,
-    Calendar,
-    CalendarYearMissing,
-    OfficeHours,
-    load_overrides,
-)
-from node.errors import ConfigError, FednodeError
+from node.core.calendar import CST, Calendar, CalendarYearMissing, OfficeHours, load_overrides
+from node.core.errors import ConfigError, FednodeError
 
 
 def t(text: str) -> datetime:

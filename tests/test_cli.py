@@ -28,7 +28,7 @@ import pytest
 from proto.fednode.v1 import fednode_pb2 as pb
 
 _SCRIPT = Path(sys.executable).parent / "fednode"
-FEDNODE = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "node.cli"]
+FEDNODE = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "node.interfaces.cli"]
 CHANNEL_NUMBERS = {"control": 1, "monitor": 2, "bulk": 3}
 
 
@@ -392,7 +392,7 @@ def _leaf_commands(parser: argparse.ArgumentParser, prefix: str = "") -> dict[st
 
 
 def test_every_command_accepts_json(chain: Chain, tmp_path: Path) -> None:
-    from node.cli import build_parser
+    from node.interfaces.cli.main import build_parser
 
     leaves = _leaf_commands(build_parser())
     assert {"init", "pki init-root", "pki request", "pki sign", "pki install", "pki rotate", "pki revoke",

@@ -1,4 +1,4 @@
-"""docs/configuration.md is node/configschema.py, and node/configschema.py is what the loaders accept.
+"""docs/configuration.md is node/core/configschema.py, and node/core/configschema.py is what the loaders accept.
 
 - the reference is generated from the schema: it fails here as soon as a key, default, range or
   meaning is added or changed in the schema and the file is not regenerated;
@@ -26,13 +26,15 @@ from typing import Any
 
 import pytest
 
-from node import config, configcheck, configschema, metrics
-from node.configschema import REQUIRED, SECTIONS, UNSET, Key, Section
-from node.errors import FednodeError
+from node.core import config, configschema
+from node.core.configschema import REQUIRED, SECTIONS, UNSET, Key, Section
+from node.core.errors import FednodeError
+from node.features import metrics
+from node.runtime import configcheck
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / configschema.DOC_PATH
-FEDNODE = [sys.executable, "-m", "node.cli"]
+FEDNODE = [sys.executable, "-m", "node.interfaces.cli"]
 
 
 def fednode(*args: Any) -> subprocess.CompletedProcess[str]:
@@ -44,11 +46,11 @@ def fednode(*args: Any) -> subprocess.CompletedProcess[str]:
 
 
 def test_reference_is_generated_from_the_schema() -> None:
-    assert DOC.exists(), f"{DOC} is missing: python -m node.configschema --write {configschema.DOC_PATH}"
+    assert DOC.exists(), f"{DOC} is missing: python -m node.core.configschema --write {configschema.DOC_PATH}"
     assert DOC.read_text(encoding="utf-8") == configschema.markdown(), (
-        f"{configschema.DOC_PATH} differs from node/configschema.py: "
-        f"run python -m node.configschema --write {configschema.DOC_PATH}")
-    check = subprocess.run([sys.executable, "-m", "node.configschema", "--check", str(DOC)], capture_output=True,
+        f"{configschema.DOC_PATH} differs from node/core/configschema.py: "
+        f"run python -m node.core.configschema --write {configschema.DOC_PATH}")
+    check = subprocess.run([sys.executable, "-m", "node.core.configschema", "--check", str(DOC)], capture_output=True,
                            text=True, cwd=ROOT)
     assert check.returncode == 0, check.stderr
 
@@ -92,12 +94,12 @@ def fields(cls: Any) -> set[str]:
 
 def test_loaders_know_exactly_the_schema_keys() -> None:
     from adapters import base
-    from node.commands import alerts
-    from node.rules import RULES, Thresholds
-    from node.rules.config import DEFAULT_ANOMALY_LEVELS
-    from node.stats.config import StatsConfig, SupervisorRules
-    from node.stats.indicators import DEFAULT_BANDS, INDICATORS
-    from node.tickets import desk
+    from node.core.indicators import DEFAULT_BANDS, INDICATORS
+    from node.features.rules import RULES, Thresholds
+    from node.features.rules import settings as alerts
+    from node.features.rules.config import DEFAULT_ANOMALY_LEVELS
+    from node.features.stats.config import StatsConfig, SupervisorRules
+    from node.features.tickets import desk
 
     # node.config: every key of its sections sets a Config attribute, and every attribute has its key
     own = {(s, k) for s in configschema.NODE_CONFIG_SECTIONS for k in names(s)}
@@ -124,13 +126,13 @@ def test_loaders_know_exactly_the_schema_keys() -> None:
 
 def test_every_section_the_code_reads_is_in_the_schema() -> None:
     """A section looked up anywhere (``sections.get("x")``) or checked by a feature module is described."""
-    from node.commands import load_all
+    from node.runtime.services import MODULES
 
     read = set()
     for path in [*ROOT.glob("node/**/*.py"), *ROOT.glob("adapters/**/*.py")]:
         read |= set(re.findall(r"sections\.get\(\s*\"(\w+)\"", path.read_text(encoding="utf-8")))
     assert read and read <= set(configschema.TOP_LEVEL), read - set(configschema.TOP_LEVEL)
-    extra = {s for m in load_all() for s in (getattr(m, "CONFIG_CHECKS", None) or {})}
+    extra = {s for m in MODULES for s in (getattr(m, "CONFIG_CHECKS", None) or {})}
     assert extra <= set(configschema.TOP_LEVEL), extra - set(configschema.TOP_LEVEL)
     assert config.FREE_SECTIONS | set(configschema.NODE_CONFIG_SECTIONS) == set(configschema.TOP_LEVEL)
 
@@ -183,10 +185,10 @@ def plain_defaults(section_id: str) -> dict[str, Any]:
 
 
 def test_schema_defaults_are_the_loaders_defaults(tmp_path: Path) -> None:
-    from node.commands.alerts import RulesSettings
-    from node.notify import NotifyConfig
-    from node.stats.config import StatsConfig
-    from node.tickets.desk import TicketsConfig
+    from node.features.notify import NotifyConfig
+    from node.features.rules.settings import RulesSettings
+    from node.features.stats.config import StatsConfig
+    from node.features.tickets.desk import TicketsConfig
 
     full_rules = {**plain_defaults("rules"), "default": plain_defaults("rules.default"),
                   "anomaly_levels": plain_defaults("rules.anomaly_levels")}
@@ -277,10 +279,10 @@ def _push(body: dict[str, Any], tmp: Path) -> None:
 
 def _owners() -> dict[str, Callable[[dict[str, Any], Path], Any]]:
     """Each section's owner, as the running node calls it (never the schema's own check)."""
-    from node.commands.alerts import RulesSettings
-    from node.notify import NotifyConfig
-    from node.stats.config import StatsConfig
-    from node.tickets.desk import TicketsConfig
+    from node.features.notify import NotifyConfig
+    from node.features.rules.settings import RulesSettings
+    from node.features.stats.config import StatsConfig
+    from node.features.tickets.desk import TicketsConfig
 
     rules = RulesSettings.from_sections
     return {

@@ -28,10 +28,13 @@ from typing import Any
 
 import pytest
 
-from node import admin, config, demo, metrics, storecopy
-from node.home import Home
-from node.records import CHANNEL_NAMES
-from node.store import Store
+from bench import demo
+from node.core import admin_client as admin
+from node.core import config, storecopy
+from node.core.home import Home
+from node.core.records import CHANNEL_NAMES
+from node.core.store import Store
+from node.features import metrics
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
@@ -95,7 +98,7 @@ def test_unit_waits_for_readiness_and_owns_its_state_directory() -> None:
     """Type=notify (issue 27): `systemctl start` returns once the node sent READY=1 (node/health.py), only
     the node's own process may notify, and systemd creates the home (StateDirectory=) the unit runs in;
     the start timeout leaves room for the longest wait before READY=1."""
-    from node.health import READY_MAX_WAIT_S
+    from node.runtime.health import READY_MAX_WAIT_S
 
     d = unit_directives(UNIT.read_text(encoding="utf-8"))
     one = {k: v[-1] for k, v in d.items()}
@@ -374,8 +377,8 @@ def test_move_big_node_from_sqlite_to_postgresql(tmp_path: Path, pg_url: str) ->
                 new_id = tx.quarantine(source="test", position="x:1", kind="", reason="after the move", raw=b"x")
             assert new_id == 3
             with tgt.write() as tx:
-                tx.conn.execute(__import__("node.schema", fromlist=["quarantine"]).quarantine.delete()
-                                .where(__import__("node.schema", fromlist=["quarantine"]).quarantine.c.id == new_id))
+                tx.conn.execute(__import__("node.core.schema", fromlist=["quarantine"]).quarantine.delete()
+                                .where(__import__("node.core.schema", fromlist=["quarantine"]).quarantine.c.id == new_id))
         finally:
             src.close()
             tgt.close()

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from node import domain
-from node.domain import (
+from node.core import domain
+from node.core.domain import (
     KINDS,
     NATURAL_KEYS,
     SCHEMAS,
@@ -24,8 +24,8 @@ from node.domain import (
     validate,
     validate_keyed,
 )
-from node.errors import FednodeError
-from node.records import encode_payload
+from node.core.errors import FednodeError
+from node.core.records import encode_payload
 
 T = "2025-10-09T09:30:00+08:00"
 CASE = {

@@ -33,8 +33,8 @@ from typing import Any
 import pytest
 
 from adapters.synthetic import generate
-from node.errors import FednodeError
-from node.records import BULK, parse_body
+from node.core.errors import FednodeError
+from node.core.records import BULK, parse_body
 from tests.faultlib import (
     CHAIN,
     CITY,
@@ -326,7 +326,7 @@ def test_clock_jumps_do_not_affect_ordering_or_acks(tmp_path: Path) -> None:
 
 
 def fednode(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "node.cli", *args], stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "node.interfaces.cli", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 

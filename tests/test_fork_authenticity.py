@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from node.errors import ChainMismatch, ForkDetected
-from node.ledger import Ledger
-from node.records import BULK
-from node.store import Store
+from node.core.errors import ChainMismatch, ForkDetected
+from node.core.ledger import Ledger
+from node.core.records import BULK
+from node.core.store import Store
 from proto.fednode.v1 import fednode_pb2 as pb
 from tests.conftest import Tree
 from tests.test_store import case_events

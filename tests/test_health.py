@@ -36,10 +36,13 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from node import admin, demo, health, pki
-from node.demo import free_port
-from node.home import Home
-from node.runtime import LinkState
+from bench import demo
+from bench.demo import free_port
+from node.core import admin_client as admin
+from node.core import pki
+from node.core.home import Home
+from node.runtime import health
+from node.runtime.process import LinkState
 from tests.conftest import Tree
 from tests.faultlib import CHAIN, CITY, COUNTY, PROVINCE, Cluster, FakeClock, wait_for
 
@@ -49,7 +52,7 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 def fednode(*args: Any, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "FEDNODE_HOME"}
-    return subprocess.run([sys.executable, "-m", "node.cli", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "node.interfaces.cli", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env=env)
 
 

@@ -35,15 +35,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
-from node import enrol, pki
-from node.crypto import GENESIS, Signer
-from node.errors import CertificateError, RevokedKey
-from node.home import Home
-from node.integrity import verify_store
-from node.keyring import Keyring
-from node.ledger import Ledger, NewRecord
-from node.records import BULK, CONTROL, MONITOR, SIGNED_CHANNELS, channel_name, now_us, parse_body
-from node.store import Store
+from node.app import enrol
+from node.core import pki
+from node.core.crypto import GENESIS, Signer
+from node.core.errors import CertificateError, RevokedKey
+from node.core.home import Home
+from node.core.integrity import verify_store
+from node.core.keyring import Keyring
+from node.core.ledger import Ledger, NewRecord
+from node.core.records import BULK, CONTROL, MONITOR, SIGNED_CHANNELS, channel_name, now_us, parse_body
+from node.core.store import Store
 from proto.fednode.v1 import fednode_pb2 as pb
 from tests.conftest import Tree as ConfTree
 from tests.faultlib import CHAIN, CITY, COUNTY, OTHER, PROVINCE, Cluster, open_store, own_heads, wait_for
@@ -74,7 +75,7 @@ def cl(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 def fednode(*args: str | Path) -> subprocess.CompletedProcess[str]:
     """The real command line, in its own process (the running node answers it through admin.sock)."""
-    return subprocess.run([sys.executable, "-m", "node.cli", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "node.interfaces.cli", *map(str, args)], capture_output=True, text=True,
                           timeout=120, cwd=ROOT)
 
 
@@ -452,7 +453,9 @@ def test_ancestor_revocation_refreshes_the_copy_in_between(tree: ConfTree) -> No
 
 
 def test_certificate_end_bounds_the_key_by_position(tree: ConfTree) -> None:
-    from node.keyring import ExpiredKey  # (imported here: the module's other tests also run on older code)
+    from node.core.keyring import (
+        ExpiredKey,  # (imported here: the module's other tests also run on older code)
+    )
 
     county, city = tree.county.ledger(), tree.city.ledger()
     key = Ed25519PrivateKey.generate()
@@ -478,7 +481,7 @@ def test_certificate_end_bounds_the_key_by_position(tree: ConfTree) -> None:
 def test_a_clock_that_jumped_past_the_end_and_came_back_lifts_the_position(tree: ConfTree) -> None:
     """The judge of a certificate's end is this node's clock: a clock that jumped years ahead bounds the
     key only while it is wrong (the fault suite's clock jumps), never for good."""
-    from node.keyring import ExpiredKey
+    from node.core.keyring import ExpiredKey
 
     county, city = tree.county.ledger(), tree.city.ledger()
     county.append(case_events(5))

@@ -29,12 +29,13 @@ from pathlib import Path
 
 import pytest
 
-from node import admin, config
-from node.demo import LINKS_ONLY, build_tree, root_counts, start, stop_all, wait_admin, wait_converged
-from node.home import Home
-from node.integrity import verify_store
-from node.keyring import Keyring
-from node.records import CHANNELS
+from bench.demo import LINKS_ONLY, build_tree, root_counts, start, stop_all, wait_admin, wait_converged
+from node.core import admin_client as admin
+from node.core import config
+from node.core.home import Home
+from node.core.integrity import verify_store
+from node.core.keyring import Keyring
+from node.core.records import CHANNELS
 from tests.faultlib import TcpProxy
 
 pytestmark = pytest.mark.slow

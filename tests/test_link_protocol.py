@@ -4,8 +4,8 @@ same rules hold over gRPC; these pin each rule down on its own."""
 
 from __future__ import annotations
 
-from node.link import DOWN, LOG, Outbox, Part, StreamKey, Want
-from node.records import BULK, CONTROL, MONITOR
+from node.core.records import BULK, CONTROL, MONITOR
+from node.link.protocol import DOWN, LOG, Outbox, Part, StreamKey, Want
 
 CTL: StreamKey = (LOG, "320303", CONTROL)
 MON: StreamKey = (LOG, "320303", MONITOR)
@@ -78,7 +78,7 @@ def test_after_a_reconnect_both_cursors_start_from_the_heads_the_peer_announced(
 
 
 def test_a_priority_batch_jumps_queued_bulk_only_when_none_of_its_logs_is_queued_before_it() -> None:
-    from node.link import Queued, next_to_apply
+    from node.link.protocol import Queued, next_to_apply
 
     bulk = Queued(priority=False, logs=frozenset({("320303", BULK), ("320303", CONTROL)}))
     bulk_only = Queued(priority=False, logs=frozenset({("320303", BULK)}))

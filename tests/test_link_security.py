@@ -31,13 +31,16 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from node import admin, codes, ingest, pki, streams
-from node import config as config_mod
-from node.demo import LINKS_ONLY, TREE, build_tree, root_counts, start, stop_all, wait_admin
-from node.home import Home
-from node.records import BULK
-from node.store import Store
-from node.transport import CLIENT_OPTIONS
+from bench.demo import LINKS_ONLY, TREE, build_tree, root_counts, start, stop_all, wait_admin
+from node.app import ingest
+from node.core import admin_client as admin
+from node.core import codes, pki
+from node.core import config as config_mod
+from node.core.home import Home
+from node.core.records import BULK
+from node.core.store import Store
+from node.link import streams
+from node.link.transport import CLIENT_OPTIONS
 from proto.fednode.v1 import fednode_pb2 as pb
 from proto.fednode.v1 import fednode_pb2_grpc as pbg
 
@@ -174,7 +177,7 @@ def restore_store(home: Home, src: Path) -> None:
 
 
 def verify_cli(home: Home) -> dict[str, Any]:
-    r = subprocess.run([sys.executable, "-m", "node.cli", "verify", str(home.dir), "--json"],
+    r = subprocess.run([sys.executable, "-m", "node.interfaces.cli", "verify", str(home.dir), "--json"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, f"fednode verify {home.code} exit {r.returncode}: {r.stdout}{r.stderr}"
     report = json.loads(r.stdout)

@@ -26,12 +26,15 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from node import admin, codes, demo, metrics, schema
-from node.home import Home
-from node.store import Store
+from bench import demo
+from node.core import admin_client as admin
+from node.core import codes, schema
+from node.core.home import Home
+from node.core.store import Store
+from node.features import metrics
 
 _SCRIPT = Path(sys.executable).parent / "fednode"
-FEDNODE = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-c", "import sys; from node.cli import main; sys.exit(main())"]
+FEDNODE = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-c", "import sys; from node.interfaces.cli.main import main; sys.exit(main())"]
 CHANNELS = {1: "control", 2: "monitor", 3: "bulk"}
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

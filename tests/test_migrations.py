@@ -22,9 +22,9 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, event, inspect, select, text
 
-from node import migrate, schema
-from node.records import BULK
-from node.store import Row, Store
+from node.core import migrate, schema
+from node.core.records import BULK
+from node.core.store import Row, Store
 
 
 def alembic_config() -> Config:
@@ -67,7 +67,7 @@ def user_tables(engine: Engine) -> set[str]:
 
 
 def append_some(store: Store, n: int = 3) -> None:
-    from node.crypto import chain_over
+    from node.core.crypto import chain_over
 
     with store.write() as tx:
         head = tx.head("320303", BULK)
@@ -85,9 +85,9 @@ def store(store_url: str) -> Iterator[Store]:
 
 FRESH_DIFF = """
 import json, sys
-from node import migrate, schema  # what node/migrations/env.py sees: node.schema and nothing else
+from node.core import migrate, schema  # what node/migrations/env.py sees: node.schema and nothing else
 from tests.test_migrations import schema_diff
-from node.store import Store
+from node.core.store import Store
 store = Store.open(sys.argv[1])
 print(json.dumps({"tables": sorted(schema.metadata.tables), "diff": [str(d) for d in schema_diff(store.engine)]}))
 store.close()

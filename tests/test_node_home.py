@@ -34,15 +34,17 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from node import admin, demo, pki
-from node.demo import TREE, free_port
-from node.home import Home
+from bench import demo
+from bench.demo import TREE, free_port
+from node.core import admin_client as admin
+from node.core import pki
+from node.core.home import Home
 from tests.faultlib import verify_home, wait_for
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
-FEDNODE = [sys.executable, "-m", "node.cli"]  # the code of the current directory (a worktree too)
+FEDNODE = [sys.executable, "-m", "node.interfaces.cli"]  # the code of the current directory (a worktree too)
 PROVINCE = "320000"
 
 

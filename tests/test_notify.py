@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import structlog
 
-from node.notify import Dispatcher, NotifyConfig, NotifyError, WebhookNotifier
+from node.features.notify import Dispatcher, NotifyConfig, NotifyError, WebhookNotifier
 
 ALERT = {"alert_id": "case_time:320303:C1:3", "rule_id": "case_time", "category": "01", "level": 3, "object": "case",
          "case_no": "C1", "division": "320303", "message": "办件 C1 超过法定时限：红牌", "at": "2025-10-09T09:00:00+08:00",

@@ -43,13 +43,13 @@ from hypothesis.stateful import (
 )
 from sqlalchemy import create_engine, text
 
-from node import enrol
-from node.errors import ForkDetected
-from node.home import Home
-from node.integrity import verify_store
-from node.ledger import CHECKPOINT_EVERY, Ledger, NewRecord
-from node.records import BULK, CONTROL, MONITOR, SIGNED_CHANNELS, build_body
-from node.store import Row, Store
+from node.app import enrol
+from node.core.errors import ForkDetected
+from node.core.home import Home
+from node.core.integrity import verify_store
+from node.core.ledger import CHECKPOINT_EVERY, Ledger, NewRecord
+from node.core.records import BULK, CONTROL, MONITOR, SIGNED_CHANNELS, build_body
+from node.core.store import Row, Store
 from proto.fednode.v1 import fednode_pb2 as pb
 from tests.conftest import PG_ADMIN_URL, _pg_admin_url, enrol_child
 

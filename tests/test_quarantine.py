@@ -14,11 +14,12 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 from adapters.base import SourceRow, commit
-from node import enrol, schema
-from node import quarantine as q
-from node.files import read_records
-from node.home import Home
-from node.ingest import run_request
+from node.app import enrol
+from node.app.ingest import run_request
+from node.core import schema
+from node.core.home import Home
+from node.features import quarantine as q
+from node.interfaces.cli.files import read_records
 
 _serial = itertools.count(1)
 
@@ -205,7 +206,7 @@ def test_replay_conflicting_natural_key_refused(node: Home) -> None:
 
 
 def test_quarantine_cli(node: Home, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from node.cli import main
+    from node.interfaces.cli.main import main
 
     f = tmp_path / "x.jsonl"
     i = next(_serial)

@@ -25,10 +25,11 @@ from typing import Any
 
 import pytest
 
-from node import auditlog, cli
-from node.demo import free_port
-from node.home import Home
-from node.stats.config import SupervisorRules
+from bench.demo import free_port
+from node.core.home import Home
+from node.features import worklog as auditlog
+from node.features.stats.config import SupervisorRules
+from node.interfaces.cli import main as cli
 from tests.conftest import Tree
 from tests.faultlib import CHAIN, CITY, COUNTY, PROVINCE, Cluster, open_store, wait_for
 
@@ -175,7 +176,7 @@ def test_reads_on_a_stopped_node_spool_one_visit_a_day_and_nothing_else(tree: Tr
 def test_acts_are_recorded_once_with_the_person(tree: Tree, monkeypatch: pytest.MonkeyPatch) -> None:
     """A ticket act writes its own work-log entry (no second one from the CLI), named for the operator;
     `alerts handle` records the handling; `tickets issue --alert` names the alerts it deals with."""
-    from node import ingest
+    from node.app import ingest
 
     monkeypatch.setenv("FEDNODE_ACTOR", ACTOR)
     city, county = str(tree.city.dir), str(tree.county.dir)
@@ -187,7 +188,7 @@ def test_acts_are_recorded_once_with_the_person(tree: Tree, monkeypatch: pytest.
     rc, out = run("alerts", "handle", county, "a-1", "--note", "已核实", "--actor", "李四", "--json")
     assert rc == 0 and json.loads(out)["handled"]["actor"] == "李四"
     assert run("alerts", "handle", county, "nope", "--note", "x")[0] != 0  # not held here: nothing recorded
-    from node.commands.stats import audit_records
+    from node.app.stats import audit_records
 
     city_log = [p for k, _w, p in audit_records(tree.city.store()) if k == auditlog.ACTION]
     assert [(p["actor"], p["action"], p["detail"].get("alert_ids")) for p in city_log] == [
@@ -201,7 +202,7 @@ def test_acts_are_recorded_once_with_the_person(tree: Tree, monkeypatch: pytest.
 
 
 def _fednode(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "node.cli", *argv], capture_output=True, text=True, timeout=120,
+    return subprocess.run([sys.executable, "-m", "node.interfaces.cli", *argv], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "FEDNODE_ACTOR": ACTOR})
 
 

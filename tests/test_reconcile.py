@@ -22,13 +22,16 @@ from typing import Any
 import pytest
 from sqlalchemy import and_, select, update
 
-from node import admin, schema
-from node.commands import reconcile as cmd
-from node.demo import build_tree, start, stop_all, wait_admin, wait_converged
-from node.home import Home
-from node.integrity import verify_store
-from node.ledger import Ledger, NewRecord
-from node.reconcile import (
+from bench.demo import build_tree, start, stop_all, wait_admin, wait_converged
+from node.core import admin_client as admin
+from node.core import schema
+from node.core.home import Home
+from node.core.integrity import verify_store
+from node.core.ledger import Ledger, NewRecord
+from node.core.records import BULK, CONTROL, MONITOR, channel_name, parse_body
+from node.core.schema.reconcile import reports
+from node.core.store import Head
+from node.link.reconcile import (
     FORK,
     PULL,
     PUSH,
@@ -37,11 +40,9 @@ from node.reconcile import (
     compare,
     last_reports,
     reconcile_with_parent,
-    reports,
 )
-from node.records import BULK, CONTROL, MONITOR, channel_name, parse_body
-from node.store import Head
-from node.streams import apply_batch
+from node.link.streams import apply_batch
+from node.runtime.services import reconcile as cmd
 from proto.fednode.v1 import fednode_pb2 as pb
 
 COUNTY, CITY, PROVINCE = "320303", "320300", "320000"
@@ -56,7 +57,7 @@ def fill(ledger: Ledger, n: int, kind: str = "case.step", tag: str = "") -> None
 
 def send_up(child: Ledger, parent: Ledger, origin: str, channel: int, upto: int | None = None) -> int:
     """Move one log from child to parent the way a link does (read_tail → apply_batch)."""
-    from node.reconcile import read_tail
+    from node.link.reconcile import read_tail
 
     moved = 0
     while True:
@@ -315,7 +316,7 @@ def fake_clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
 
 
 def fake_runtime(home: Home, loop: asyncio.AbstractEventLoop) -> Any:
-    from node.runtime import make_scheduler
+    from node.runtime.process import make_scheduler
 
     rt = SimpleNamespace(home=home, ledger=home.ledger(), loop=loop, code=home.code,
                          parent_code=home.config.parent_code, services=[], notify=lambda: None)
@@ -437,7 +438,7 @@ def put_store_back(home: Home, src: Path) -> None:
 
 
 def subtree_of(home: Home, code: str) -> dict[tuple[str, int], Head]:
-    from node import codes
+    from node.core import codes
 
     store = home.store()
     try:
@@ -555,7 +556,7 @@ def test_real_processes_repair_both_ways_and_report(tmp_path: Path) -> None:
 
 
 def test_unreachable_parent_leaves_a_failed_report(ledgers: SimpleNamespace) -> None:
-    from node.reconcile import ReconcileError
+    from node.link.reconcile import ReconcileError
 
     class Down(LocalParent):
         def heads(self, request: pb.HeadsRequest) -> pb.HeadsReply:

@@ -3,9 +3,9 @@ it back, and what it forwards is exactly what reading the store would have sent.
 
 from __future__ import annotations
 
-from node.link import LOG, Want
-from node.records import BULK
-from node.streams import RelayCache, apply_batch, read_batch
+from node.core.records import BULK
+from node.link.protocol import LOG, Want
+from node.link.streams import RelayCache, apply_batch, read_batch
 from tests.conftest import Tree
 from tests.test_reconcile import fill
 

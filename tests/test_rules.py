@@ -18,8 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from node.calendar import Calendar, load_overrides
-from node.rules import RulesConfig, RulesEngine, Thresholds
+from node.core.calendar import Calendar, load_overrides
+from node.features.rules import RulesConfig, RulesEngine, Thresholds
 
 Record = tuple[str, dict[str, Any]]
 

@@ -18,22 +18,20 @@ from typing import Any
 import pytest
 import structlog
 
-from node import admin, demo, ingest
-from node.calendar import CST
-from node.commands.alerts import (
-    CURSOR_KEY,
-    RulesProcessor,
-    RulesSettings,
-    import_overrides,
-    load_calendar,
-    read_alerts,
-)
-from node.errors import ConfigError
-from node.home import Home
-from node.integrity import verify_store
-from node.keyring import Keyring
-from node.ledger import NewRecord
-from node.records import MONITOR
+from bench import demo
+from node.app import ingest
+from node.core import admin_client as admin
+from node.core.calendar import CST
+from node.core.errors import ConfigError
+from node.core.home import Home
+from node.core.integrity import verify_store
+from node.core.keyring import Keyring
+from node.core.ledger import NewRecord
+from node.core.records import MONITOR
+from node.features.rules.alerts import read_alerts
+from node.features.rules.overrides import import_overrides, load_calendar
+from node.features.rules.processor import RulesProcessor
+from node.features.rules.settings import CURSOR_KEY, RulesSettings
 from tests.conftest import Tree
 
 NOW = datetime(2026, 11, 28, 10, 0, tzinfo=CST)
@@ -264,7 +262,7 @@ def _append_toml(home: Home, text: str) -> None:
 
 
 def _alert_ids(home: Home) -> list[str]:
-    from node.store import Store
+    from node.core.store import Store
 
     store = Store.open(home.config.store_url, base_dir=home.dir, migrate=False)
     try:
@@ -369,7 +367,7 @@ def test_node_process_alerts_reach_the_province_without_duplicates_after_restart
         # the operator imports 2027 into the running node: it reloads and the year is covered
         year_file = tmp_path / "2027.csv"
         year_file.write_text("date,kind,name\n2027,year,2027年安排\n2027-01-01,holiday,元旦\n", encoding="utf-8")
-        done = subprocess.run([sys.executable, "-c", "import sys; from node.cli import main; sys.exit(main())",
+        done = subprocess.run([sys.executable, "-c", "import sys; from node.interfaces.cli.main import main; sys.exit(main())",
                                "calendar", "import", str(homes["320303"].dir), str(year_file), "--json"],
                               capture_output=True, text=True, timeout=120)  # fmt: skip
         assert done.returncode == 0, done.stderr
@@ -401,8 +399,8 @@ def test_node_process_alerts_reach_the_province_without_duplicates_after_restart
 def test_service_follows_the_feed_and_recovers_from_a_failed_append(tree: Tree, monkeypatch: pytest.MonkeyPatch) -> None:
     import asyncio
 
-    from node.commands.alerts import RulesService
-    from node.runtime import NodeRuntime, make_scheduler
+    from node.runtime.process import NodeRuntime, make_scheduler
+    from node.runtime.services.rules import RulesService
 
     county = tree.county
 
@@ -538,8 +536,8 @@ def test_background_services_give_way_only_to_links_that_are_moving_records() ->
     """rt.links_busy, which the rules service and the stats fold consult between their batches."""
     from types import SimpleNamespace
 
-    from node.records import now_us
-    from node.runtime import LinkState, NodeRuntime
+    from node.core.records import now_us
+    from node.runtime.process import LinkState, NodeRuntime
 
     up = LinkState("320300", "up", state="connected")
     rt = SimpleNamespace(links={"320300": up})

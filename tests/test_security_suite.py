@@ -32,14 +32,15 @@ import pytest
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
-from node import ingest, pki
-from node.crypto import CHECKPOINT_TYPE, Signer, chain_step
-from node.demo import TREE, root_counts
-from node.enrol import rotate
-from node.home import Home
-from node.ledger import Ledger
-from node.records import BULK, build_body, now_us
-from node.transport import CLIENT_OPTIONS, MAX_MESSAGE
+from bench.demo import TREE, root_counts
+from node.app import ingest
+from node.app.enrol import rotate
+from node.core import pki
+from node.core.crypto import CHECKPOINT_TYPE, Signer, chain_step
+from node.core.home import Home
+from node.core.ledger import Ledger
+from node.core.records import BULK, build_body, now_us
+from node.link.transport import CLIENT_OPTIONS, MAX_MESSAGE
 from proto.fednode.v1 import fednode_pb2 as pb
 from proto.fednode.v1 import fednode_pb2_grpc as pbg
 from tests.faultlib import CITY, COUNTY, OTHER, PROVINCE, Cluster, Schedule, open_store, own_heads, wait_for

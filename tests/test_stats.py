@@ -36,16 +36,17 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-import node.stats.tables  # noqa: F401 — the tables on node.schema.metadata
-from node import auditlog, schema
-from node.calendar import Calendar
-from node.commands import stats as stats_cmd
-from node.errors import ConfigError
-from node.records import build_body, channel_of_kind, encode_payload, now_us
-from node.stats import indicators as ind
-from node.stats import projection, query
-from node.stats.config import StatsConfig, SupervisorRules
-from node.store import Row, Store
+import node.core.schema.stats  # noqa: F401 — the tables on node.schema.metadata
+from node.app import stats as stats_cmd
+from node.core import indicators as ind
+from node.core import schema
+from node.core.calendar import Calendar
+from node.core.errors import ConfigError
+from node.core.records import build_body, channel_of_kind, encode_payload, now_us
+from node.core.store import Row, Store
+from node.features import worklog as auditlog
+from node.features.stats import projection, query
+from node.features.stats.config import StatsConfig, SupervisorRules
 
 CFG = StatsConfig()
 CAL = Calendar()
@@ -393,7 +394,7 @@ def test_supervisor_rules_remind_then_escalate_once() -> None:
     assert all(d.kind == "alert" for d in esc)
     assert sorted(d.payload["rule_id"] for d in esc) == ["supervisor_alert_unhandled", "supervisor_login",
                                                          "supervisor_login", "supervisor_ticket_inactive"]
-    from node import domain
+    from node.core import domain
 
     for d in esc:
         domain.validate("alert", d.payload)
@@ -411,7 +412,7 @@ def test_audit_payload_needs_actor_and_action() -> None:
 
 def test_record_action_and_worklog_cli(tree: Any, capsys: pytest.CaptureFixture[str],
                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    from node.cli import main
+    from node.interfaces.cli.main import main
 
     home = tree.county
     auditlog.record_action(home, "张三", "tickets sign", "320300-000001", {"note": "签收"})
@@ -462,7 +463,7 @@ def test_record_action_and_worklog_cli(tree: Any, capsys: pytest.CaptureFixture[
 
 
 def test_stats_cli_text_json_csv_html(tree: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from node.cli import main
+    from node.interfaces.cli.main import main
 
     home = tree.county
     load(home.store())
@@ -493,7 +494,8 @@ def test_running_node_folds_and_logs_operator_actions(tree: Any) -> None:
     record_action goes through the admin op `audit` into the node's own control log."""
     import time as _time
 
-    from node import admin, demo
+    from bench import demo
+    from node.core import admin_client as admin
 
     home = tree.province
     with home.config.path.open("a", encoding="utf-8") as f:

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from node.cli import main
+from node.interfaces.cli.main import main
 from tests.test_stats import load
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"

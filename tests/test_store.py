@@ -8,9 +8,10 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import update
 
-from node import enrol, schema
-from node.crypto import Signer
-from node.errors import (
+from node.app import enrol
+from node.core import schema
+from node.core.crypto import Signer
+from node.core.errors import (
     BadSignature,
     ChainMismatch,
     ForkDetected,
@@ -21,10 +22,10 @@ from node.errors import (
     RevokedKey,
     UnknownKey,
 )
-from node.integrity import verify_store
-from node.ledger import Ledger, NewRecord
-from node.records import BULK, CONTROL, MONITOR, parse_body
-from node.store import Store
+from node.core.integrity import verify_store
+from node.core.ledger import Ledger, NewRecord
+from node.core.records import BULK, CONTROL, MONITOR, parse_body
+from node.core.store import Store
 from proto.fednode.v1 import fednode_pb2 as pb
 from tests.conftest import Tree
 
@@ -275,7 +276,7 @@ def test_at_rest_tamper_is_named_by_verify(tree: Tree, receiver: Ledger) -> None
 
 def test_store_refuses_gap_and_wrong_chain_directly(store_url: str) -> None:
     """The invariants hold in the store itself, whoever calls it."""
-    from node.store import Row
+    from node.core.store import Row
 
     store = Store.open(store_url)
     try:

@@ -17,9 +17,9 @@ import chinese_calendar
 import pytest
 
 from adapters.synthetic import ITEMS, catalogue, generate, is_workday
-from node.domain import KINDS, natural_key, validate
-from node.errors import UsageError
-from node.records import encode_payload
+from node.core.domain import KINDS, natural_key, validate
+from node.core.errors import UsageError
+from node.core.records import encode_payload
 
 CST = timezone(timedelta(hours=8))
 N = 30_000

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from node.errors import FednodeError
-from node.tickets import (
+from node.core.errors import FednodeError
+from node.features.tickets import (
     EVENTS,
     STATES,
     TRANSITIONS,
@@ -39,7 +39,7 @@ from node.tickets import (
     ticket_number,
     validate_complaint,
 )
-from node.tickets import lifecycle as lc
+from node.features.tickets import lifecycle as lc
 
 CST = timezone(timedelta(hours=8))
 T0 = datetime(2025, 10, 9, 9, 0, tzinfo=CST)

@@ -13,14 +13,15 @@ from typing import Any
 
 import pytest
 
-from node import cli, streams
-from node import logging as node_logging
-from node.calendar import CST
-from node.errors import OutsideSubtree
-from node.home import Home
-from node.ledger import NewRecord
-from node.tickets import lifecycle as lc
-from node.tickets.desk import TicketDesk, TicketsConfig, held_records, project_store
+from node.core.calendar import CST
+from node.core.errors import OutsideSubtree
+from node.core.home import Home
+from node.core.ledger import NewRecord
+from node.features.tickets import lifecycle as lc
+from node.features.tickets.desk import TicketDesk, TicketsConfig, held_records, project_store
+from node.interfaces.cli import main as cli
+from node.link import streams
+from node.runtime import logging as node_logging
 from tests.conftest import Tree
 
 
@@ -290,7 +291,7 @@ def test_reminders_and_escalations_never_twice_across_a_restart(tree: Tree) -> N
     assert _automatic(home) == [(lc.REMIND, "sign"), (lc.ESCALATE, "sign"), ("alert", "3"),
                                 (lc.REMIND, "reply"), (lc.ESCALATE, "reply"), ("alert", "3")]
     alert = next(h.payload for h in held_records(home.store(), ("alert",)))
-    from node import domain
+    from node.core import domain
 
     domain.validate("alert", alert)  # the escalation alert is a valid `alert` record
     home.close()
@@ -312,7 +313,7 @@ def test_reminder_goes_down_and_the_escalation_alert_goes_up(tree: Tree) -> None
 
 
 def test_tickets_config_is_validated(tmp_path: Path) -> None:
-    from node.errors import ConfigError
+    from node.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="unknown field"):
         TicketsConfig.from_section({"sign_dayz": 1}, source="node.toml", base=tmp_path)
@@ -329,8 +330,8 @@ def _run_node(directory: Path, clock: FakeClock, until: Any) -> list[tuple[str, 
     the only thing replaced is the clock of the ticket service."""
     import asyncio
 
-    from node.commands import tickets as tickets_cmd
-    from node.runtime import NodeRuntime
+    from node.runtime.process import NodeRuntime
+    from node.runtime.services import tickets as tickets_cmd
 
     async def main() -> list[tuple[str, str]]:
         home = Home(directory)

@@ -22,10 +22,10 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from node import cli
-from node import logging as node_logging
-from node.demo import build_tree, start, stop_all, wait_admin
-from node.home import Home
+from bench.demo import build_tree, start, stop_all, wait_admin
+from node.core.home import Home
+from node.interfaces.cli import main as cli
+from node.runtime import logging as node_logging
 
 pytestmark = pytest.mark.slow
 

@@ -44,11 +44,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
-from node import pki, transport
-from node.demo import TREE, free_port
-from node.errors import CertificateError
-from node.home import Home
-from node.records import CONTROL
+from bench.demo import TREE, free_port
+from node.core import pki
+from node.core.errors import CertificateError
+from node.core.home import Home
+from node.core.records import CONTROL
+from node.link import transport
 from proto.fednode.v1 import fednode_pb2 as pb
 from proto.fednode.v1 import fednode_pb2_grpc as pbg
 from tests.conftest import Tree
@@ -57,7 +58,7 @@ from tests.faultlib import CITY, COUNTY, OTHER, PROVINCE, Cluster, own_heads, wa
 pytestmark = pytest.mark.slow
 
 TRUST_TREE = TREE[:4]  # province, city, county 320303 (the attacker), 320311 (its sibling, never run but in (c))
-FEDNODE = [sys.executable, "-m", "node.cli"]
+FEDNODE = [sys.executable, "-m", "node.interfaces.cli"]
 SIBLING_PATH = f"{PROVINCE}/{CITY}/{OTHER}"
 PARENT_PATH = f"{PROVINCE}/{CITY}"
 
@@ -548,7 +549,7 @@ def test_a_second_server_on_a_busy_link_port_fails_to_bind(tree: Tree) -> None:
 def test_link_session_inbox_is_bounded(tree: Tree) -> None:
     """A child floods the city with batches faster than it applies them: the session stops reading at
     INBOX_BATCHES (the rest waits in the transport), and every batch is still applied and acknowledged."""
-    from node.runtime import LinkState, NodeRuntime
+    from node.runtime.process import LinkState, NodeRuntime
 
     n = 120
     bound = getattr(transport, "INBOX_BATCHES", 17)

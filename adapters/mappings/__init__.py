@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from node.errors import ConfigError
+from node.core.errors import ConfigError
 
 READY = ("gbt39046", "exchange2009")
 
@@ -53,7 +53,7 @@ def load(spec: Any, *, where: str = "[adapters]", base: Path | None = None) -> d
 
 
 def check(mapping: Any, where: str) -> None:
-    from node.domain import SCHEMAS
+    from node.core.domain import SCHEMAS
 
     tables = mapping.get("tables") if isinstance(mapping, dict) else None
     if not isinstance(tables, list) or not tables:

@@ -1,0 +1,43 @@
+"""`fednode status`: what a node holds (logs, certificates, keys), read from its home."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from node import __version__
+from node.core import pki
+from node.core.home import Home
+from node.core.records import channel_name
+
+# ---- status ---------------------------------------------------------------------------------------------
+
+
+def status_data(home: Home) -> dict[str, Any]:
+    store = home.store()
+    heads = store.heads()
+    data: dict[str, Any] = {
+        "node": {"code": home.code, "name": home.config.name, "level": home.config.level,
+                 "path": home.path() if home.has("tls.crt") else None, "version": __version__},
+        "running": False,
+        "logs": [
+            {"origin": o, "channel": channel_name(c), "seq": h.seq, "head": h.chain.hex()}
+            for (o, c), h in sorted(heads.items())
+        ],
+        "certificates": {},
+        "incidents": store.count("incidents"),
+        "quarantine": store.count("quarantine"),
+        "links": [],
+    }
+    for name in ("tls.crt", "ca.crt", "sign.crt", "root.crt"):
+        if home.has(name):
+            data["certificates"][name] = pki.not_after(home.load_cert(name)).isoformat()
+    # this node's own signing keys (every key it knows: `fednode pki keys DIR`)
+    data["signing_key"] = pki.signing_key_id(home.load_cert("sign.crt")).hex() if home.has("sign.crt") else None
+    data["keys"] = [
+        {"key_id": bytes(r.key_id).hex(), "current": bytes(r.key_id).hex() == data["signing_key"],
+         "not_after": dt.datetime.fromtimestamp(r.not_after_us / 1e6, dt.UTC).isoformat(),
+         "revoked": r.revoked_us is not None, "revoked_reason": r.revoked_reason or None}
+        for r in store.keys(home.code)
+    ]
+    return data

@@ -1,0 +1,37 @@
+"""Admin ops of the node itself: status, ingest, probe. Each unpacks the request and calls one function."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from node.runtime.admin import op
+
+if TYPE_CHECKING:
+    from node.runtime.process import NodeRuntime
+
+
+@op("status")
+async def _status(rt: NodeRuntime, req: dict[str, Any]) -> Any:
+    return await rt.status()
+
+
+@op("ingest")
+async def _ingest(rt: NodeRuntime, req: dict[str, Any]) -> Any:
+    from node.app import ingest
+
+    await rt.wait_recovered()
+    result = await rt.db(ingest.run_request, rt.ledger, req, rt.notify_threadsafe)
+    rt.notify()
+    return result
+
+
+@op("probe")
+async def _probe(rt: NodeRuntime, req: dict[str, Any]) -> Any:
+    """Append one `link.probe` control record (latency measurements, smoke tests of a deployment)."""
+    from node.core.ledger import NewRecord
+    from node.core.records import CONTROL, now_us
+
+    payload = {"note": str(req.get("note", ""))[:200], "at_us": now_us()}
+    res = await rt.db(rt.ledger.append, [NewRecord("link.probe", payload)])
+    rt.notify()
+    return {"channel": "control", "seq": res[CONTROL].head.seq}

@@ -1,0 +1,258 @@
+"""The store side of links: which streams a link carries, reading batches for them, applying batches.
+
+Synchronous (it runs on the node's database thread); node/link/transport.py calls it through the runtime.
+Every batch is verified with the node's one live keyring (``ledger.keyring``), so a key operation
+through the admin socket applies to the next batch; a key certificate the keyring refuses (not valid
+now, outside the tree) refuses only the segments its key signed, never the whole batch.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, defaultdict
+from typing import Any
+
+import structlog
+from sqlalchemy import and_, func, select
+from sqlalchemy.exc import DBAPIError
+
+from node.core import codes, schema
+from node.core.errors import FednodeError, MissingCheckpoint
+from node.core.ledger import Ledger
+from node.core.records import SIGNED_CHANNELS, channel_name
+from node.link.protocol import DOWN, LOG, Part, StreamKey, Want
+from proto.fednode.v1 import fednode_pb2 as pb
+
+log = structlog.get_logger(__name__)
+
+MAX_BATCH_BYTES = 16 * 1024 * 1024
+
+
+class RelayCache:
+    """Segments from children, just verified and committed here, kept so the uplink forwards them as
+    they are instead of reading them back from the store (a relay otherwise reads every record it has
+    just written). An entry is used at most once, only when it starts exactly where the uplink's cursor
+    is; anything else (a rewind after an error ack, a restart, an evicted entry) reads the store as
+    before. Bounded: the oldest entries go first. Used on the database thread only."""
+
+    def __init__(self, max_records: int = 24_000) -> None:
+        self.max_records = max_records
+        self._segments: OrderedDict[tuple[str, int, int], pb.Segment] = OrderedDict()
+        self._records = 0
+        self.hits = 0
+
+    def put(self, seg: pb.Segment, after: int) -> None:
+        old = self._segments.pop((seg.origin, int(seg.channel), after), None)
+        if old is not None:
+            self._records -= len(old.records)
+        self._segments[(seg.origin, int(seg.channel), after)] = seg
+        self._records += len(seg.records)
+        while self._records > self.max_records and self._segments:
+            _key, evicted = self._segments.popitem(last=False)
+            self._records -= len(evicted.records)
+
+    def take(self, origin: str, channel: int, after: int, limit: int) -> pb.Segment | None:
+        seg = self._segments.pop((origin, channel, after), None)
+        if seg is None:
+            return None
+        self._records -= len(seg.records)
+        if len(seg.records) > limit:
+            return None
+        self.hits += 1
+        return seg
+
+
+def up_heads(ledger: Ledger) -> dict[StreamKey, int]:
+    """Our logs that go up: every log we hold whose origin is in our subtree."""
+    return {(LOG, o, c): h.seq for (o, c), h in ledger.store.heads().items() if codes.within(o, ledger.code)}
+
+
+def subtree_heads(ledger: Ledger, child: str) -> dict[StreamKey, int]:
+    """Logs we hold that were born in ``child``'s subtree (what a child should hold too)."""
+    return {(LOG, o, c): h.seq for (o, c), h in ledger.store.heads().items() if codes.within(o, child)}
+
+
+def down_heads_for(ledger: Ledger, child: str) -> dict[StreamKey, int]:
+    """For each issuer log (us or our ancestors), the highest seq addressed into ``child``'s subtree."""
+    out: dict[StreamKey, int] = {}
+    with ledger.store.read() as conn:
+        for table in (schema.records, schema.down_records):
+            q = (
+                select(table.c.origin, table.c.channel, table.c.dest, func.max(table.c.seq))
+                .where(and_(schema.addressed(table), table.c.channel.in_(list(SIGNED_CHANNELS))))
+                .group_by(table.c.origin, table.c.channel, table.c.dest)
+            )
+            for origin, channel, dest, seq in conn.execute(q):
+                if codes.within(dest, child) and codes.within(ledger.code, origin):
+                    k = (DOWN, origin, channel)
+                    out[k] = max(out.get(k, 0), seq)
+    return out
+
+
+def held_down_heads(ledger: Ledger) -> dict[StreamKey, int]:
+    """Downward cursors we announce to our parent: highest seq held per issuer log."""
+    t = schema.down_records
+    with ledger.store.read() as conn:
+        return {
+            (DOWN, o, c): s
+            for o, c, s in conn.execute(select(t.c.origin, t.c.channel, func.max(t.c.seq)).group_by(t.c.origin, t.c.channel))
+        }
+
+
+def to_heads_pb(heads: dict[StreamKey, int], ledger: Ledger | None = None) -> list[pb.LogHead]:
+    return [pb.LogHead(origin=o, channel=c, seq=s) for (_k, o, c), s in heads.items()]  # type: ignore[arg-type]
+
+
+def from_heads_pb(heads: Any, kind: str) -> dict[StreamKey, int]:
+    return {(kind, h.origin, int(h.channel)): int(h.seq) for h in heads}
+
+
+def read_batch(ledger: Ledger, wants: list[Want], peer: str,
+               relay: RelayCache | None = None) -> tuple[pb.Batch, list[Part]]:
+    """Read what ``wants`` asks for, cutting log streams at checkpoints (or forwarding a segment just
+    received from a child, when ``relay`` holds the one that starts at the cursor)."""
+    batch = pb.Batch()
+    parts: list[Part] = []
+    key_ids: set[bytes] = set()
+    size = 0
+    for w in wants:
+        if size > MAX_BATCH_BYTES:
+            break
+        kind, origin, channel = w.stream
+        if kind == LOG:
+            seg = relay.take(origin, channel, w.after, w.limit) if relay is not None else None
+            if seg is None:
+                seg = ledger.read_segment(origin, channel, w.after, w.limit)
+            if seg is None or not seg.records:
+                continue
+            key_ids.add(seg.checkpoint.key_id)
+            if channel in SIGNED_CHANNELS:
+                key_ids.update(r.key_id for r in seg.records)
+            last = w.after + len(seg.records)
+        else:
+            seg, last = _read_down(ledger, origin, channel, w.after, w.limit, peer)
+            if seg is None:
+                parts.append(Part(w.stream, w.after, last, 0))  # nothing for this peer up to `last`
+                continue
+            key_ids.update(r.key_id for r in seg.records)
+        size += sum(len(r.body) + 80 for r in seg.records)
+        batch.segments.append(seg)
+        parts.append(Part(w.stream, w.after, last, len(seg.records)))
+    batch.downward = any(p.stream[0] == DOWN for p in parts)
+    batch.keys.extend(ledger.key_certificates_for(k for k in key_ids if k))
+    return batch, parts
+
+
+def _read_down(ledger: Ledger, origin: str, channel: int, after: int, limit: int,
+               peer: str) -> tuple[pb.Segment | None, int]:
+    rows = []
+    last = after
+    for table in (schema.records, schema.down_records):
+        with ledger.store.read() as conn:
+            q = (
+                select(table.c.seq, table.c.dest, table.c.body, table.c.signature, table.c.key_id)
+                .where(and_(table.c.origin == origin, table.c.channel == channel, table.c.seq > after,
+                            schema.addressed(table)))
+                .order_by(table.c.seq)
+                .limit(limit * 4)
+            )
+            for r in conn.execute(q):
+                last = max(last, r.seq)
+                if codes.within(r.dest, peer):
+                    rows.append(r)
+        if rows:
+            break
+    if not rows:
+        return None, last
+    rows.sort(key=lambda r: r.seq)
+    rows = rows[:limit]
+    seg = pb.Segment(origin=origin, channel=channel,  # type: ignore[arg-type]
+                     records=[pb.SignedRecord(body=bytes(r.body), signature=bytes(r.signature), key_id=bytes(r.key_id))
+                              for r in rows])
+    return seg, rows[-1].seq
+
+
+def apply_batch(ledger: Ledger, batch: pb.Batch, *, peer: str, from_child: bool,
+                relay: RelayCache | None = None) -> pb.Ack:
+    """Verify and commit what a peer sent; the ack names what was committed and what was refused.
+    Segments from a child that were wholly new here go to ``relay``, for the uplink to forward.
+
+    A store that cannot write (disk full, database down) answers with an error ack: the sender pauses and
+    resends by itself, and this node keeps running."""
+    try:
+        return _apply_batch(ledger, batch, peer=peer, from_child=from_child, relay=relay)
+    except DBAPIError as e:
+        log.error("store_write_failed", peer=peer, error=str(e.orig))
+        return pb.Ack(batch_id=batch.batch_id, ok=False, error_code="store_unavailable",
+                      error=f"{ledger.code} cannot write its store ({e.orig}) (fix: free disk space or restore the "
+                      f"database at {ledger.code}; the sender resends by itself)")
+
+
+def _apply_batch(ledger: Ledger, batch: pb.Batch, *, peer: str, from_child: bool,
+                 relay: RelayCache | None) -> pb.Ack:
+    ack = pb.Ack(batch_id=batch.batch_id, ok=True)
+    errors: dict[tuple[str, int], FednodeError] = {}
+    try:
+        # a refused key certificate (not valid now, outside the tree) refuses only what its key signed
+        ledger.admit_keys(batch.keys, strict=False)
+    except FednodeError as e:
+        ack.ok, ack.error_code, ack.error = False, e.code, str(e)
+        return ack
+    log_segs = [s for s in batch.segments if s.checkpoint.body]
+    down_segs = [s for s in batch.segments if not s.checkpoint.body]
+    # a child may send only its own subtree's logs; a parent may repair only logs of our subtree
+    subtree = peer if from_child else ledger.code
+    if log_segs:
+        results, errs = ledger.accept_many(log_segs, sender_subtree=subtree, source=peer)
+        errors.update(errs)
+        if relay is not None and from_child:
+            for s in log_segs:
+                res = results.get((s.origin, int(s.channel)))
+                if res is not None and res.duplicates == 0 and res.appended == len(s.records):
+                    relay.put(s, res.head.seq - res.appended)
+    if down_segs:
+        if from_child:
+            for s in down_segs:
+                errors[(s.origin, int(s.channel))] = MissingCheckpoint(
+                    f"{peer} sent records of {s.origin} without a checkpoint", origin=s.origin,
+                    channel=channel_name(int(s.channel)), fix="children send only checkpointed logs")
+        else:
+            for s in down_segs:
+                try:
+                    ledger.accept_down(s.records, sender=peer, source=peer)
+                except FednodeError as e:
+                    errors[(s.origin, int(s.channel))] = e
+    heads = ledger.store.heads()
+    held = held_down_heads(ledger)
+    for s in batch.segments:
+        key = (s.origin, int(s.channel))
+        if s.checkpoint.body:
+            h = heads.get(key)
+            ack.heads.append(pb.LogHead(origin=s.origin, channel=s.channel, seq=h.seq if h else 0,
+                                        chain=h.chain if h else b""))
+        else:
+            ack.down_heads.append(pb.LogHead(origin=s.origin, channel=s.channel, seq=held.get((DOWN, *key), 0)))
+    for (origin, channel), err in errors.items():
+        ack.errors.append(pb.SegmentError(origin=origin, channel=channel, error_code=err.code,  # type: ignore[arg-type]
+                                          error=str(err)))
+    if errors:
+        ack.ok = False
+        first = next(iter(errors.values()))
+        ack.error_code, ack.error = first.code, str(first)
+    return ack
+
+
+def oldest_pending_time(ledger: Ledger, stream: StreamKey, acked: int) -> int | None:
+    kind, origin, channel = stream
+    table = schema.records if kind == LOG else schema.down_records
+    with ledger.store.read() as conn:
+        return conn.execute(
+            select(table.c.time_us).where(and_(table.c.origin == origin, table.c.channel == channel,
+                                               table.c.seq > acked)).order_by(table.c.seq).limit(1)
+        ).scalar()
+
+
+def group_by_channel(backlog: dict[StreamKey, int]) -> dict[int, int]:
+    out: dict[int, int] = defaultdict(int)
+    for (_k, _o, c), n in backlog.items():
+        out[c] += n
+    return dict(out)

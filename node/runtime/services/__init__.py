@@ -1,0 +1,10 @@
+"""The services the running node hosts, in start order (the composition root lists them; features do not).
+
+Rules: a service is an asyncio shell around node.features / node.app work; it gets the runtime (rt) and
+uses rt.db / rt.bg for store work. Imports node.app, node.features, node.link, node.core, adapters.
+"""
+
+from node.runtime.services import adapters, keys, metrics, reconcile, rules, stats, tickets
+
+MODULES = (adapters, rules, metrics, keys, reconcile, stats, tickets)  # the order node/commands loaded them
+SERVICES = [cls for m in MODULES for cls in m.SERVICES]
