@@ -14,6 +14,8 @@ import itertools
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from node.app.remote import via_node_or_store
+from node.core.home import Home
 from node.core.ledger import Ledger, NewRecord
 
 CHUNK = 5000
@@ -73,3 +75,10 @@ def run_request(ledger: Ledger, req: dict[str, Any], notify: Callable[[], None] 
         if notify:
             notify()
     return {"ingested": total.accepted, **total.as_dict(), "source": source}
+
+
+def ingest(home: Home, req: dict[str, Any]) -> dict[str, Any]:
+    """`fednode ingest`: ``req`` through the running node (op ``ingest``), else on the store; ``via`` says which."""
+    result, via = via_node_or_store(home, {"op": "ingest", **req}, lambda: run_request(home.ledger(), req))
+    result["via"] = via
+    return dict(result)

@@ -1,4 +1,4 @@
-"""`fednode status`: what a node holds (logs, certificates, keys), read from its home."""
+"""`fednode status`: what a node holds (logs, certificates, keys): from the running node, else read from its home."""
 
 from __future__ import annotations
 
@@ -6,11 +6,18 @@ import datetime as dt
 from typing import Any
 
 from node import __version__
+from node.app.remote import via_node_or_store
 from node.core import pki
 from node.core.home import Home
 from node.core.records import channel_name
 
 # ---- status ---------------------------------------------------------------------------------------------
+
+
+def status(home: Home) -> dict[str, Any]:
+    """The running node's status (links, adapters, services) through its admin socket, else the store's."""
+    data: dict[str, Any] = via_node_or_store(home, {"op": "status"}, lambda: status_data(home))[0]
+    return data
 
 
 def status_data(home: Home) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from node.core import admin_client as admin
+from node.app.remote import via_node_or_store
 from node.core.errors import UsageError
 from node.core.home import Home
 from node.features.tickets import lifecycle as lc
@@ -115,8 +115,5 @@ def _positive(name: str, value: Any) -> None:
 
 def run_request(home: Home, req: dict[str, Any]) -> tuple[Any, str]:
     """Through the running node when it runs, else directly on the store."""
-    resp = admin.call(home, {"op": "tickets", **req})
-    if resp is not None:
-        return resp["result"], "admin"
-    cfg = TicketsConfig.of_home(home)
-    return execute(home.ledger(), cfg, req, clock=system_clock, status=None), "store"
+    return via_node_or_store(home, {"op": "tickets", **req}, lambda: execute(
+        home.ledger(), TicketsConfig.of_home(home), req, clock=system_clock, status=None))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -37,3 +39,17 @@ def _fmt_time(us: int | None) -> str:
     if not us:
         return "-"
     return dt.datetime.fromtimestamp(us / 1e6, dt.UTC).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def progress_line(enabled: bool, newline_at_end: bool = True) -> Callable[[str, int, int, str], None]:
+    """A progress line on stderr ("\\rLABEL: DONE/TOTAL UNIT"), at most twice a second and at the end."""
+    last = [0.0]
+
+    def show(label: str, done: int, total: int, unit: str) -> None:
+        now = time.monotonic()
+        if enabled and (now - last[0] > 0.5 or done == total):
+            last[0] = now
+            print(f"\r{label}: {done}/{total} {unit}", end="\n" if newline_at_end and done >= total else "",
+                  file=sys.stderr, flush=True)
+
+    return show

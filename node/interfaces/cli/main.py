@@ -14,11 +14,10 @@ from typing import Any
 import structlog
 
 from node import __version__
-from node.app.status import status_data
+from node.app.status import status
 from node.core import pki
 from node.core.errors import FednodeError, UsageError
-from node.core.records import channel_number
-from node.interfaces.cli.base import COMMANDS, _fmt_time, command, emit, open_home
+from node.interfaces.cli.base import COMMANDS, _fmt_time, command, emit, open_home, progress_line
 from node.runtime import logging as node_logging
 
 # ---- init and pki ---------------------------------------------------------------------------------------
@@ -81,13 +80,12 @@ def cmd_pki_sign(args: argparse.Namespace) -> int:
 
 @command("verify")
 def cmd_verify(args: argparse.Namespace) -> int:
-    from node.core import integrity
+    from node.app import verify
 
     if args.proof:
-        trusted = None
-        if args.dir or args.root:
-            trusted = pki.cert_from_pem(Path(args.root).read_bytes()) if args.root else open_home(args).root()
-        result = integrity.verify_proof(integrity.proof_from_text(Path(args.proof).read_text()), trusted)
+        root_pem = Path(args.root).read_bytes() if args.root else None
+        home = open_home(args) if args.dir and not args.root else None
+        result = verify.check_proof(Path(args.proof).read_text(), root_pem, home)
         note = "" if result["root_trusted"] else (
             f"\nnote: checked against the root CA inside the proof (sha256 {result['root_sha256'][:16]}…); pass DIR or "
             "--root ROOT.crt to check it against your own tree's root")
@@ -95,19 +93,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
              f"signed by {result['signer']} at checkpoint {result['checkpoint_seq']}{note}")
         return 0
     home = open_home(args)
-    ledger = home.ledger()
     show = sys.stderr.isatty() and not args.json
-    last = [0.0]
-
-    def progress(done: int, total: int) -> None:
-        import time
-
-        now = time.monotonic()
-        if show and (now - last[0] > 0.5 or done == total):
-            last[0] = now
-            print(f"\rverifying: {done}/{total} records", end="", file=sys.stderr, flush=True)
-
-    report = integrity.verify_store(home.store(), ledger.keyring, progress)
+    line = progress_line(show, newline_at_end=False)
+    report = verify.verify_home(home, lambda done, total: line("verifying", done, total, "records"))
     if show:
         print(file=sys.stderr)
 
@@ -129,25 +117,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 @command("proof")
 def cmd_proof(args: argparse.Namespace) -> int:
-    from node.core import integrity
+    from node.app import verify
 
-    home = open_home(args)
-    root = home.root()
-    if root is None:
-        raise UsageError("this node is not enrolled", fix="install its bundle first")
-    proof = integrity.export_proof(home.store(), home.ledger().keyring, root, args.origin,
-                                   channel_number(args.channel), args.seq)
-    print(json.dumps(integrity.proof_to_json(proof), ensure_ascii=False, indent=2))
+    proof = verify.export_proof(open_home(args), args.origin, args.channel, args.seq)
+    print(json.dumps(proof, ensure_ascii=False, indent=2))
     return 0
 
 
 @command("status")
 def cmd_status(args: argparse.Namespace) -> int:
-    from node.core import admin_client as admin
-
-    home = open_home(args)
-    resp = admin.call(home, {"op": "status"})
-    data = resp["result"] if resp is not None else status_data(home)
+    data = status(open_home(args))
 
     def human() -> str:
         n = data["node"]
@@ -208,8 +187,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 @command("ingest")
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from node.app import ingest
-    from node.core import admin_client as admin
+    from node.app.ingest import ingest
 
     home = open_home(args)
     if args.synthetic is None and not args.files:
@@ -220,13 +198,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         req: dict[str, Any] = {"records": file_ingest.read_records(args.files, args.format), "source": "cli"}
     else:
         req = {"synthetic": args.synthetic, "seed": args.seed}
-    resp = admin.call(home, {"op": "ingest", **req})
-    if resp is not None:
-        result = resp["result"]
-        result["via"] = "admin"
-    else:
-        result = ingest.run_request(home.ledger(), req)
-        result["via"] = "store"
+    result = ingest(home, req)
     msg = f"ingested {result['ingested']} records into {home.code} ({result['via']})"
     if result.get("quarantined"):
         msg += f"; {result['quarantined']} row(s) quarantined: see `fednode quarantine list {args.dir}`"
