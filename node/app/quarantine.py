@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from node.app.remote import via_node_or_store
 from node.core.errors import UsageError
+from node.core.home import Home
 from node.features import quarantine as qmod
 
 # ---- admin ops ------------------------------------------------------------------------------------------
@@ -25,3 +27,20 @@ def quarantine_request(ledger: Any, req: dict[str, Any]) -> dict[str, Any]:
             ids = qmod.pending_ids(store, req.get("source"))
         return qmod.replay_many(ledger, ids, qmod.Fix.from_request(req))
     raise UsageError(f"unknown quarantine action {action!r}", fix="use list, show or replay")
+
+
+def quarantine(home: Home, req: dict[str, Any]) -> dict[str, Any]:
+    """`fednode quarantine list|show|replay`: through the running node (op ``quarantine``), else on the store."""
+
+    def local() -> dict[str, Any]:
+        try:
+            from types import SimpleNamespace
+
+            # a replay appends, so it needs the signing ledger; reads need only the store
+            target: Any = home.ledger() if req.get("action") == "replay" else SimpleNamespace(store=home.store())
+            return quarantine_request(target, req)
+        finally:
+            home.close()
+
+    result: dict[str, Any] = via_node_or_store(home, {"op": "quarantine", **req}, local)[0]
+    return result

@@ -6,27 +6,10 @@ import argparse
 import json
 from typing import Any
 
-from adapters.base import configured, cursor_key
-from node.app.quarantine import quarantine_request
-from node.core import admin_client as admin
+from node.app.adapters import list_adapters, push_token, reset_cursor
+from node.app.quarantine import quarantine
 from node.core.errors import UsageError
 from node.interfaces.cli.base import command, emit, open_home
-
-
-def _via_node_or_store(args: argparse.Namespace, req: dict[str, Any]) -> dict[str, Any]:
-    home = open_home(args)
-    resp = admin.call(home, {"op": "quarantine", **req})
-    if resp is not None:
-        result: dict[str, Any] = resp["result"]
-        return result
-    try:
-        from types import SimpleNamespace
-
-        # a replay appends, so it needs the signing ledger; reads need only the store
-        target: Any = home.ledger() if req.get("action") == "replay" else SimpleNamespace(store=home.store())
-        return quarantine_request(target, req)
-    finally:
-        home.close()
 
 
 def _fmt_us(us: int | None) -> str:
@@ -37,8 +20,8 @@ def _fmt_us(us: int | None) -> str:
 
 @command("quarantine list")
 def cmd_quarantine_list(args: argparse.Namespace) -> int:
-    data = _via_node_or_store(args, {"action": "list", "source": args.source, "all": args.all,
-                                     "limit": args.limit, "after": args.after})
+    data = quarantine(open_home(args), {"action": "list", "source": args.source, "all": args.all,
+                                        "limit": args.limit, "after": args.after})
 
     def human() -> str:
         lines = [f"{data['pending']} row(s) pending in quarantine"]
@@ -54,7 +37,7 @@ def cmd_quarantine_list(args: argparse.Namespace) -> int:
 
 @command("quarantine show")
 def cmd_quarantine_show(args: argparse.Namespace) -> int:
-    data = _via_node_or_store(args, {"action": "show", "id": args.id})
+    data = quarantine(open_home(args), {"action": "show", "id": args.id})
 
     def human() -> str:
         raw = data["raw_text"] if data["raw_text"] is not None else f"(not UTF-8; base64) {data['raw_b64']}"
@@ -93,7 +76,7 @@ def cmd_quarantine_replay(args: argparse.Namespace) -> int:
             raise UsageError("--payload must be a JSON object", fix="--payload '{\"case_no\": ...}'")
     req = {"action": "replay", "ids": args.ids, "all_pending": args.all, "source": args.source,
            "set": _parse_sets(args.set or []), "unset": args.unset or [], "kind": args.kind, "payload": payload}
-    data = _via_node_or_store(args, req)
+    data = quarantine(open_home(args), req)
 
     def human() -> str:
         lines = [f"replayed {len(data['replayed'])}, still failing {len(data['failed'])}"]
@@ -115,20 +98,8 @@ def cmd_quarantine_replay(args: argparse.Namespace) -> int:
 
 @command("adapters list")
 def cmd_adapters_list(args: argparse.Namespace) -> int:
-    home = open_home(args)
-    resp = admin.call(home, {"op": "status"})
-    running = resp["result"].get("adapters", {}) if resp is not None else {}
-    try:
-        sections = configured(home.config.sections)
-        store = home.store()
-        out: list[dict[str, Any]] = []
-        for name, sec in sections.items():
-            cur = store.get_meta(cursor_key(name))
-            out.append({"name": name, "type": sec.get("type"), "cursor": json.loads(cur) if cur else None,
-                        "running": running.get(name)})
-    finally:
-        home.close()
-    data = {"running": resp is not None, "adapters": out}
+    data = list_adapters(open_home(args))
+    out = data["adapters"]
 
     def human() -> str:
         lines = []
@@ -149,14 +120,7 @@ def cmd_adapters_list(args: argparse.Namespace) -> int:
 
 @command("adapters reset")
 def cmd_adapters_reset(args: argparse.Namespace) -> int:
-    home = open_home(args)
-    if admin.call(home, {"op": "status"}) is not None:
-        raise UsageError("the node is running", fix="stop it first (a running adapter holds its cursor)")
-    try:
-        with home.store().write() as tx:
-            tx.set_meta(cursor_key(args.name), "null")
-    finally:
-        home.close()
+    reset_cursor(open_home(args), args.name)
     emit(args, {"reset": args.name}, f"cursor of {args.name} cleared: it reads its source from the start; rows "
          "already in the log are skipped by their natural keys")
     return 0
@@ -164,12 +128,7 @@ def cmd_adapters_reset(args: argparse.Namespace) -> int:
 
 @command("adapters push-token")
 def cmd_push_token(args: argparse.Namespace) -> int:
-    from adapters import push
-
-    home = open_home(args)
-    section = (home.config.sections.get("adapters") or {}).get("push") or {}
-    path = push.token_path(home.dir, section)
-    token = push.ensure_token(path)
+    path, token = push_token(open_home(args))
     emit(args, {"token_file": str(path), "token": token},
          f"{path}\nlocal systems send gRPC metadata 'authorization: Bearer <the token in that file>'")
     return 0
