@@ -2,19 +2,18 @@
 
 The runbook "moving a big node from SQLite to PostgreSQL" (deploy/README.md) is this command: stop the
 node, copy, verify (done by the command: counts, heads and every chain), switch node.toml with
-``--switch``, start the node. node/core/storecopy.py holds the rules.
+``--switch``, start the node. node/app/store.py does it; node/core/storecopy.py holds the rules.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
 from typing import Any
 
-from node.core import admin_client as admin
-from node.core import config, storecopy
-from node.interfaces.cli.base import command, emit, open_home
+from node.app.store import copy_store
+from node.core import storecopy
+from node.interfaces.cli.base import command, emit, open_home, progress_line
 
 
 def add_parsers(sub: Any, add: Any) -> None:
@@ -27,52 +26,13 @@ def add_parsers(sub: Any, add: Any) -> None:
     sp.add_argument("--batch", type=int, default=storecopy.BATCH, help=f"rows per batch (default {storecopy.BATCH})")
 
 
-def _progress_printer(enabled: bool) -> tuple[storecopy.Progress, Any]:
-    last = [0.0]
-
-    def on_copy(table: str, done: int, total: int) -> None:
-        now = time.monotonic()
-        if enabled and (now - last[0] > 0.5 or done == total):
-            last[0] = now
-            print(f"\rcopying {table}: {done}/{total} rows", end="" if done < total else "\n", file=sys.stderr,
-                  flush=True)
-
-    def on_verify(done: int, total: int) -> None:
-        now = time.monotonic()
-        if enabled and (now - last[0] > 0.5 or done == total):
-            last[0] = now
-            print(f"\rverifying the target: {done}/{total} records", end="" if done < total else "\n",
-                  file=sys.stderr, flush=True)
-
-    return on_copy, on_verify
-
-
 @command("store copy")
 def cmd_store_copy(args: argparse.Namespace) -> int:
     home = open_home(args)
-    if args.batch < 1:
-        raise storecopy.StoreCopyError("--batch must be at least 1", fix="use the default (omit --batch)")
-    if admin.call(home, {"op": "status"}, timeout=10) is not None:
-        raise storecopy.NodeRunning(
-            f"node {home.code} is running: its store cannot be copied while it writes",
-            fix="stop it first (`systemctl stop fednode`), copy, then start it again",
-        )
-    if args.to == home.config.store_url:
-        raise storecopy.StoreCopyError("--to is the store the node already uses", fix="give the new database's URL")
-    on_copy, on_verify = _progress_printer(sys.stderr.isatty() and not args.json)
-    source = home.store()
-    target = storecopy.open_target(args.to, home.dir)
-    try:
-        report = storecopy.copy_store(source, target, batch=args.batch, progress=on_copy,
-                                      source_label=storecopy.redact(home.config.store_url),
-                                      target_label=storecopy.redact(args.to))
-        storecopy.verify_target(target, home.root(), report, on_verify)
-    finally:
-        target.close()
-        home.close()
-    if report.ok and args.switch:
-        config.set_field(home.config.path, "store", "url", args.to)
-        report.switched = True
+    line = progress_line(sys.stderr.isatty() and not args.json)
+    report = copy_store(home, args.to, batch=args.batch, switch=args.switch,
+                        on_copy=lambda table, done, total: line(f"copying {table}", done, total, "rows"),
+                        on_verify=lambda done, total: line("verifying the target", done, total, "records"))
 
     def human() -> str:
         lines = [f"copied {report.rows} rows in {len(report.tables)} tables from {report.source} to {report.target} "
