@@ -30,10 +30,11 @@ from typing import Any
 from cryptography import x509
 
 from node.app import enrol
+from node.app.remote import via_node_or_store
 from node.core import pki
 from node.core.errors import UsageError
 from node.core.home import Home
-from node.core.keyring import Keyring, resolve_key_id
+from node.core.keyring import Keyring, check_key_id, resolve_key_id
 from node.core.ledger import Ledger
 from node.core.records import channel_name
 from proto.fednode.v1 import fednode_pb2 as pb
@@ -101,3 +102,49 @@ def install(home: Home, ledger: Ledger | None, bundle: pki.Bundle) -> dict[str, 
     return {"code": home.code, "path": bundle.path, "parent_code": bundle.parent_code,
             "key_id": home.key_certificate().key_id.hex(), "changed": changed,
             "parent_changed": home.config.parent_code != parent_before}
+
+
+# ---- the use cases: through the running node, else on the stopped store --------------------------------
+
+
+def install_bundle(home: Home, text: str, source: str) -> dict[str, Any]:
+    """`fednode pki install`: the bundle's text (checked here first), installed by the node or on the store."""
+    bundle = pki.Bundle.from_json(text, source=source)
+    data, via = via_node_or_store(home, {"op": "pki.install", "bundle": text, "source": source},
+                                  lambda: install(home, None, bundle))
+    data["via"] = via
+    return dict(data)
+
+
+def rotate_key(home: Home) -> dict[str, Any]:
+    """`fednode pki rotate`: a new signing key, by the running node or on the store."""
+    data, via = via_node_or_store(home, {"op": "pki.rotate"}, lambda: rotate(home, home.ledger()))
+    data["via"] = via
+    return dict(data)
+
+
+def revoke_key(home: Home, key_text: str, reason: str) -> dict[str, Any]:
+    """`fednode pki revoke`: by the running node, or on the store (then the node's own keys recovered)."""
+    check_key_id(key_text)
+
+    def local() -> dict[str, Any]:
+        ledger = home.ledger()
+        data = revoke(ledger, key_text, reason)
+        if data["code"] == home.code:
+            data["recovery"] = enrol.recover_own_keys(home, ledger)
+        return data
+
+    data, via = via_node_or_store(home, {"op": "pki.revoke", "key_id": key_text, "reason": reason}, local)
+    data["via"] = via
+    return dict(data)
+
+
+def list_keys(home: Home, code: str | None) -> list[dict[str, Any]]:
+    """`fednode pki keys`: every key the node knows (of ``code`` only, if given)."""
+
+    def local() -> list[dict[str, Any]]:
+        ledger = home.ledger()
+        return key_rows(ledger.keyring, ledger.signer.key_id if ledger.signer else None, code or None)
+
+    rows: list[dict[str, Any]] = via_node_or_store(home, {"op": "pki.keys", "code": code or ""}, local)[0]
+    return rows

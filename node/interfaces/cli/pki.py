@@ -5,12 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from node.app import enrol
-from node.app.keys import install, key_rows, revoke, rotate
-from node.core import admin_client as admin
-from node.core import pki
+from node.app.keys import install_bundle, list_keys, revoke_key, rotate_key
 from node.core.errors import UsageError
-from node.core.keyring import check_key_id
 from node.interfaces.cli.base import command, emit, open_home
 
 # ---- CLI ---------------------------------------------------------------------------------------------------
@@ -24,25 +20,19 @@ def cmd_pki_install(args: argparse.Namespace) -> int:
     except OSError as e:
         raise UsageError(f"cannot read the bundle {args.bundle}: {e.strerror}",
                          fix="pass the file the parent's `fednode pki sign` printed") from None
-    bundle = pki.Bundle.from_json(text, source=args.bundle)
-    resp = admin.call(home, {"op": "pki.install", "bundle": text, "source": args.bundle})
-    data = resp["result"] if resp is not None else install(home, None, bundle)
-    data["via"] = "admin" if resp is not None else "store"
+    data = install_bundle(home, text, args.bundle)
     note = ""
-    if resp is not None and (data["changed"] or data["parent_changed"]):
+    if data["via"] == "admin" and (data["changed"] or data["parent_changed"]):
         note = ("\nthe node runs: the signing key is in use now; the new TLS certificates and parent are used from the "
                 "next start (`systemctl restart fednode`)")
-    emit(args, data, f"installed certificates for {bundle.path}; parent {bundle.parent_code or '-'}; "
+    emit(args, data, f"installed certificates for {data['path']}; parent {data['parent_code'] or '-'}; "
          f"signing key {data['key_id']}{note}")
     return 0
 
 
 @command("pki rotate")
 def cmd_pki_rotate(args: argparse.Namespace) -> int:
-    home = open_home(args)
-    resp = admin.call(home, {"op": "pki.rotate"})
-    data = resp["result"] if resp is not None else rotate(home, home.ledger())
-    data["via"] = "admin" if resp is not None else "store"
+    data = rotate_key(open_home(args))
     rec = data.get("recovery") or {}
     extra = ""
     if rec.get("resigned"):
@@ -56,18 +46,7 @@ def cmd_pki_rotate(args: argparse.Namespace) -> int:
 
 @command("pki revoke")
 def cmd_pki_revoke(args: argparse.Namespace) -> int:
-    home = open_home(args)
-    check_key_id(args.key_id)
-    resp = admin.call(home, {"op": "pki.revoke", "key_id": args.key_id, "reason": args.reason})
-    if resp is not None:
-        data = resp["result"]
-        data["via"] = "admin"
-    else:
-        ledger = home.ledger()
-        data = revoke(ledger, args.key_id, args.reason)
-        if data["code"] == home.code:
-            data["recovery"] = enrol.recover_own_keys(home, ledger)
-        data["via"] = "store"
+    data = revoke_key(open_home(args), args.key_id, args.reason)
     through = ", ".join(f"{ch} {s}" for ch, s in data["through"].items())
     emit(args, data, f"key {data['revoked']} of {data['code']} revoked: it verifies nothing beyond seq ({through}) "
          f"of {data['code']}'s logs" + ("" if data["via"] == "admin" else
@@ -77,13 +56,7 @@ def cmd_pki_revoke(args: argparse.Namespace) -> int:
 
 @command("pki keys")
 def cmd_pki_keys(args: argparse.Namespace) -> int:
-    home = open_home(args)
-    resp = admin.call(home, {"op": "pki.keys", "code": args.code or ""})
-    if resp is not None:
-        rows = resp["result"]
-    else:
-        ledger = home.ledger()
-        rows = key_rows(ledger.keyring, ledger.signer.key_id if ledger.signer else None, args.code or None)
+    rows = list_keys(open_home(args), args.code)
 
     def human() -> str:
         lines = [f"{'key id':<64}  {'node':<12}{'state':<15}{'valid until':<22}"]
