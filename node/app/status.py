@@ -9,7 +9,8 @@ from node import __version__
 from node.app.remote import via_node_or_store
 from node.core import pki
 from node.core.home import Home
-from node.core.records import channel_name
+from node.core.ledger import Ledger, NewRecord
+from node.core.records import CONTROL, channel_name, now_us
 
 # ---- status ---------------------------------------------------------------------------------------------
 
@@ -48,3 +49,10 @@ def status_data(home: Home) -> dict[str, Any]:
         for r in store.keys(home.code)
     ]
     return data
+
+
+def probe(ledger: Ledger, note: Any) -> dict[str, Any]:
+    """Append one ``link.probe`` control record (latency measurements, smoke tests of a deployment)."""
+    payload = {"note": str(note)[:200], "at_us": now_us()}
+    res = ledger.append([NewRecord("link.probe", payload)])
+    return {"channel": "control", "seq": res[CONTROL].head.seq}

@@ -28,10 +28,8 @@ async def _ingest(rt: NodeRuntime, req: dict[str, Any]) -> Any:
 @op("probe")
 async def _probe(rt: NodeRuntime, req: dict[str, Any]) -> Any:
     """Append one `link.probe` control record (latency measurements, smoke tests of a deployment)."""
-    from node.core.ledger import NewRecord
-    from node.core.records import CONTROL, now_us
+    from node.app.status import probe
 
-    payload = {"note": str(req.get("note", ""))[:200], "at_us": now_us()}
-    res = await rt.db(rt.ledger.append, [NewRecord("link.probe", payload)])
+    result = await rt.db(probe, rt.ledger, req.get("note", ""))
     rt.notify()
-    return {"channel": "control", "seq": res[CONTROL].head.seq}
+    return result
