@@ -24,6 +24,9 @@ Rules of this module:
   (adapter readers, notify commands) never talk to systemd. No package: ``sdnotify`` (the pure-Python
   one) has had no release since 2017, and ``systemd-python``/``cysystemd`` need libsystemd to build,
   which the offline bundle cannot assume. The protocol is one datagram of ``KEY=value`` lines.
+- The states, ``Check``, ``worst``/``summary`` and the certificate and disk checks (those `fednode health`
+  judges a stopped node by) are node/features/health.py's, re-exported here; this module adds the checks
+  of the running node and the monitor.
 - The judging functions are pure (they take what they judge, and ``now``); only ``probe_store``,
   ``disk_check`` and ``load_certificates`` touch the system.
 """
@@ -34,61 +37,48 @@ import asyncio
 import contextlib
 import datetime as dt
 import os
-import shutil
 import socket
 import time
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
 if TYPE_CHECKING:
-    from cryptography import x509
-
     from node.core.config import Config
     from node.core.home import Home
     from node.core.store import Store
     from node.runtime.process import LinkState, NodeRuntime
 
-log = structlog.get_logger(__name__)
+from node.features.health import (  # noqa: F401  (the states and pure judgements, re-exported: health.OK ...)
+    _RANK,
+    CERT_WARN_DAYS,
+    CERTIFICATES,
+    DEGRADED,
+    DISK_DEGRADED_BYTES,
+    DISK_UNHEALTHY_BYTES,
+    NODE_STATES,
+    OFF,
+    OK,
+    UNHEALTHY,
+    Check,
+    certificate_checks,
+    disk_check,
+    disk_judgement,
+    load_certificates,
+    offline_checks,
+    store_dir,
+    summary,
+    worst,
+)
 
-OK, OFF, DEGRADED, UNHEALTHY = "ok", "off", "degraded", "unhealthy"
-_RANK = {OK: 0, OFF: 0, DEGRADED: 1, UNHEALTHY: 2}
-NODE_STATES = ("healthy", "degraded", "unhealthy")
+log = structlog.get_logger(__name__)
 
 INTERVAL_S = 3.0  # how often the running node evaluates its health
 STORE_TIMEOUT_S = 10.0  # a store (or store thread) that does not answer within this is unhealthy
-CERT_WARN_DAYS = 30
-CERTIFICATES = ("tls.crt", "sign.crt", "ca.crt", "root.crt")
-DISK_UNHEALTHY_BYTES = 100 * 2**20  # SQLite needs room for its WAL and checkpoints
-DISK_DEGRADED_BYTES = 2**30
 # READY=1 waits for recovery at most this long (below the unit's TimeoutStartSec=120): a node that waits
 # for its parent however long it takes (a store restored from an old copy) must not be killed by systemd
 READY_MAX_WAIT_S = 90.0
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    state: str  # ok | off | degraded | unhealthy
-    detail: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"state": self.state, "ok": _RANK[self.state] == 0, "detail": self.detail}
-
-
-def worst(states: Iterable[str]) -> str:
-    """The node's state from its checks' states: healthy, degraded or unhealthy."""
-    rank = max((_RANK[s] for s in states), default=0)
-    return NODE_STATES[rank]
-
-
-def summary(state: str, checks: Mapping[str, Mapping[str, Any]]) -> str:
-    """One line: the state and the checks that make it (for STATUS=, /healthz, warnings)."""
-    bad = [f"{name}: {c['detail']}" for name, c in checks.items() if _RANK.get(c["state"], 0) > 0]
-    return state + (": " + "; ".join(bad) if bad else "")
 
 
 def parent_down_unhealthy_s(cfg: Config) -> float:
@@ -132,35 +122,6 @@ def uplink_check(below_root: bool, parent: str, link: LinkState | None, now_us: 
     if link.last_error:
         detail += f": {link.last_error}"
     return Check("uplink", state, detail)
-
-
-def certificate_checks(certs: Mapping[str, x509.Certificate], now: dt.datetime,
-                       warn_days: float = CERT_WARN_DAYS) -> list[Check]:
-    out = []
-    for name, cert in certs.items():
-        end, start = cert.not_valid_after_utc, cert.not_valid_before_utc
-        left_days = (end - now).total_seconds() / 86400
-        when = end.astimezone().isoformat(timespec="seconds")
-        if now < start:
-            out.append(Check(f"cert:{name}", UNHEALTHY, f"not valid before {start.astimezone().isoformat(timespec='seconds')}"
-                             " (is this server's clock right?)"))
-        elif left_days <= 0:
-            out.append(Check(f"cert:{name}", UNHEALTHY, f"expired {when}: renew it (`fednode pki rotate`, or re-enrol)"))
-        elif left_days < warn_days:
-            out.append(Check(f"cert:{name}", DEGRADED, f"expires {when}, in {left_days:.0f} days: renew it before"))
-        else:
-            out.append(Check(f"cert:{name}", OK, f"valid until {when}"))
-    return out
-
-
-def disk_judgement(path: Path | str, free: int, unhealthy_bytes: int = DISK_UNHEALTHY_BYTES,
-                   degraded_bytes: int = DISK_DEGRADED_BYTES) -> Check:
-    text = f"{free / 2**30:.1f} GiB free on the filesystem of {path}"
-    if free < unhealthy_bytes:
-        return Check("disk", UNHEALTHY, f"{text} (below {unhealthy_bytes // 2**20} MiB: writes will fail)")
-    if free < degraded_bytes:
-        return Check("disk", DEGRADED, f"{text} (below {degraded_bytes // 2**20} MiB)")
-    return Check("disk", OK, text)
 
 
 def _error_text(section: Mapping[str, Any]) -> str:
@@ -238,30 +199,6 @@ def crashed_task(svc: Any) -> str:
 # ---- the checks that touch the system ------------------------------------------------------------------
 
 
-def load_certificates(home: Home) -> dict[str, x509.Certificate]:
-    out = {}
-    for name in CERTIFICATES:
-        if home.has(name):
-            out[name] = home.load_cert(name)
-    return out
-
-
-def store_dir(home: Home) -> Path:
-    from node.core.home import sqlite_path
-
-    db = sqlite_path(home.config.store_url, home.dir)
-    return db.parent if db is not None else home.dir
-
-
-def disk_check(home: Home) -> Check:
-    where = store_dir(home)
-    try:
-        free = shutil.disk_usage(where).free
-    except OSError as e:
-        return Check("disk", UNHEALTHY, f"cannot read the free space of {where}: {e.strerror or e}")
-    return disk_judgement(where, free)
-
-
 def probe_store(store: Store, home: Home) -> Check:
     """(Blocking.) The store answers a query and can be written."""
     from sqlalchemy import select, text
@@ -286,11 +223,6 @@ def probe_store(store: Store, home: Home) -> Check:
                 return Check("store", UNHEALTHY, f"{p} is not writable by this process (owner, mode, read-only mount?)")
         return Check("store", OK, f"SQLite {db} answers in {took_ms:.0f} ms, writable")
     return Check("store", OK, f"PostgreSQL answers in {took_ms:.0f} ms, writable")
-
-
-def offline_checks(home: Home, now: dt.datetime | None = None) -> list[Check]:
-    """What can be judged of a stopped node: its certificates and its disk."""
-    return [*certificate_checks(load_certificates(home), now or dt.datetime.now(dt.UTC)), disk_check(home)]
 
 
 # ---- systemd readiness ----------------------------------------------------------------------------------
