@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from node.app.remote import via_node_or_store
@@ -111,6 +112,36 @@ def _positive(name: str, value: Any) -> None:
     if value is not None and (not isinstance(value, int | float) or isinstance(value, bool) or value <= 0):
         raise UsageError(f"--{name.replace('_', '-')} {value!r} is not a positive number of working days",
                          fix="give a number of working days greater than 0, e.g. 1 or 0.5")
+
+
+# the fields of each verb's record, by name; a field marked "?" is left out when not given (None or "")
+VERB_FIELDS: dict[str, tuple[str, ...]] = {
+    "reply": ("text",),
+    "conclude": ("verdict", "text", "score?", "satisfaction?"),
+    "return": ("reason", "reply_days?"),
+    "extend-request": ("days", "reason"),
+    "extend-grant": ("reply_days",),
+    "assign": ("responsible_unit", "responsible_person", "finding"),
+    "assign-result": ("assign_no", "result", "disputed", "responsible_unit?", "responsible_person?"),
+}
+
+
+def act_fields(verb: str, given: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of ``verb``'s record picked from ``given`` (VERB_FIELDS)."""
+    out: dict[str, Any] = {}
+    for field in VERB_FIELDS.get(verb, ()):
+        name = field.rstrip("?")
+        value = given.get(name)
+        if field.endswith("?") and (value is None or value == ""):
+            continue
+        out[name] = value
+    return out
+
+
+def act(home: Home, verb: str, ticket: str, given: Mapping[str, Any], actor: str) -> tuple[Any, str]:
+    """`fednode tickets VERB TICKET ...`: one act on a ticket (its fields picked from ``given``)."""
+    return run_request(home, {"action": "act", "verb": verb, "ticket": ticket, "fields": act_fields(verb, given),
+                              "actor": actor})
 
 
 def run_request(home: Home, req: dict[str, Any]) -> tuple[Any, str]:

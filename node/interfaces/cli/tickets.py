@@ -26,7 +26,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from node.app.tickets import run_request
+from node.app.tickets import act, run_request
 from node.features import worklog as auditlog
 from node.features.tickets import lifecycle as lc
 from node.features.tickets.desk import VERBS
@@ -123,38 +123,6 @@ def _actor(sp: argparse.ArgumentParser) -> None:
                     "the OS user)")
 
 
-def _fields(args: argparse.Namespace) -> dict[str, Any]:
-    verb = args.tickets_command
-    if verb == "reply":
-        return {"text": args.text}
-    if verb == "conclude":
-        f: dict[str, Any] = {"verdict": args.verdict, "text": args.text}
-        if args.score is not None:
-            f["score"] = args.score
-        if args.satisfaction is not None:
-            f["satisfaction"] = args.satisfaction
-        return f
-    if verb == "return":
-        f = {"reason": args.reason}
-        if args.reply_days is not None:
-            f["reply_days"] = args.reply_days
-        return f
-    if verb == "extend-request":
-        return {"days": args.days, "reason": args.reason}
-    if verb == "extend-grant":
-        return {"reply_days": args.reply_days}
-    if verb == "assign":
-        return {"responsible_unit": args.unit, "responsible_person": args.person, "finding": args.finding}
-    if verb == "assign-result":
-        f = {"assign_no": args.assign_no, "result": args.result, "disputed": args.disputed}
-        if args.unit:
-            f["responsible_unit"] = args.unit
-        if args.person:
-            f["responsible_person"] = args.person
-        return f
-    return {}
-
-
 @command("tickets issue")
 def cmd_issue(args: argparse.Namespace) -> int:
     home = open_home(args)
@@ -169,8 +137,9 @@ def cmd_issue(args: argparse.Namespace) -> int:
 
 def _cmd_act(args: argparse.Namespace) -> int:
     home = open_home(args)
-    result, via = run_request(home, {"action": "act", "verb": args.tickets_command, "ticket": args.ticket,
-                                     "fields": _fields(args), "actor": auditlog.actor_of(args)})
+    given = {**vars(args), "responsible_unit": getattr(args, "unit", None),
+             "responsible_person": getattr(args, "person", None)}
+    result, via = act(home, args.tickets_command, args.ticket, given, auditlog.actor_of(args))
     result["via"] = via
     emit(args, result, f"{result['ticket']}: {result['event'].removeprefix('ticket.')} recorded at "
          f"{result['node']} ({result['at']})")
