@@ -488,8 +488,9 @@ async def dial_parent(rt: NodeRuntime, state: LinkState) -> None:
         except asyncio.InvalidStateError:
             # grpc.aio: a write after the RPC ended, i.e. the link was cut; report the real reason
             code, details = await call.code(), await call.details()
-            state.down(f"{code.name}: {details}", refused=code in (grpc.StatusCode.PERMISSION_DENIED,
-                                                                   grpc.StatusCode.UNAUTHENTICATED))
+            through = session is not None and session.established
+            state.down(f"{code.name}: {details}" + ("" if through else f" (server name {names[name_at]})"),
+                       refused=code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED))
         except asyncio.CancelledError:
             state.down("stopping")
             await channel.close(grace=None)
