@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from node.app.remote import via_node_or_store
 from node.core.home import Home
 from node.link.client import GrpcParent
 from node.link.reconcile import last_per_peer, reconcile_with_parent
@@ -55,3 +56,10 @@ def run_direct(home: Home, trigger: str = "demand") -> dict[str, Any]:
         finally:
             parent.close()
         return {"report": rep.as_dict(), "children": last_per_peer(ledger, "parent")}
+
+
+def reconcile(home: Home, timeout: float = 600.0) -> dict[str, Any]:
+    """`fednode reconcile`: asked of the running node (op ``reconcile``), else run here (``mode`` "direct")."""
+    data: dict[str, Any] = via_node_or_store(home, {"op": "reconcile"}, lambda: {**run_direct(home), "mode": "direct"},
+                                             timeout=timeout)[0]
+    return data

@@ -6,8 +6,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from node.app.reconcile import run_direct
-from node.core import admin_client as admin
+from node.app.reconcile import reconcile
 from node.interfaces.cli.base import command, emit, open_home
 
 # ---- CLI ------------------------------------------------------------------------------------------------
@@ -48,9 +47,7 @@ def human(data: dict[str, Any]) -> str:
 
 @command("reconcile")
 def cmd_reconcile(args: argparse.Namespace) -> int:
-    home = open_home(args)
-    resp = admin.call(home, {"op": "reconcile"}, timeout=args.timeout)
-    data = resp["result"] if resp is not None else {**run_direct(home), "mode": "direct"}
+    data = reconcile(open_home(args), args.timeout)
     emit(args, data, lambda: human(data))
     if data.get("skipped"):
         return 1
