@@ -1,4 +1,5 @@
-"""`fednode status`: what a node holds (logs, certificates, keys): from the running node, else read from its home."""
+"""`fednode status`: what a node holds (logs, certificates, keys): from the running node, else read from its home;
+and `probe` (admin op): one link.probe control record appended."""
 
 from __future__ import annotations
 
