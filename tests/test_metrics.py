@@ -11,6 +11,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from sqlalchemy import func, select
 
 from bench import demo
@@ -36,6 +39,7 @@ from node.features import metrics
 _SCRIPT = Path(sys.executable).parent / "fednode"
 FEDNODE = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-c", "import sys; from node.interfaces.cli.main import main; sys.exit(main())"]
 CHANNELS = {1: "control", 2: "monitor", 3: "bulk"}
+ALERTS_DIR = Path(__file__).resolve().parent.parent / "deploy" / "prometheus"
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
@@ -54,10 +58,10 @@ def value(samples: Samples, metric: str, /, **labels: str) -> float:
 
 
 def test_render_escapes_and_parses_back() -> None:
-    f = metrics.Family("fednode_x", "gauge", "help with \\ backslash")
-    f.add(3, name='徐州 "市"\\n', path="a\nb")
-    f.add(1.5, name="plain", path="")
-    empty = metrics.Family("fednode_empty", "counter", "no samples: left out")
+    f = GaugeMetricFamily("fednode_x", "help with \\ backslash", labels=["name", "path"])
+    f.add_metric(['徐州 "市"\\n', "a\nb"], 3)
+    f.add_metric(["plain", ""], 1.5)
+    empty = CounterMetricFamily("fednode_empty", "no samples: left out")
     text = metrics.render([f, empty])
     assert "# TYPE fednode_x gauge" in text and "fednode_empty" not in text
     assert 'name="徐州 \\"市\\"\\\\n",path="a\\nb"' in text
@@ -97,9 +101,9 @@ def test_families_from_a_snapshot() -> None:
     }
     counts = {"incidents_by_kind": {"fork": 1}, "quarantine_by_source": {("cli", "pending"): 2},
               "alerts_by_kind": {"alert": 4}}
-    snap = metrics.snapshot(status, counts, {"reconcile": {"last": {"repaired": 3, "ok": True}, "note": "x"}},
-                            {"320000/up": ({"bulk": 0}, {"bulk": 500, "control": 2})})
-    s = metrics.parse_exposition(metrics.render(metrics.families(snap)))
+    snap = metrics.snapshot(status, counts, SERVICES, {"320000/up": ({"bulk": 0}, {"bulk": 500, "control": 2})})
+    text = metrics.render(metrics.families(snap))
+    s = metrics.parse_exposition(text)
     link = {"peer": "320000", "direction": "up"}
     assert value(s, "fednode_link_up", **link) == 1
     assert value(s, "fednode_link_state", **link, state="connected") == 1
@@ -118,10 +122,140 @@ def test_families_from_a_snapshot() -> None:
     assert value(s, "fednode_incidents", kind="fork") == 1
     assert value(s, "fednode_quarantine_items", source="cli", state="pending") == 2
     assert value(s, "fednode_alert_records", kind="alert") == 4
-    assert value(s, "fednode_refused_peers") == 1
-    assert value(s, "fednode_service_value", service="reconcile", field="last.repaired") == 3
-    assert value(s, "fednode_service_value", service="reconcile", field="last.ok") == 1
     assert value(s, "fednode_certificate_expiry_timestamp_seconds", certificate="tls.crt") == dt.datetime(2029, 3, 2, 8, 56, 57, tzinfo=dt.UTC).timestamp()
+    # the services' figures: each its own typed family (issue 27: no grab-bag gauge)
+    assert value(s, "fednode_reconcile_last_ok") == 1
+    assert value(s, "fednode_reconcile_last_records_repaired") == 3
+    assert value(s, "fednode_rules_enabled") == 1
+    assert value(s, "fednode_rules_scan_interval_seconds") == 60
+    assert value(s, "fednode_rules_last_scan_timestamp_seconds") == dt.datetime(2026, 11, 20, 2, 0, tzinfo=dt.UTC).timestamp()
+    assert value(s, "fednode_rules_alerts_appended_total") == 5
+    assert value(s, "fednode_notify_messages_total", outcome="failed") == 1
+    assert value(s, "fednode_ticket_records_written_total", kind="reminder") == 2
+    assert value(s, "fednode_adapter_rows_total", adapter="drop", type="filedrop", outcome="quarantined") == 1
+    assert value(s, "fednode_adapter_up", adapter="drop", type="filedrop") == 1
+    assert value(s, "fednode_metrics_scrapes_total") == 4
+    assert not any(n == "fednode_service_value" for n, _ in s)
+    types = dict(line.split()[2:4] for line in text.splitlines() if line.startswith("# TYPE"))
+    assert types["fednode_link_records_out_total"] == types["fednode_rules_alerts_appended_total"] == "counter"
+    assert types["fednode_link_up"] == types["fednode_rules_last_scan_timestamp_seconds"] == "gauge"
+    # counted as it happens, not in a snapshot: a stopped node has no such figure
+    assert not any(n.startswith(("fednode_refused_peers", "process_")) for n, _ in s)
+
+
+SERVICES: dict[str, Any] = {
+    "reconcile": {"last": {"records_repaired": 3, "ok": True, "finished_us": 1_700_000_000_000_000}, "note": "x",
+                  "next_run": "2026-11-21T02:00:00+08:00"},
+    "rules": {"enabled": True, "caught_up": True, "scan_interval_s": 60.0, "open_cases": 3, "alerts_appended": 5,
+              "last_scan": {"at": "2026-11-20T10:00:00+08:00", "alerts": 1, "s": 0.25},
+              "notify": {"sent": 2, "failed": 1}},
+    "tickets": {"receipts_written": 1, "reminders_written": 2, "escalations_written": 0,
+                "last_deadline_check": "2026-11-20T10:00:00+08:00", "last_error": ""},
+    "adapters": {"drop": {"type": "filedrop", "read": 3, "accepted": 2, "duplicates": 0, "quarantined": 1,
+                          "batches": 1, "last_commit_us": 1_700_000_000_000_000, "state": "ok"}},
+    "metrics": {"listen": "127.0.0.1:9464", "serving": True, "port": 9464, "scrapes": 4, "error": ""},
+}
+
+
+def test_instruments_count_as_it_happens() -> None:
+    """The running node's live figures: refused peers a counter by RPC, the two latency histograms, the
+    process collector; rendered with a snapshot into one page."""
+    inst = metrics.Instruments()
+    inst.refused("Link")
+    inst.refused("Link")
+    inst.refused("Bogus")  # a name outside the four RPCs cannot grow the label set
+    for seconds in (0.002, 0.02, 0.2):
+        inst.applied("320303", "down", seconds)
+    inst.committed("320000", "up", 0.04)
+    snap = metrics.snapshot({"node": {"code": "320300", "name": "徐州市", "level": "city"}, "running": True}, {})
+    text = metrics.render(metrics.families(snap), inst.registry)
+    s = metrics.parse_exposition(text)
+    assert "# TYPE fednode_refused_peers_total counter" in text or "# TYPE fednode_refused_peers counter" in text
+    assert value(s, "fednode_refused_peers_total", rpc="Link") == 2
+    assert value(s, "fednode_refused_peers_total", rpc="Heads") == 0
+    assert value(s, "fednode_refused_peers_total", rpc="other") == 1
+    assert value(s, "fednode_batch_apply_seconds_count", peer="320303", direction="down") == 3
+    assert value(s, "fednode_batch_apply_seconds_bucket", peer="320303", direction="down", le="0.01") == 1
+    assert value(s, "fednode_batch_apply_seconds_sum", peer="320303", direction="down") == pytest.approx(0.222)
+    assert value(s, "fednode_batch_commit_seconds_count", peer="320000", direction="up") == 1
+    assert "# TYPE fednode_batch_commit_seconds histogram" in text
+    assert value(s, "process_resident_memory_bytes") > 0
+    assert value(s, "process_start_time_seconds") <= time.time()
+    assert value(s, "fednode_running") == 1
+    assert not any(n.endswith("_created") for n, _ in s)
+
+
+PROMTOOL = shutil.which("promtool")
+if PROMTOOL is None and os.environ.get("FEDNODE_REQUIRE_PROMTOOL"):  # CI installs it: a skip there is a failure
+    raise RuntimeError("FEDNODE_REQUIRE_PROMTOOL is set but promtool is not installed (apt-get install prometheus)")
+needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool is not installed (Debian: apt-get install prometheus)")
+
+
+@needs_promtool
+def test_promtool_accepts_the_page() -> None:
+    """`promtool check metrics` (the exposition's syntax and Prometheus' naming conventions) on a page
+    with every family the node exports: snapshot, services, live counters and histograms."""
+    status = {"node": {"code": "320300", "name": "徐州市", "level": "city", "path": "320000/320300"}, "running": True,
+              "recovered": True, "started_us": 1_700_000_000_000_000, "incidents": 0, "quarantine": 1,
+              "logs": [{"origin": "320300", "channel": "control", "seq": 2}],
+              "links": [{"peer": "320000", "direction": "up", "state": "connected", "since_us": 1, "last_in_us": 2,
+                         "rtt_ms": 4.0, "records_in": 1, "records_out": 2, "backlog": {}, "acked": [],
+                         "paused": {}, "last_error": ""}],
+              "certificates": {"tls.crt": "2029-03-02T08:56:57+00:00"}}
+    counts = {"incidents_by_kind": {}, "quarantine_by_source": {("drop", "pending"): 1}, "alerts_by_kind": {"alert": 1}}
+    inst = metrics.Instruments()
+    inst.applied("320000", "up", 0.01)
+    inst.committed("320000", "up", 0.01)
+    page = metrics.render(metrics.families(metrics.snapshot(status, counts, SERVICES, {"320000/up": ({"bulk": 1}, {"bulk": 2})})),
+                          inst.registry)
+    assert "fednode_rules_enabled" in page and "fednode_batch_apply_seconds_bucket" in page
+    check_metrics(page)
+
+
+def check_metrics(page: str) -> None:
+    assert PROMTOOL is not None
+    p = subprocess.run([PROMTOOL, "check", "metrics"], input=page, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and not p.stdout.strip() and not p.stderr.strip(), p.stdout + p.stderr
+
+
+@needs_promtool
+def test_alert_rules(tmp_path: Path) -> None:
+    """deploy/prometheus/alerts.yml is valid (`promtool check rules`), its tests pass (`promtool test
+    rules`: link down, lag, certificate expiry, quarantine growth, rules idle, refused peers), and every
+    fednode metric an expression names is one the node exports."""
+    assert PROMTOOL is not None
+    rules = ALERTS_DIR / "alerts.yml"
+    p = subprocess.run([PROMTOOL, "check", "rules", str(rules)], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+    p = subprocess.run([PROMTOOL, "test", "rules", "alerts_test.yml"], cwd=ALERTS_DIR, capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    # a rule whose threshold moved is caught by the rules' tests (they can fail)
+    (tmp_path / "alerts.yml").write_text(rules.read_text(encoding="utf-8").replace("for: 10m", "for: 30m", 1),
+                                         encoding="utf-8")
+    shutil.copy(ALERTS_DIR / "alerts_test.yml", tmp_path)
+    p = subprocess.run([PROMTOOL, "test", "rules", "alerts_test.yml"], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode != 0 and "FednodeLinkDown" in p.stdout + p.stderr
+
+
+def test_alert_rules_name_exported_metrics() -> None:
+    """Every metric name in deploy/prometheus/alerts.yml is exported by the node (a rename cannot leave an
+    alert that never fires)."""
+    text = (ALERTS_DIR / "alerts.yml").read_text(encoding="utf-8")
+    named = set(re.findall(r"\b(fednode_[a-z_]+)", text))
+    assert named
+    inst = metrics.Instruments(process=False)
+    inst.applied("p", "up", 0.1)
+    inst.committed("p", "up", 0.1)
+    status = {"node": {"code": "1", "name": "n", "level": "county"}, "running": True, "recovered": True,
+              "incidents": 0, "links": [{"peer": "p", "direction": "up", "state": "down", "records_in": 0,
+                                         "records_out": 0}], "certificates": {"tls.crt": "2029-03-02T08:56:57+00:00"}}
+    counts = {"incidents_by_kind": {}, "quarantine_by_source": {("drop", "pending"): 1}, "alerts_by_kind": {}}
+    page = metrics.render(metrics.families(metrics.snapshot(status, counts, SERVICES)), inst.registry)
+    exported = {name for name, _ in metrics.parse_exposition(page)}
+    exported |= {re.sub(r"_(bucket|count|sum)$", "", n) for n in exported}  # a histogram's name (in the texts)
+    assert named <= exported, named - exported
 
 
 # ---- a demo run, scraped ----------------------------------------------------------------------------------
@@ -252,7 +386,15 @@ def test_demo_run_metrics(tmp_path: Path) -> None:
         assert value(province, "fednode_alert_records", kind="alert") == kind_counts(homes["320000"], "alert")
         assert kind_counts(homes["320000"], "alert") >= alerts_here  # the alerts travelled up
         assert value(province, "fednode_incidents_stored") == 0
-        assert value(province, "fednode_service_value", service="metrics", field="serving") == 1
+        assert value(scrape(ports["320000"]), "fednode_metrics_scrapes_total") >= 1  # the first is counted once answered
+        # the live histograms: the province applied the city's batches, the county saw its own acknowledged
+        assert value(province, "fednode_batch_apply_seconds_count", **down) >= 1
+        assert value(county, "fednode_batch_commit_seconds_count", **up) >= 1
+        assert value(province, "process_resident_memory_bytes") > 0
+        assert value(province, "fednode_refused_peers_total", rpc="Link") == 0
+        if PROMTOOL is not None:
+            with urllib.request.urlopen(f"http://127.0.0.1:{ports['320300']}/metrics", timeout=10) as r:
+                check_metrics(r.read().decode())
 
         # the HTTP shell: bad requests get 4xx and the endpoint keeps serving
         port = ports["320300-GA"]

@@ -4,30 +4,40 @@ Rules of this module:
 - The endpoint exists only when node.toml has a ``[metrics]`` section (``listen`` defaults to
   127.0.0.1:9464; ``listen = ""`` turns it off): several nodes on one host (demos, tests, a city and
   its department on one server) must not fight over one default port.
-- Pure core, thin shell: ``collect_store`` (store thread) and ``link_samples`` (loop) read the node;
-  ``families`` turns that snapshot into metric families; ``render`` writes the text format
-  (version 0.0.4). ``MetricsServer`` is a minimal HTTP/1.1 server on asyncio (no new dependency):
-  GET /metrics, GET /healthz, anything else 404/405. /healthz answers from the node's last health
-  evaluation (node/runtime/health.py): 200 "ok" healthy, 200 "degraded: ..." degraded, 503 "unhealthy: ..."
-  unhealthy or not evaluated yet; answering it reads that result and nothing else.
+- The exposition is prometheus_client's (text format 0.0.4): typed families, counters named
+  ``*_total``, histograms, the process collector. Two sources: ``families`` turns a snapshot of the
+  node (``collect_store`` on the store thread, the runtime's `status`) into families, pure; the
+  runtime's ``Instruments`` count what happens as it happens (refused peers, batch apply and commit
+  latency) with ``process_*``, ``python_*`` beside them. A stopped node (`fednode metrics` reading the
+  store) has only the snapshot: no process of its own to describe.
+- Each figure has its own family with its own type and help; nothing is exported as an anonymous
+  "field" of a catch-all gauge. What other features own (rules, tickets, reconciliation, adapters) is
+  read from their `status` sections only if present, so the metrics degrade, never fail, while those
+  features are absent or off.
+- ``MetricsServer`` is a minimal HTTP/1.1 server on asyncio: GET /metrics, GET /healthz, anything else
+  404/405. /healthz answers from the node's last health evaluation (node/runtime/health.py): 200 "ok"
+  healthy, 200 "degraded: ..." degraded, 503 "unhealthy: ..." unhealthy or not evaluated yet;
+  answering it reads that result and nothing else.
 - A scrape never hurts the node: a bad request gets a 4xx and is closed; a failing collection gets a
   500 with the error text; a port already in use is logged and the node runs on without metrics.
-- What other features own (reconciliation, alerts) is read only if it exists: a service's numeric
-  ``status()`` fields become ``fednode_service_value``; alert records are counted by kind from the
-  records table, so the metrics degrade, never fail, while those features are absent.
+- deploy/prometheus/alerts.yml holds the alert rules on these names; tests/test_metrics.py checks them
+  and a live page with promtool when it is installed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
+import datetime as dt
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import prometheus_client
 import structlog
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import and_, func, or_, select
 
 from node.core import schema
@@ -44,6 +54,9 @@ REQUEST_TIMEOUT_S = 10.0
 # monitor-channel kinds counted as "alerts" (records.py: _MONITOR_PREFIXES); counted per kind
 ALERT_PREFIXES = ("alert", "anomaly", "risk.", "complaint.", "incident.")
 LINK_STATES = ("connected", "connecting", "down", "refused")
+CST = dt.timezone(dt.timedelta(hours=8), "Asia/Shanghai")
+# counters carry no `_created` series: a scraper of this node has no use for them
+prometheus_client.disable_created_metrics()
 
 
 class MetricsConfigError(ConfigError):
@@ -90,180 +103,290 @@ def parse_config(path: Path | str, section: Any) -> MetricsConfig:
 
 # ---- the exposition (pure) ---------------------------------------------------------------------------
 
-
-@dataclass
-class Family:
-    name: str
-    type: str  # gauge | counter | info
-    help: str
-    samples: list[tuple[dict[str, str], float]] = field(default_factory=list)
-
-    def add(self, value: float, **labels: Any) -> None:
-        self.samples.append(({k: str(v) for k, v in labels.items()}, float(value)))
+# batch latencies: a small batch applies in milliseconds; a full bulk batch on a busy PostgreSQL in seconds
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+REFUSED_RPCS = ("Link", "Heads", "Fetch", "Chains")
+Metric = prometheus_client.Metric
 
 
-def _escape_label(v: str) -> str:
-    return v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+class Instruments:
+    """What only the running node can count as it happens (one registry per runtime, nothing global):
+    the process collector (``process_*``: CPU, memory, open files, start time), the Python platform
+    and GC collectors, peers refused at the identity check, and the latency histograms of the links.
+
+    ``batch_apply``: on the receiving side, from taking a batch off the inbox to having it verified and
+    committed to the store (what delays the acknowledgement). ``batch_commit``: on the sending side,
+    from writing a batch to the peer's acknowledgement, i.e. until the peer holds it committed."""
+
+    def __init__(self, process: bool = True) -> None:
+        self.registry = prometheus_client.CollectorRegistry(auto_describe=True)
+        if process:
+            prometheus_client.ProcessCollector(registry=self.registry)
+            prometheus_client.PlatformCollector(registry=self.registry)
+            prometheus_client.GCCollector(registry=self.registry)
+        self.refused_peers = prometheus_client.Counter(
+            "fednode_refused_peers", "peers refused at the TLS/identity check since the node started, by RPC",
+            ["rpc"], registry=self.registry)
+        for rpc in REFUSED_RPCS:
+            self.refused_peers.labels(rpc=rpc)
+        self.batch_apply = prometheus_client.Histogram(
+            "fednode_batch_apply_seconds", "received batch: verify and commit to the store (seconds)",
+            ["peer", "direction"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.batch_commit = prometheus_client.Histogram(
+            "fednode_batch_commit_seconds", "sent batch: until the peer acknowledged it committed (seconds)",
+            ["peer", "direction"], buckets=LATENCY_BUCKETS, registry=self.registry)
+
+    def refused(self, rpc: str) -> None:
+        self.refused_peers.labels(rpc=rpc if rpc in REFUSED_RPCS else "other").inc()
+
+    def applied(self, peer: str, direction: str, seconds: float) -> None:
+        self.batch_apply.labels(peer=peer, direction=direction).observe(seconds)
+
+    def committed(self, peer: str, direction: str, seconds: float) -> None:
+        self.batch_commit.labels(peer=peer, direction=direction).observe(seconds)
 
 
-def _format_value(v: float) -> str:
-    if math.isnan(v):
-        return "NaN"
-    if math.isinf(v):
-        return "+Inf" if v > 0 else "-Inf"
-    return str(int(v)) if v.is_integer() and abs(v) < 2**53 else repr(v)
+class _Fixed:
+    """A collector over metric families already built (one scrape's snapshot)."""
+
+    def __init__(self, fams: Iterable[Metric]) -> None:
+        self.fams = [f for f in fams if f.samples]
+
+    def collect(self) -> Iterable[Metric]:
+        return iter(self.fams)
 
 
-def render(families: Iterable[Family]) -> str:
-    """Prometheus text format 0.0.4. Families without samples are left out."""
-    out: list[str] = []
-    for f in families:
-        if not f.samples:
-            continue
-        kind = "gauge" if f.type == "info" else f.type
-        out.append(f"# HELP {f.name} {f.help.replace(chr(92), chr(92) * 2).replace(chr(10), ' ')}")
-        out.append(f"# TYPE {f.name} {kind}")
-        for labels, value in f.samples:
-            lab = ",".join(f'{k}="{_escape_label(v)}"' for k, v in labels.items())
-            out.append(f"{f.name}{{{lab}}} {_format_value(value)}" if lab else f"{f.name} {_format_value(value)}")
-    return "\n".join(out) + "\n"
+def render(fams: Iterable[Metric], *live: Any) -> str:
+    """The text exposition (format 0.0.4) of snapshot families plus live collectors (``Instruments.registry``),
+    written by prometheus_client. Families without samples are left out."""
+    registry = prometheus_client.CollectorRegistry(auto_describe=False)
+    registry.register(_Fixed(fams))  # type: ignore[arg-type]
+    for collector in live:
+        registry.register(collector)
+    return prometheus_client.generate_latest(registry).decode()
 
 
 def parse_exposition(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    """Read back what ``render`` writes (for tests and `fednode metrics --json`)."""
+    """Every sample of an exposition, by (sample name, labels) (for tests and `fednode metrics --json`)."""
     out: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        head, _, value = line.rpartition(" ")
-        labels: list[tuple[str, str]] = []
-        name = head
-        if "{" in head:
-            name, _, rest = head.partition("{")
-            rest = rest[:-1]
-            i = 0
-            while i < len(rest):
-                eq = rest.index("=", i)
-                key = rest[i:eq]
-                j, buf = eq + 2, []
-                while rest[j] != '"':
-                    if rest[j] == "\\":
-                        j += 1
-                        buf.append({"n": "\n"}.get(rest[j], rest[j]))
-                    else:
-                        buf.append(rest[j])
-                    j += 1
-                labels.append((key, "".join(buf)))
-                i = j + 2  # skip the closing quote and the comma
-        out[(name, frozenset(labels))] = float(value)
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, frozenset(s.labels.items()))] = float(s.value)
     return out
 
 
-def _flatten(prefix: str, value: Any) -> Iterable[tuple[str, float]]:
-    if isinstance(value, bool):
-        yield prefix, 1.0 if value else 0.0
-    elif isinstance(value, int | float):
-        yield prefix, float(value)
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            yield from _flatten(f"{prefix}.{k}" if prefix else str(k), v)
+def _gauge(name: str, help_: str, *labels: str) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, help_, labels=list(labels))
 
 
-def families(snap: dict[str, Any]) -> list[Family]:
+def _counter(name: str, help_: str, *labels: str) -> CounterMetricFamily:
+    return CounterMetricFamily(name, help_, labels=list(labels))
+
+
+def _ts(iso: Any) -> float | None:
+    """Unix time of an ISO 8601 text (naive: Asia/Shanghai, the tree's one zone), None if it is not one."""
+    if not isinstance(iso, str) or not iso:
+        return None
+    try:
+        t = dt.datetime.fromisoformat(iso)
+    except ValueError:
+        return None
+    return (t if t.tzinfo else t.replace(tzinfo=CST)).timestamp()
+
+
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
+def _one(out: list[Metric], make: Callable[..., Any], name: str, help_: str, value: float | None) -> None:
+    """Append a family with one unlabelled sample, unless the value is missing."""
+    if value is not None:
+        f = make(name, help_)
+        f.add_metric([], value)
+        out.append(f)
+
+
+def service_families(services: dict[str, Any]) -> list[Metric]:
+    """One typed family per figure of the services' `status` sections (instead of one gauge for all):
+    counters for what a service counted since the node started, gauges for states and timestamps."""
+    out: list[Metric] = []
+    rules = services.get("rules")
+    if isinstance(rules, dict):
+        last_scan = rules.get("last_scan") or {}
+        notify = rules.get("notify") or {}
+        for make, name, help_, value in (
+                (_gauge, "fednode_rules_enabled", "1 when the rules engine is on ([rules] enabled)",
+                 1.0 if rules.get("enabled") else 0.0),
+                (_gauge, "fednode_rules_caught_up", "1 when the rules engine has read every record it watches",
+                 1.0 if rules.get("caught_up") else 0.0),
+                (_gauge, "fednode_rules_scan_interval_seconds", "[rules] scan_interval_s: the time-based scans' period",
+                 _num(rules.get("scan_interval_s"))),
+                (_gauge, "fednode_rules_last_scan_timestamp_seconds", "when the last time-based scan ran (unix time)",
+                 _ts(last_scan.get("at"))),
+                (_gauge, "fednode_rules_last_scan_duration_seconds", "how long the last time-based scan took",
+                 _num(last_scan.get("s"))),
+                (_gauge, "fednode_rules_open_cases", "cases the rules engine watches", _num(rules.get("open_cases"))),
+                (_gauge, "fednode_rules_cases_held", "cases held in the engine's memory", _num(rules.get("cases_held"))),
+                (_counter, "fednode_rules_alerts_appended", "alerts the rules engine appended since start",
+                 _num(rules.get("alerts_appended"))),
+                (_counter, "fednode_rules_records_skipped", "records the rules engine could not read",
+                 _num(rules.get("records_skipped"))),
+                (_counter, "fednode_rules_scans", "time-based scans run since start", _num(rules.get("scheduled_scans")))):
+            _one(out, make, name, help_, value)
+        if notify:
+            c = _counter("fednode_notify_messages", "alert notifications since start, by outcome", "outcome")
+            for outcome in ("sent", "failed"):
+                c.add_metric([outcome], _num(notify.get(outcome)) or 0)
+            out.append(c)
+    tickets = services.get("tickets")
+    if isinstance(tickets, dict):
+        c = _counter("fednode_ticket_records_written", "ticket records the node wrote by itself since start, by kind",
+                     "kind")
+        for key, kind in (("receipts_written", "receipt"), ("reminders_written", "reminder"),
+                          ("escalations_written", "escalation")):
+            c.add_metric([kind], _num(tickets.get(key)) or 0)
+        out.append(c)
+        _one(out, _gauge, "fednode_tickets_last_deadline_check_timestamp_seconds",
+             "when ticket deadlines were last checked", _ts(tickets.get("last_deadline_check")))
+    reconcile = services.get("reconcile")
+    if isinstance(reconcile, dict):
+        last = reconcile.get("last") or {}
+        if last:
+            fin = _num(last.get("finished_us"))
+            _one(out, _gauge, "fednode_reconcile_last_ok",
+                 "1 when the last reconciliation with the parent found no incident and no error",
+                 1.0 if last.get("ok") else 0.0)
+            _one(out, _gauge, "fednode_reconcile_last_run_timestamp_seconds", "when the last reconciliation ended",
+                 fin / 1e6 if fin is not None else None)
+            _one(out, _gauge, "fednode_reconcile_last_records_repaired", "records the last reconciliation repaired",
+                 _num(last.get("records_repaired")) or 0.0)
+        _one(out, _gauge, "fednode_reconcile_next_run_timestamp_seconds", "when the next reconciliation is due",
+             _ts(reconcile.get("next_run")))
+    adapters = services.get("adapters")
+    if isinstance(adapters, dict):
+        up = _gauge("fednode_adapter_up", "1 when the adapter's last poll worked", "adapter", "type")
+        rows = _counter("fednode_adapter_rows", "rows an adapter read since start, by outcome", "adapter", "type",
+                        "outcome")
+        batches = _counter("fednode_adapter_batches", "batches an adapter committed since start", "adapter", "type")
+        last_commit = _gauge("fednode_adapter_last_commit_timestamp_seconds", "when an adapter last committed rows",
+                             "adapter", "type")
+        for name, c in sorted(adapters.items()):
+            if name.startswith("_") or not isinstance(c, dict):
+                continue
+            lab = [name, str(c.get("type", ""))]
+            up.add_metric(lab, 1 if c.get("state") == "ok" else 0)
+            for key in ("read", "accepted", "duplicates", "quarantined"):
+                rows.add_metric([*lab, key], _num(c.get(key)) or 0)
+            batches.add_metric(lab, _num(c.get("batches")) or 0)
+            if c.get("last_commit_us"):
+                last_commit.add_metric(lab, float(c["last_commit_us"]) / 1e6)
+        out += [up, rows, batches, last_commit]
+    keys = services.get("keys")
+    if isinstance(keys, dict):
+        _one(out, _gauge, "fednode_key_resend_pending_logs", "own logs waiting to be re-signed after a revocation",
+             float(len(keys.get("resend_pending") or {})))
+    stats = services.get("stats")
+    if isinstance(stats, dict):
+        _one(out, _gauge, "fednode_stats_cursor", "the statistics projection's position in the records it reads",
+             _num(stats.get("cursor")))
+    served = services.get("metrics")
+    if isinstance(served, dict):
+        _one(out, _counter, "fednode_metrics_scrapes", "scrapes the metrics endpoint answered since it started listening",
+             _num(served.get("scrapes")) or 0.0)
+    return out
+
+
+def families(snap: dict[str, Any]) -> list[Metric]:
     """The metric families of one snapshot (see ``snapshot``)."""
     node = snap["node"]
-    info = Family("fednode_node_info", "info", "this node: code, name, level, path, version (value 1)")
-    info.add(1, code=node["code"], name=node["name"], level=node["level"], path=node.get("path") or "",
-             version=node.get("version", ""))
-    up = Family("fednode_running", "gauge", "1 while `fednode run` serves this node")
-    up.add(1 if snap.get("running") else 0)
-    started = Family("fednode_start_time_seconds", "gauge", "when the running node started (unix time)")
+    info = InfoMetricFamily("fednode_node", "this node: code, name, level, path, version (value 1)")
+    info.add_metric([], {"code": str(node["code"]), "name": str(node["name"]), "level": str(node["level"]),
+                         "path": str(node.get("path") or ""), "version": str(node.get("version", ""))})
+    up = _gauge("fednode_running", "1 while `fednode run` serves this node")
+    up.add_metric([], 1 if snap.get("running") else 0)
+    started = _gauge("fednode_start_time_seconds", "when the running node started (unix time)")
     if snap.get("started_us"):
-        started.add(snap["started_us"] / 1e6)
-    recovered = Family("fednode_recovered", "gauge",
+        started.add_metric([], snap["started_us"] / 1e6)
+    recovered = _gauge("fednode_recovered",
                        "1 once the node holds its own logs as far as its parent does (0: restored node still recovering)")
     if "recovered" in snap:
-        recovered.add(1 if snap["recovered"] else 0)
+        recovered.add_metric([], 1 if snap["recovered"] else 0)
 
-    log_seq = Family("fednode_log_seq", "gauge", "head seq of each (origin, channel) log held here")
+    log_seq = _gauge("fednode_log_seq", "head seq of each (origin, channel) log held here", "origin", "channel")
+    own = _gauge("fednode_own_records", "records born at this node, per channel", "channel")
     for lg in snap.get("logs", []):
-        log_seq.add(lg["seq"], origin=lg["origin"], channel=lg["channel"])
-    own = Family("fednode_own_records", "gauge", "records born at this node, per channel")
-    for lg in snap.get("logs", []):
+        log_seq.add_metric([lg["origin"], lg["channel"]], lg["seq"])
         if lg["origin"] == node["code"]:
-            own.add(lg["seq"], channel=lg["channel"])
+            own.add_metric([lg["channel"]], lg["seq"])
 
-    link_up = Family("fednode_link_up", "gauge", "1 when the link is connected")
-    link_state = Family("fednode_link_state", "gauge", "the link's state (1 for the current one)")
-    rin = Family("fednode_link_records_in_total", "counter", "records received on the link since the node started")
-    rout = Family("fednode_link_records_out_total", "counter", "records sent on the link since the node started")
-    cin = Family("fednode_link_channel_records_in_total", "counter", "records received on the link, per channel")
-    cout = Family("fednode_link_channel_records_out_total", "counter", "records sent on the link, per channel")
-    acked = Family("fednode_link_acked_seq", "gauge", "the peer's acknowledged head, per channel (sum over origins)")
-    backlog = Family("fednode_link_backlog_records", "gauge", "records held here that the peer lacks, per channel")
-    lag = Family("fednode_link_lag_seconds", "gauge", "age of the oldest record the peer lacks, per channel")
-    rtt = Family("fednode_link_rtt_seconds", "gauge", "round trip of the last acknowledged batch")
-    last_in = Family("fednode_link_last_in_timestamp_seconds", "gauge", "when the peer last sent anything")
-    since = Family("fednode_link_state_since_timestamp_seconds", "gauge", "when the link entered its state")
-    paused = Family("fednode_link_paused_streams", "gauge", "streams the peer refused (retried later)")
-    errored = Family("fednode_link_error", "gauge", "1 when the link's last error is set (see `fednode status`)")
+    lk = ("peer", "direction")
+    link_up = _gauge("fednode_link_up", "1 when the link is connected", *lk)
+    link_state = _gauge("fednode_link_state", "the link's state (1 for the current one)", *lk, "state")
+    rin = _counter("fednode_link_records_in", "records received on the link since the node started", *lk)
+    rout = _counter("fednode_link_records_out", "records sent on the link since the node started", *lk)
+    cin = _counter("fednode_link_channel_records_in", "records received on the link, per channel", *lk, "channel")
+    cout = _counter("fednode_link_channel_records_out", "records sent on the link, per channel", *lk, "channel")
+    acked = _gauge("fednode_link_acked_seq", "the peer's acknowledged head, per channel (sum over origins)", *lk,
+                   "channel")
+    backlog = _gauge("fednode_link_backlog_records", "records held here that the peer lacks, per channel", *lk,
+                     "channel")
+    lag = _gauge("fednode_link_lag_seconds", "age of the oldest record the peer lacks, per channel", *lk, "channel")
+    rtt = _gauge("fednode_link_rtt_seconds", "round trip of the last acknowledged batch", *lk)
+    last_in = _gauge("fednode_link_last_in_timestamp_seconds", "when the peer last sent anything", *lk)
+    since = _gauge("fednode_link_state_since_timestamp_seconds", "when the link entered its state", *lk)
+    paused = _gauge("fednode_link_paused_streams", "streams the peer refused (retried later)", *lk)
+    errored = _gauge("fednode_link_error", "1 when the link's last error is set (see `fednode status`)", *lk)
     for ln in snap.get("links", []):
-        lab = {"peer": ln["peer"], "direction": ln["direction"]}
-        link_up.add(1 if ln["state"] == "connected" else 0, **lab)
+        lab = [ln["peer"], ln["direction"]]
+        link_up.add_metric(lab, 1 if ln["state"] == "connected" else 0)
         for s in LINK_STATES:
-            link_state.add(1 if ln["state"] == s else 0, **lab, state=s)
-        rin.add(ln.get("records_in", 0), **lab)
-        rout.add(ln.get("records_out", 0), **lab)
+            link_state.add_metric([*lab, s], 1 if ln["state"] == s else 0)
+        rin.add_metric(lab, ln.get("records_in", 0))
+        rout.add_metric(lab, ln.get("records_out", 0))
         for ch, n in sorted((ln.get("channel_records_in") or {}).items()):
-            cin.add(n, **lab, channel=ch)
+            cin.add_metric([*lab, ch], n)
         for ch, n in sorted((ln.get("channel_records_out") or {}).items()):
-            cout.add(n, **lab, channel=ch)
+            cout.add_metric([*lab, ch], n)
         per_channel: dict[str, int] = {}
         for a in ln.get("acked", []):
             if a.get("kind", "log") == "log":
                 per_channel[a["channel"]] = per_channel.get(a["channel"], 0) + int(a["seq"])
         for ch, n in sorted(per_channel.items()):
-            acked.add(n, **lab, channel=ch)
+            acked.add_metric([*lab, ch], n)
         for ch in CHANNEL_NAMES.values():
             b = (ln.get("backlog") or {}).get(ch, {"records": 0, "oldest_age_s": 0.0})
-            backlog.add(b["records"], **lab, channel=ch)
-            lag.add(b["oldest_age_s"], **lab, channel=ch)
+            backlog.add_metric([*lab, ch], b["records"])
+            lag.add_metric([*lab, ch], b["oldest_age_s"])
         if ln.get("rtt_ms") is not None:
-            rtt.add(ln["rtt_ms"] / 1000, **lab)
+            rtt.add_metric(lab, ln["rtt_ms"] / 1000)
         if ln.get("last_in_us"):
-            last_in.add(ln["last_in_us"] / 1e6, **lab)
+            last_in.add_metric(lab, ln["last_in_us"] / 1e6)
         if ln.get("since_us"):
-            since.add(ln["since_us"] / 1e6, **lab)
-        paused.add(len(ln.get("paused") or {}), **lab)
-        errored.add(1 if ln.get("last_error") else 0, **lab)
+            since.add_metric(lab, ln["since_us"] / 1e6)
+        paused.add_metric(lab, len(ln.get("paused") or {}))
+        errored.add_metric(lab, 1 if ln.get("last_error") else 0)
 
-    incidents = Family("fednode_incidents", "gauge", "integrity incidents recorded here (forks, verification failures), by kind")
+    incidents = _gauge("fednode_incidents", "integrity incidents recorded here (forks, verification failures), by kind",
+                       "kind")
     for kind, n in sorted(snap.get("incidents_by_kind", {}).items()):
-        incidents.add(n, kind=kind)
-    incidents_total = Family("fednode_incidents_stored", "gauge", "integrity incidents recorded here")
-    incidents_total.add(snap.get("incidents", 0))
-    quarantine = Family("fednode_quarantine_items", "gauge", "quarantined items by source (replayed or not)")
+        incidents.add_metric([kind], n)
+    incidents_total = _gauge("fednode_incidents_stored", "integrity incidents recorded here")
+    incidents_total.add_metric([], snap.get("incidents", 0))
+    quarantine = _gauge("fednode_quarantine_items", "quarantined items by source (replayed or not)", "source", "state")
     for (source, state), n in sorted(snap.get("quarantine_by_source", {}).items()):
-        quarantine.add(n, source=source, state=state)
-    quarantine_total = Family("fednode_quarantine_stored", "gauge", "quarantined items")
-    quarantine_total.add(snap.get("quarantine", 0))
-    refused = Family("fednode_refused_peers", "gauge", "peers refused at the TLS/identity check since start")
-    if "refused_peers" in snap:
-        refused.add(len(snap["refused_peers"]))
-    alerts = Family("fednode_alert_records", "gauge", "monitor records (alerts, anomalies, risk points, complaints) held here, by kind")
+        quarantine.add_metric([source, state], n)
+    quarantine_total = _gauge("fednode_quarantine_stored", "quarantined items")
+    quarantine_total.add_metric([], snap.get("quarantine", 0))
+    alerts = _gauge("fednode_alert_records",
+                    "monitor records (alerts, anomalies, risk points, complaints) held here, by kind", "kind")
     for kind, n in sorted(snap.get("alerts_by_kind", {}).items()):
-        alerts.add(n, kind=kind)
-    certs = Family("fednode_certificate_expiry_timestamp_seconds", "gauge", "certificate not-after (unix time)")
+        alerts.add_metric([kind], n)
+    certs = _gauge("fednode_certificate_expiry_timestamp_seconds", "certificate not-after (unix time)", "certificate")
     for name, ts in sorted(snap.get("certificate_expiry", {}).items()):
-        certs.add(ts, certificate=name)
-    service = Family("fednode_service_value", "gauge",
-                     "numeric fields of each service's status section (reconcile results, alert counts, ...)")
-    for svc, section in sorted(snap.get("services", {}).items()):
-        for key, value in _flatten("", section):
-            service.add(value, service=svc, field=key)
+        certs.add_metric([name], ts)
     return [info, up, started, recovered, log_seq, own, link_up, link_state, rin, rout, cin, cout, acked, backlog,
-            lag, rtt, last_in, since, paused, errored, incidents, incidents_total, quarantine, quarantine_total,
-            refused, alerts, certs, service]
+            lag, rtt, last_in, since, paused, errored, incidents, incidents_total, quarantine,
+            quarantine_total, alerts, certs, *service_families(snap.get("services", {}))]
 
 
 # ---- reading the node (store thread) -----------------------------------------------------------------
@@ -293,8 +416,6 @@ def collect_store(store: Store) -> dict[str, Any]:
 
 
 def certificate_expiry(status: dict[str, Any]) -> dict[str, float]:
-    import datetime as dt
-
     out = {}
     for name, iso in (status.get("certificates") or {}).items():
         with contextlib.suppress(ValueError, TypeError):

@@ -323,8 +323,10 @@ class Session:
             await self._apply(batch)
 
     async def _apply(self, batch: pb.Batch) -> None:
+        t0 = time.monotonic()
         ack = await self.rt.db(streams.apply_batch, self.rt.ledger, batch, peer=self.peer,
                                from_child=not self.is_child_side, relay=self.rt.relay)
+        self.rt.instruments.applied(self.peer, self.state.direction, time.monotonic() - t0)
         self.state.records_in += sum(len(s.records) for s in batch.segments)
         for seg in batch.segments:
             got = self.state.channel_records_in
@@ -347,6 +349,7 @@ class Session:
         sent = self.sent_at.pop(ack.batch_id, None)
         if sent is not None:
             self.state.rtt_ms = (now - sent) * 1000
+            self.rt.instruments.committed(self.peer, self.state.direction, now - sent)
         heads = streams.from_heads_pb(ack.heads, LOG)
         heads.update(streams.from_heads_pb(ack.down_heads, DOWN))
         errors: dict[StreamKey, tuple[str, str]] = {}
@@ -386,6 +389,7 @@ class FederationService(pbg.FederationServicer):
     async def _refuse_peer(self, context: grpc.aio.ServicerContext, rpc: str, who: str, why: str) -> None:
         log.warning("link_refused", peer=who, rpc=rpc, reason=why)
         self.rt.refused_peers[who] = now_us()
+        self.rt.instruments.refused(rpc)
         await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{who} refused by {self.rt.path}: {why}")
 
     async def Link(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:  # noqa: N802

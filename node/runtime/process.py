@@ -43,6 +43,7 @@ from node.core import pki
 from node.core.errors import UsageError
 from node.core.home import Home, HomeLock, check_secret_modes, tighten_dirs
 from node.core.records import channel_name, now_us
+from node.features.metrics import Instruments
 from node.link import streams
 from node.link.protocol import LOG, Outbox, StreamKey
 from node.runtime.health import READY_MAX_WAIT_S, HealthMonitor, SystemdNotifier, has_parent
@@ -111,6 +112,8 @@ class NodeRuntime:
         self.links: dict[str, LinkState] = {}
         self.child_reports: dict[str, Any] = {}
         self.refused_peers: dict[str, int] = {}
+        # live counters and latency histograms, the process collector (node/features/metrics.py)
+        self.instruments = Instruments()
         self.stopping = asyncio.Event()
         self.recovered = asyncio.Event()
         self.recover_target: dict[tuple[str, int], int] = {}

@@ -47,7 +47,7 @@ async def scrape_running(rt: NodeRuntime) -> str:
     snap = await rt.db(_snapshot_running, rt)
     if any(ci or co for ci, co in channel_counts.values()):
         snap = metrics.snapshot(snap, {}, snap.get("services"), channel_counts)
-    return metrics.render(metrics.families(snap))
+    return metrics.render(metrics.families(snap), rt.instruments.registry)
 
 
 class MetricsService(Service):
