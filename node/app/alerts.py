@@ -12,12 +12,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from node.app import people
 from node.core import admin_client as admin
 from node.core.calendar import LIBRARY_YEARS
 from node.core.errors import FednodeError, NotFound, UsageError
 from node.core.home import Home
 from node.core.store import Store
 from node.features import worklog
+from node.features.people.roles import Person, Target, may
 from node.features.rules.alerts import StoredAlert, filter_alerts, read_alerts
 from node.features.rules.overrides import import_overrides, load_calendar, overrides_path, special_days
 from node.features.rules.settings import RulesSettings
@@ -37,19 +39,30 @@ def _reload_running(home: Home) -> str:
     return "not running" if resp is None else "reloaded"
 
 
+def alert_target(a: StoredAlert) -> Target:
+    """What an alert is about, for may(): its division (and the node that raised it), its case's handler."""
+    p = a.payload
+    codes = tuple(c for c in (str(p.get("division") or ""), a.origin) if c)
+    return Target(codes=codes, handler=str(p.get("handler") or ""), what=f"预警 {p.get('alert_id', '')}")
+
+
 def list_alerts(home: Home, *, level: int | None = None, rule: str | None = None, division: str | None = None,
-                case: str | None = None, limit: int = 0) -> list[StoredAlert]:
-    """Alerts held here (raised here or forwarded from the subtree), oldest first; the last ``limit``."""
+                case: str | None = None, limit: int = 0, person: Person | None = None) -> list[StoredAlert]:
+    """Alerts held here (raised here or forwarded from the subtree), oldest first; the last ``limit``.
+    With ``person``, only those they may read (their scope)."""
     store = _open_store(home)
     try:
         alerts = filter_alerts(read_alerts(store), level=level, rule=rule, division=division, case=case)
     finally:
         store.close()
+    if person is not None:
+        alerts = [a for a in alerts if may(person, "alerts.read", alert_target(a))]
     return alerts[-limit:] if limit and limit > 0 else alerts
 
 
-def find_alert(home: Home, alert_id: str) -> list[StoredAlert]:
-    """Every copy of one alert held here (the same id may come from two nodes); NotFound when none."""
+def find_alert(home: Home, alert_id: str, person: Person | None = None) -> list[StoredAlert]:
+    """Every copy of one alert held here (the same id may come from two nodes); NotFound when none,
+    Refused when ``person`` may not read it."""
     store = _open_store(home)
     try:
         found = [a for a in read_alerts(store) if a.payload.get("alert_id") == alert_id]
@@ -58,17 +71,23 @@ def find_alert(home: Home, alert_id: str) -> list[StoredAlert]:
     if not found:
         raise NotFound(f"no alert {alert_id!r} is held by {home.code}",
                        fix="list them with `fednode alerts list DIR`; an alert raised below may not have arrived yet")
+    if person is not None:
+        decision = may(person, "alerts.read", alert_target(found[0]))
+        if not decision:
+            raise people.Refused(decision.reason, fix="ask someone whose jurisdiction holds the alert")
     return found
 
 
-def handle_alert(home: Home, actor: str, alert_id: str, note: str) -> dict[str, Any]:
-    """The act 处置: one ``audit.action`` "alerts handle" targeting the alert, what closes it for the
+def handle_alert(home: Home, auth: dict[str, Any], alert_id: str, note: str) -> dict[str, Any]:
+    """The act 处置: one ``audit.action`` "alerts handle" targeting the alert, in the name of the person
+    ``auth`` names (authorized on the alert's division; never its own handler), what closes it for the
     supervisor rule alert_unhandled. Looking at an alert does not."""
     if not note.strip():
         raise UsageError("--note is empty", fix="say what was done, e.g. --note 已核实并督促整改")
     a = find_alert(home, alert_id)[0]
-    return worklog.record_action(home, actor, "alerts handle", alert_id,
-                                 {"note": note.strip(), "record": f"{a.origin}/monitor/{a.seq}"})
+    by = people.authorize_target(home, auth, "alerts.handle", alert_target(a), command="alerts handle")
+    return worklog.record_action(home, by["login"], "alerts handle", alert_id,
+                                 {"note": note.strip(), "record": f"{a.origin}/monitor/{a.seq}"}, by=by)
 
 
 def import_calendar(home: Home, file: str) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from node.core.home import Home
 from node.core.ledger import Ledger, NewRecord
 from node.core.store import Store
 from node.features import worklog as auditlog
+from node.features.people import users
 from node.features.stats import projection, query
 from node.features.stats.config import StatsConfig
 
@@ -78,10 +79,17 @@ def audit_records(store: Store) -> list[tuple[str, str, dict[str, Any]]]:
 def check_supervisors(ledger: Ledger, cfg: StatsConfig, now: datetime) -> list[dict[str, Any]]:
     """Run the supervisor rules once and write what is due; returns what was written."""
     facts = auditlog.facts_from_records(ledger.code, audit_records(ledger.store))
-    due = auditlog.supervisor_actions(facts, cfg.supervisors, now, cfg.supervisors.names)
+    due = auditlog.supervisor_actions(facts, cfg.supervisors, now, cfg.supervisors.names, watched_people(ledger.store))
     if due:
         ledger.append([NewRecord(d.kind, d.payload) for d in due])
     return [{"kind": d.kind, **d.payload} for d in due]
+
+
+def watched_people(store: Store) -> list[auditlog.Watched]:
+    """The active people of this node, as the supervisor rules see them."""
+    with store.read() as conn:
+        return [auditlog.Watched(u.login, u.name, u.roles, u.scope) for u in users.all_users(conn)
+                if u.state == "active"]
 
 
 def worklog(store: Store, actor: str | None, limit: int) -> list[dict[str, Any]]:
@@ -89,3 +97,24 @@ def worklog(store: Store, actor: str | None, limit: int) -> list[dict[str, Any]]
             if k.startswith("audit.") and (actor is None or p.get("actor") == actor)]
     rows.sort(key=lambda r: str(r.get("at", "")))
     return rows[-limit:] if limit else rows
+
+
+def worklog_by_person(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The work log grouped by person (监察日志 per supervisor): acts, visits, refusals, first and last."""
+    people: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        if r.get("kind") != auditlog.ACTION:
+            continue
+        login = str(r.get("actor", ""))
+        by: dict[str, Any] = r["by"] if isinstance(r.get("by"), dict) else {}
+        p = people.setdefault(login, {"login": login, "name": by.get("name", login), "role": by.get("role_label", ""),
+                                      "scope": by.get("scope", ""), "acts": 0, "visits": 0, "refused": 0,
+                                      "first": r.get("at"), "last": r.get("at"), "actions": {}})
+        if by:
+            p.update(name=by.get("name", login), role=by.get("role_label", ""), scope=by.get("scope", ""))
+        action = str(r.get("action", ""))
+        p["visits" if action == auditlog.VISIT else "refused" if action == "refused" else "acts"] += 1
+        p["actions"][action] = p["actions"].get(action, 0) + 1
+        p["last"] = max(str(p["last"]), str(r.get("at", "")))
+    return sorted(people.values(), key=lambda p: (str(p["last"])), reverse=True)
+

@@ -7,9 +7,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from node.app import people
 from node.app.remote import via_node_or_store
 from node.core.errors import UsageError
 from node.core.home import Home
+from node.features.people.accounts import LoginPolicy
+from node.features.people.roles import Target, may
 from node.features.tickets import lifecycle as lc
 from node.features.tickets.desk import (
     VERBS,
@@ -35,55 +38,85 @@ WRITE_ACTIONS = frozenset({"issue", "act", "complaint"})
 
 
 def execute(ledger: Ledger, cfg: TicketsConfig, req: dict[str, Any], *, clock: Clock,
-            status: dict[str, Any] | None, index: HeldIndex | None = None) -> Any:
-    """Carry out one CLI request on a ledger (store thread of the running node, or the CLI itself)."""
+            status: dict[str, Any] | None, index: HeldIndex | None = None,
+            policy: LoginPolicy | None = None) -> Any:
+    """Carry out one request on a ledger (store thread of the running node, or the CLI itself), as the
+    person ``req["auth"]`` names: every act is authorized on its target (people.authorize) and its
+    records carry ``by``; reads are filtered by the person's scope."""
     desk = TicketDesk(ledger, cfg, clock, index)
     action = req.get("action")
     for name in ("sign_days", "reply_days", "due_days"):
         _positive(name, req.get(name))
         _positive(name, (req.get("fields") or {}).get(name))
+    person = None
+    if req.get("auth") is not None:
+        person = people.resolve(ledger, policy or LoginPolicy(), req["auth"], desk.clock())
+    elif action in WRITE_ACTIONS:
+        raise UsageError("nobody is named as acting on the ticket", fix="give --as LOGIN (a 监察员 or 部门监察)")
+
+    def allow(permission: str, target: Target) -> dict[str, Any]:
+        assert person is not None
+        d = people.authorize(ledger, person, permission, target, desk.clock(), command=f"tickets {action}")
+        return people.stamp(person, d.role)
+
     if action == "issue":
+        by = allow("tickets.issue", Target(codes=(str(req["to"]),), what=f"督办单（致 {req['to']}）"))
         p = desk.issue(to=req["to"], subject=req["subject"], body=req.get("body", ""),
-                       actor=req.get("actor", "operator"), case_nos=req.get("case_nos") or [],
+                       actor=by["login"], by=by, case_nos=req.get("case_nos") or [],
                        alert_ids=req.get("alert_ids") or [],
                        sign_days=req.get("sign_days"), reply_days=req.get("reply_days"))
         return {"ticket": p["ticket"], "to": p["to"], "sign_deadline": p["sign_deadline"],
-                "reply_deadline": p["reply_deadline"], "at": p["at"]}
+                "reply_deadline": p["reply_deadline"], "at": p["at"], "by": by}
     if action == "act":
         kind = VERBS[req["verb"]]
+        acted_on = desk._state(desk.projection(), req["ticket"])
+        by = allow(people.command_permission(f"tickets {req['verb']}"), ticket_target(acted_on, req["verb"]))
         fields = dict(req.get("fields") or {})
         for name in ("reply_days",):  # relative deadlines are resolved here, on the node's calendar
             if name in fields:
                 days = fields.pop(name)
                 fields["reply_deadline"] = lc.format_time(desk.deadline_fn(desk.clock(), float(days)))
-        p = desk.act(req["ticket"], kind, fields, actor=req.get("actor", "operator"))
-        return {"ticket": p["ticket"], "event": kind, "at": p["at"], "node": p["node"]}
+        p = desk.act(req["ticket"], kind, fields, actor=by["login"], by=by)
+        return {"ticket": p["ticket"], "event": kind, "at": p["at"], "node": p["node"], "by": by}
     if action == "complaint":
         complaint = dict(req["complaint"])
         if "due_days" in req:
             complaint["due_at"] = lc.format_time(desk.deadline_fn(desk.clock(), float(req["due_days"])))
         complaint.setdefault("registered_at", lc.format_time(desk.clock()))
         complaint.setdefault("division", ledger.code)
-        c, p = desk.register_complaint(complaint, actor=req.get("actor", "operator"), to=req.get("to"))
+        to = req.get("to") or complaint["division"]
+        by = allow("complaints.register", Target(codes=(str(to), str(complaint["division"])),
+                                                 what=f"投诉（{complaint['division']}）"))
+        c, p = desk.register_complaint(complaint, actor=by["login"], by=by, to=req.get("to"))
         return {"complaint_no": c["complaint_no"], "ticket": p["ticket"], "to": p["to"],
-                "reply_deadline": p["reply_deadline"]}
+                "reply_deadline": p["reply_deadline"], "by": by}
     proj, held = project_store(ledger.store, desk.index)
+
+    def visible(st: lc.TicketState) -> bool:
+        return person is None or bool(may(person, "tickets.read", ticket_target(st, "")))
+
     if action == "list":
-        rows = [summary(st) for st in sorted(proj.tickets.values(), key=lambda s: s.issued_at)]
+        rows = [summary(st) for st in sorted(proj.tickets.values(), key=lambda s: s.issued_at) if visible(st)]
         if req.get("state"):
             rows = [r for r in rows if r["state"] == req["state"]]
-        return {"tickets": rows, "rejected": [rejection_dict(r) for r in proj.rejected]}
+        rejected = [rejection_dict(r) for r in proj.rejected] if person is None or person.kind == "os" \
+            or may(person, "node.read") else []
+        return {"tickets": rows, "rejected": rejected}
     if action == "show":
         ticket = req["ticket"]
         st = proj.tickets.get(ticket)
         rejected = [rejection_dict(r) for r in proj.rejected
                     if isinstance(r.payload, dict) and r.payload.get("ticket") == ticket]
         if st is None:
-            if rejected:
+            if rejected and (person is None or person.kind == "os"):
                 return {"ticket": ticket, "state": None, "rejected": rejected, "timeline": [],
                         "waits": "refused here"}
             desk._state(proj, ticket)  # raises UnknownTicket
         assert st is not None
+        if not visible(st):
+            assert person is not None
+            raise people.Refused(may(person, "tickets.read", ticket_target(st, "")).reason,
+                                 fix="ask someone whose jurisdiction holds the ticket")
         issue_seq = next((h.seq for h in held if h.kind == lc.ISSUE and isinstance(h.payload, dict)
                           and h.payload.get("ticket") == ticket and h.origin == st.issuer), 0)
         data = st.as_dict()
@@ -94,6 +127,9 @@ def execute(ledger: Ledger, cfg: TicketsConfig, req: dict[str, Any], *, clock: C
         out = []
         for h in desk.index.of_kind("complaint."):
             if h.kind != "complaint.register" or not isinstance(h.payload, dict):
+                continue
+            codes = tuple(str(h.payload.get(k) or "") for k in ("division", "respondent_unit")) + (h.origin,)
+            if person is not None and not may(person, "complaints.read", Target(codes=codes)):
                 continue
             c = dict(h.payload)
             st = next((s for s in proj.tickets.values() if s.complaint_no == c.get("complaint_no")), None)
@@ -106,6 +142,17 @@ def execute(ledger: Ledger, cfg: TicketsConfig, req: dict[str, Any], *, clock: C
                              fix="`fednode complaints list DIR` shows the complaints held here")
         return {"complaints": out}
     raise UsageError(f"unknown tickets action {action!r}", fix="a CLI bug")
+
+
+ISSUER_VERBS = frozenset({"conclude", "return", "extend-grant"})  # the others are the target's (lifecycle.py)
+
+
+def ticket_target(st: lc.TicketState, verb: str) -> Target:
+    """What a verb on ``st`` is about, for may(): the issuer's jurisdiction for the issuer's verbs, the
+    target's for the target's, either for reading; owners are the persons it was assigned to (认定)."""
+    owners = frozenset(str(a.get("responsible_person") or "") for a in st.assignments.values()) - {""}
+    codes = (st.issuer,) if verb in ISSUER_VERBS else (st.to,) if verb else (st.issuer, st.to)
+    return Target(codes=codes, owners=owners, what=f"督办单 {st.ticket}")
 
 
 def _positive(name: str, value: Any) -> None:
@@ -138,13 +185,14 @@ def act_fields(verb: str, given: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def act(home: Home, verb: str, ticket: str, given: Mapping[str, Any], actor: str) -> tuple[Any, str]:
+def act(home: Home, verb: str, ticket: str, given: Mapping[str, Any], auth: dict[str, Any]) -> tuple[Any, str]:
     """`fednode tickets VERB TICKET ...`: one act on a ticket (its fields picked from ``given``)."""
     return run_request(home, {"action": "act", "verb": verb, "ticket": ticket, "fields": act_fields(verb, given),
-                              "actor": actor})
+                              "auth": auth})
 
 
 def run_request(home: Home, req: dict[str, Any]) -> tuple[Any, str]:
     """Through the running node when it runs, else directly on the store."""
     return via_node_or_store(home, {"op": "tickets", **req}, lambda: execute(
-        home.ledger(), TicketsConfig.of_home(home), req, clock=system_clock, status=None))
+        home.ledger(), TicketsConfig.of_home(home), req, clock=system_clock, status=None,
+        policy=people.policy_of(home)))

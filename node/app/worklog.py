@@ -25,12 +25,20 @@ def _payload_of(p: Any, op: str, fix: str) -> dict[str, Any]:
     return p
 
 
+def _keep_person(p: dict[str, Any], payload: dict[str, Any]) -> None:
+    """The person (``by``, node/app/people.py ``stamp``) the CLI resolved, kept when it names the actor."""
+    by = p.get("by")
+    if isinstance(by, dict) and by.get("login") == payload["actor"]:
+        payload["by"] = {str(k): str(v) for k, v in by.items()}
+
+
 async def record_action(p: Any, wait_recovered: Callable[[], Awaitable[Any]],
                         append: Callable[[dict[str, Any]], Awaitable[Any]]) -> dict[str, Any]:
     """An act of a person (admin op ``audit``): checked, then appended once the node has recovered."""
     p = _payload_of(p, "audit", "use node.features.worklog.record_action")
     payload = worklog.action_payload(str(p.get("actor", "")), str(p.get("action", "")), str(p.get("target", "")),
                                      p.get("detail"), worklog._time(p.get("at")))
+    _keep_person(p, payload)
     await wait_recovered()
     await append(payload)
     return payload
@@ -42,6 +50,7 @@ async def record_visit(home_dir: Path, p: Any, recovered: bool,
     p = _payload_of(p, "audit.visit", "use node.features.worklog.record_visit")
     payload = worklog.action_payload(str(p.get("actor", "")), worklog.VISIT, "", p.get("detail"),
                                      worklog._time(p.get("at")))
+    _keep_person(p, payload)
     key, day = (str(home_dir), payload["actor"]), payload["at"][:10]
     if _VISITED.get(key, "") >= day:
         return {"written": False}

@@ -102,12 +102,15 @@ def action_payload(actor: str, action: str, target: str, detail: Any, at: dateti
 
 
 def record_action(ledger_or_home: Any, actor: str, action: str, target: str = "", detail: Any = None,
-                  *, at: datetime | None = None) -> dict[str, Any]:
+                  *, at: datetime | None = None, by: dict[str, Any] | None = None) -> dict[str, Any]:
     """Append one ``audit.action``. Given a Home, a running node appends it (admin op ``audit``) so
-    the links forward it at once; otherwise it is appended to the store directly."""
+    the links forward it at once; otherwise it is appended to the store directly. ``by``: the person
+    (node/app/people.py ``stamp``), whose login is ``actor``."""
     from node.core.ledger import Ledger, NewRecord
 
     payload = action_payload(actor, action, target, detail, at)
+    if by:
+        payload["by"] = dict(by)
     ledger = ledger_or_home
     if not isinstance(ledger_or_home, Ledger):
         from node.core import admin_client as admin
@@ -193,7 +196,8 @@ def drain_spool(directory: Any, ledger: Any) -> int:
 # ---- what a command leaves in the work log ----------------------------------------------------------------
 
 # Reads: nothing, ever (DESIGN §10: reads are never records).
-READS = frozenset({"status", "health", "metrics", "verify", "proof", "quarantine list", "quarantine show",
+READS = frozenset({"users list", "users roles", "whoami",
+                   "status", "health", "metrics", "verify", "proof", "quarantine list", "quarantine show",
                    "calendar show", "adapters list", "pki keys", "check"})
 # The supervisor's desk reads: nothing either, except the first of the day per person (one `visit`).
 VISIT_READS = frozenset({"alerts list", "alerts show", "tickets list", "tickets show", "complaints list",
@@ -201,14 +205,17 @@ VISIT_READS = frozenset({"alerts list", "alerts show", "tickets list", "tickets 
 # Acts whose own transaction writes the attributed audit.action (node/features/tickets/desk.py, `alerts handle`).
 SELF_RECORDED = frozenset({"tickets issue", "tickets sign", "tickets reply", "tickets conclude", "tickets return",
                            "tickets extend-request", "tickets extend-grant", "tickets assign",
-                           "tickets assign-result", "complaints register", "alerts handle"})
+                           "tickets assign-result", "complaints register", "alerts handle",
+                           "users add", "users lock", "users unlock", "users disable", "users enable", "users passwd",
+                           "login", "logout"})
 # Running the node, or building its home before it has a log of its own to write to.
 NOT_LOGGED = frozenset({"run", "demo", "bench", "init", "pki init-root", "pki request", "pki install"})
 # Acts recorded by audit_command after they succeed: one audit.action each.
 ACTIONS = frozenset({"ingest", "reconcile", "store copy", "quarantine replay", "adapters reset",
                      "adapters push-token", "calendar import", "pki sign", "pki rotate", "pki revoke"})
 CLI_SKIP = READS | VISIT_READS | SELF_RECORDED | NOT_LOGGED  # kept for callers of the old name
-_ARG_SKIP = frozenset({"dir", "command", "json", "csv", "func", "actor"})
+_ARG_SKIP = frozenset({"dir", "command", "json", "csv", "func", "actor", "auth", "by", "acting", "person_kind",
+                       "as_login", "password_file", "new_password_file"})
 
 
 def classify(name: str) -> str:
@@ -225,8 +232,12 @@ def classify(name: str) -> str:
 
 
 def actor_of(args: Any) -> str:
-    given = getattr(args, "actor", None)
-    return given.strip() if isinstance(given, str) and given.strip() else current_actor()
+    """The login of the person the CLI acts as (``args.by``, set by node/interfaces/cli/main.py), else the
+    OS operator."""
+    by = getattr(args, "by", None)
+    if isinstance(by, dict) and by.get("login"):
+        return str(by["login"])
+    return current_actor()
 
 
 def audit_command(args: Any, name: str, rc: int) -> dict[str, Any] | None:
@@ -245,12 +256,13 @@ def audit_command(args: Any, name: str, rc: int) -> dict[str, Any] | None:
         try:
             if not home.enrolled:
                 return None
+            by = getattr(args, "by", None)
             if kind == "visit":
-                return record_visit(home, actor_of(args), name)
+                return record_visit(home, actor_of(args), name, by=by)
             detail = {k: v for k, v in sorted(vars(args).items())
                       if k not in _ARG_SKIP and not k.endswith("_command") and v not in (None, False, [], "")}
             target = str(detail.pop("ticket", "") or detail.pop("alert_id", "") or "")
-            return record_action(home, actor_of(args), name, target, _jsonable(detail))
+            return record_action(home, actor_of(args), name, target, _jsonable(detail), by=by)
         finally:
             home.close()
     except (FednodeError, OSError, ValueError) as e:
@@ -287,13 +299,16 @@ def append_visit(ledger: Any, payload: dict[str, Any]) -> bool:
     return True
 
 
-def record_visit(home: Any, actor: str, via: str, *, at: datetime | None = None) -> dict[str, Any] | None:
+def record_visit(home: Any, actor: str, via: str, *, at: datetime | None = None,
+                 by: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """The day's first desk read by ``actor``: one ``visit``; later ones: nothing (returns None).
     Running node: admin op ``audit.visit`` decides (cached there, so a poll costs no store work).
     Stopped node: spooled unless the day is already in the log or the spool."""
     from node.core import admin_client as admin
 
     payload = action_payload(actor, VISIT, "", {"via": via}, at)
+    if by:
+        payload["by"] = dict(by)
     resp = admin.call(home, {"op": "audit.visit", "payload": payload}, timeout=30.0)
     if resp is not None:
         return payload if resp["result"].get("written") else None
@@ -338,14 +353,32 @@ class Due:
     payload: dict[str, Any]
 
 
-def _open_items(f: Facts, rules: Any, names: Iterable[str], now: datetime) -> list[tuple[str, str, datetime, str]]:
-    """(rule, subject, due, message) of every subject not done by its due time."""
+@dataclass(frozen=True)
+class Watched:
+    """A person of this node the rules watch or tell (node/app/stats.py builds these from the users)."""
+
+    login: str
+    name: str
+    roles: tuple[str, ...]
+    scope: str
+
+
+SUPERVISING = frozenset({"supervisor", "leader", "dept_supervisor"})  # people the login rule watches
+
+
+def _open_items(f: Facts, rules: Any, names: Iterable[str], now: datetime,
+                watched: tuple[Watched, ...] = ()) -> list[tuple[str, str, datetime, str]]:
+    """(rule, subject, due, message) of every subject not done by its due time. With ``watched`` (the
+    node has people), the login rule watches each supervising person, not whoever happened to act."""
     out = []
-    for actor in sorted(set(f.last_action) | set(names)):
+    subjects = set(names) | ({w.login for w in watched if SUPERVISING & set(w.roles)} if watched else set(f.last_action))
+    display = {w.login: w.name for w in watched}
+    for actor in sorted(subjects):
         last = f.last_action.get(actor)
         # a named supervisor never seen is due at once, with a fixed due so the reminder is written once
         due = NEVER if last is None else last + timedelta(days=rules.login_days)
-        out.append(("login", actor, due, f"{actor} 已超过 {rules.login_days:g} 天未登录监察系统"))
+        who = f"{display[actor]}（{actor}）" if actor in display else actor
+        out.append(("login", actor, due, f"{who} 已超过 {rules.login_days:g} 天未登录监察系统"))
     # unhandled alerts are reminded per day, not per alert: one reminder (and at most one escalation)
     # lists every alert that fell due that day, so a backlog of old alerts cannot flood the control log
     by_day: dict[str, list[tuple[datetime, str]]] = {}
@@ -367,20 +400,31 @@ def _open_items(f: Facts, rules: Any, names: Iterable[str], now: datetime) -> li
     return out
 
 
-def supervisor_actions(f: Facts, rules: Any, now: datetime, names: Iterable[str] = ()) -> list[Due]:
-    """The reminders and escalations due at ``now`` (idempotent over the facts)."""
+def supervisor_actions(f: Facts, rules: Any, now: datetime, names: Iterable[str] = (),
+                       watched: Iterable[Watched] = ()) -> list[Due]:
+    """The reminders and escalations due at ``now`` (idempotent over the facts). With people: a reminder
+    names who it is for (``to``: the person, or the node's supervisors), an escalation the node's leaders
+    (监察领导)."""
+    people = tuple(watched)
+    supervisors = sorted(w.login for w in people if {"supervisor", "leader"} & set(w.roles))
+    leaders = sorted(w.login for w in people if "leader" in w.roles)
     out: list[Due] = []
-    for rule, subject, due, message in _open_items(f, rules, tuple(names), now):
+    for rule, subject, due, message in _open_items(f, rules, tuple(names), now, people):
         if now < due:
             continue
         key = (rule, subject, fmt(due))
         reminded = f.reminders.get(key)
         if reminded is None:
-            out.append(Due(REMIND, {"rule": rule, "subject": subject, "due": fmt(due), "at": fmt(now),
-                                    "message": message}))
+            payload: dict[str, Any] = {"rule": rule, "subject": subject, "due": fmt(due), "at": fmt(now), "message": message}
+            if people:
+                payload["to"] = [subject] if rule == "login" else supervisors
+            out.append(Due(REMIND, payload))
         elif (escalation_id(f.node, rule, subject, fmt(due)) not in f.escalated
               and now >= reminded + timedelta(days=rules.escalate_after_days)):
-            out.append(Due("alert", escalation_alert(f.node, rule, subject, fmt(due), now, message)))
+            alert = escalation_alert(f.node, rule, subject, fmt(due), now, message)
+            if people:
+                alert["to"] = leaders
+            out.append(Due("alert", alert))
     return out
 
 

@@ -8,6 +8,6 @@
 Rules: table definitions only; imports nothing of node but node.core.schema.base.
 """
 
-from node.core.schema import reconcile, rules, stats  # noqa: F401  (their tables join metadata)
+from node.core.schema import people, reconcile, rules, stats  # noqa: F401  (their tables join metadata)
 from node.core.schema.base import *  # noqa: F403
 from node.core.schema.base import metadata  # noqa: F401

@@ -36,7 +36,8 @@ def _pad(s: str, w: int, right: bool = False) -> str:
     return fill + s if right else s + fill
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
+def text_table(header: list[str], rows: list[list[str]]) -> str:
+    """Columns padded by display width (CJK characters count 2), numbers right-aligned."""
     widths = [max(_width(r[i]) for r in [header, *rows]) for i in range(len(header))]
     line = lambda r: "  ".join(_pad(c, widths[i], right=i > 0) for i, c in enumerate(r))  # noqa: E731
     return "\n".join([line(header), "  ".join("-" * w for w in widths), *map(line, rows)])
@@ -56,7 +57,7 @@ def text(data: dict[str, Any]) -> str:
     rows = [_cells(r) for r in data["rows"]] + [_cells(data["total"])]
     title = f"统计范围 {data['scope']}" + (f" / {data['subtree']}" if data.get("subtree") else "")
     title += f"  按{header[0]}" + (f"  期间 {data['at']}" if data.get("at") else "")
-    out = [title, _table(header, rows)]
+    out = [title, text_table(header, rows)]
     changes = [r for r in data["rows"] if r.get("mom") or r.get("yoy")]
     if changes:
         ch_header = [header[0], "指标", "本期", "环比", "同比"]
@@ -65,7 +66,7 @@ def text(data: dict[str, Any]) -> str:
             for k in ("done_rate", "on_time_rate", "satisfaction_rate"):
                 ch_rows.append([r["label"], INDICATORS[k], fmt_value(k, r["indicators"][k]),
                                 fmt_change(k, (r.get("mom") or {}).get(k)), fmt_change(k, (r.get("yoy") or {}).get(k))])
-        out += ["", "环比 / 同比", _table(ch_header, ch_rows)]
+        out += ["", "环比 / 同比", text_table(ch_header, ch_rows)]
     if data.get("skipped"):
         out.append(f"\n{data['skipped']} unreadable record(s) skipped (they stay in the store)")
     return "\n".join(out)

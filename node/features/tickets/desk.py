@@ -251,7 +251,7 @@ class TicketDesk:
 
     # -- issuing -------------------------------------------------------------------------------------
 
-    def issue(self, *, to: str, subject: str, body: str = "", actor: str = "operator",
+    def issue(self, *, to: str, subject: str, body: str = "", actor: str = "operator", by: dict[str, Any] | None = None,
               case_nos: list[str] | None = None, alert_ids: list[str] | None = None,
               sign_days: float | None = None,
               reply_days: float | None = None, basis: str = "", rule_id: str = "") -> dict[str, Any]:
@@ -263,12 +263,14 @@ class TicketDesk:
             reply_days=reply_days if reply_days is not None else self.cfg.reply_days,
             deadline_fn=self.deadline_fn,
         )
+        if by:
+            payload["by"] = by
         lc.apply(None, lc.ISSUE, payload, writer_code=self.code)  # refusals before anything is written
         self.ledger.append([NewRecord(lc.ISSUE, payload, dest=to), audit(lc.ISSUE, payload)])
         return payload
 
     def register_complaint(self, complaint: dict[str, Any], *, actor: str = "operator",
-                           to: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+                           by: dict[str, Any] | None = None, to: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
         """Store the complaint and the ticket it becomes, in one transaction."""
         proj = self.projection()
         held = self.index.of_kind("complaint.")
@@ -282,6 +284,8 @@ class TicketDesk:
             complaint, issuer=self.code, seq=self._next_seq(proj), actor=actor, at=self.clock(), to=to,
             sign_days=self.cfg.sign_days, deadline_fn=self.deadline_fn,
         )
+        if by:
+            payload["by"] = by
         lc.apply(None, lc.ISSUE, payload, writer_code=self.code)
         self.ledger.append([NewRecord(cmp.REGISTER, complaint),
                             NewRecord(lc.ISSUE, payload, dest=payload["to"]), audit(cmp.REGISTER, payload)])
@@ -289,11 +293,14 @@ class TicketDesk:
 
     # -- transitions -----------------------------------------------------------------------------------
 
-    def act(self, ticket: str, kind: str, fields: dict[str, Any], *, actor: str = "operator") -> dict[str, Any]:
+    def act(self, ticket: str, kind: str, fields: dict[str, Any], *, actor: str = "operator",
+            by: dict[str, Any] | None = None) -> dict[str, Any]:
         proj = self.projection()
         st = self._state(proj, ticket)
         payload = {"ticket": ticket, "actor": actor, "at": lc.format_time(self.clock()), "node": self.code,
                    **fields}
+        if by:
+            payload["by"] = by
         if kind == lc.ASSIGN and "assign_no" not in payload:
             payload["assign_no"] = len(st.assignments) + 1
         lc.apply(st, kind, payload, writer_code=self.code)
@@ -377,8 +384,11 @@ def audit(kind: str, payload: dict[str, Any]) -> NewRecord:
     detail = {k: v for k, v in payload.items() if k in ("to", "subject", "verdict", "reason", "complaint_no")}
     if payload.get("alert_ids"):  # the alerts this ticket deals with: handled, for the supervisor rules
         detail["alert_ids"] = payload["alert_ids"]
-    return NewRecord("audit.action", {"actor": payload["actor"], "action": kind, "target": payload["ticket"],
-                                      "detail": detail, "at": payload["at"]})
+    action = {"actor": payload["actor"], "action": kind, "target": payload["ticket"], "detail": detail,
+              "at": payload["at"]}
+    if payload.get("by"):
+        action["by"] = payload["by"]
+    return NewRecord("audit.action", action)
 
 
 def escalation_alert(st: lc.TicketState, esc: dict[str, Any]) -> dict[str, Any]:
@@ -476,7 +486,7 @@ def where_waits(st: lc.TicketState, issue_seq: int, here: str, status: dict[str,
 
 def timeline_rows(st: lc.TicketState) -> list[dict[str, Any]]:
     return [{"at": e["at"], "event": e["event"].removeprefix(TICKET_PREFIX), "actor": e["actor"],
-             "node": e["node"], "detail": e.get("detail", {})} for e in st.timeline]
+             "by": e.get("by"), "node": e["node"], "detail": e.get("detail", {})} for e in st.timeline]
 
 
 def summary(st: lc.TicketState) -> dict[str, Any]:

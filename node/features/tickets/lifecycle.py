@@ -61,8 +61,10 @@ Records
 =======
 
 Common payload fields of every ``ticket.*`` record: ``ticket`` (issuer code + ``-`` + sequence
-zero-padded to 6 digits, ``320000-000012``), ``actor`` (the person, or ``system`` for automatic
-records), ``at`` (ISO-8601, +08:00), ``node`` (code of the writing node).
+zero-padded to 6 digits, ``320000-000012``), ``actor`` (the person's login, or ``system`` for automatic
+records), ``at`` (ISO-8601, +08:00), ``node`` (code of the writing node); ``by`` (optional: the person
+as node/app/people.py ``stamp`` names them, ``{login, name, role, role_label, scope}``; its login is
+``actor``; the writing node's signature vouches for it).
 
 ==========================  ===============  ==================================================================
 kind                        who              per-event fields
@@ -222,7 +224,7 @@ REPLY_PENDING = frozenset({ISSUED, DELIVERED_STATE, SIGNED_FOR, RETURNED})
 VERDICTS: dict[str, int] = {"satisfactory": 100, "basically": 70, "unsatisfactory": 40}  # → default score
 SATISFACTION_CODES = ("1", "2", "3", "4", "5")  # 非常满意 满意 基本满意 不满意 非常不满意
 DEADLINE_KINDS = ("sign", "reply")
-COMMON_FIELDS = ("ticket", "actor", "at", "node")
+COMMON_FIELDS = ("ticket", "actor", "at", "node", "by")
 
 DEFAULT_SIGN_DAYS = 1.0
 DEFAULT_REPLY_DAYS = 10.0
@@ -502,6 +504,11 @@ def _validate(kind: str, p: dict[str, Any]) -> datetime:
         raise MalformedTicketEvent(f"{kind}: payload must be a JSON object", fix="write a JSON object")
     for name in ("actor", "node"):
         _need_str(kind, p, name)
+    by = p.get("by")
+    if by is not None and (not isinstance(by, dict) or not all(isinstance(v, str) for v in by.values())
+                           or not isinstance(by.get("login"), str) or by.get("login") != p["actor"]):
+        raise _malformed(kind, p, f"field 'by' must name the actor (login {p['actor']!r}, name, role), got {by!r}",
+                         "write by = {login, name, role, ...} of the person who acted")
     if "ticket" not in p:
         raise _malformed(kind, p, "field 'ticket' is missing", "add the ticket number")
     parse_ticket_number(p["ticket"])
@@ -702,6 +709,8 @@ def _from_issue(p: dict[str, Any]) -> TicketState:
 def _mutate(st: TicketState, kind: str, p: dict[str, Any], new_state: str) -> None:
     at = p["at"]
     entry = {"event": kind, "actor": p["actor"], "node": p["node"], "at": at}
+    if isinstance(p.get("by"), dict):
+        entry["by"] = dict(p["by"])
     if kind == DELIVERED:
         st.delivered_at = at
     elif kind == SIGN:

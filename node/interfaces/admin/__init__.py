@@ -2,4 +2,14 @@
 unpacks the request and calls one function (node.app, or a running service); node/interfaces/cli/main.py
 imports this package, so every `fednode run` serves them all."""
 
-from node.interfaces.admin import keys, metrics, node, quarantine, reconcile, rules, tickets, worklog  # noqa: F401
+from node.interfaces.admin import (  # noqa: F401
+    keys,
+    metrics,
+    node,
+    people,
+    quarantine,
+    reconcile,
+    rules,
+    tickets,
+    worklog,
+)

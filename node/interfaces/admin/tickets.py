@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from node.app import people
 from node.app.tickets import WRITE_ACTIONS, execute
 from node.features.tickets.desk import TicketsConfig
 from node.runtime import admin
@@ -23,7 +24,8 @@ async def _op_tickets(rt: NodeRuntime, req: dict[str, Any]) -> Any:
     if req.get("action") in WRITE_ACTIONS:
         await rt.wait_recovered()
     index = svc.index if svc is not None else None
-    result = await rt.db(execute, rt.ledger, cfg, req, clock=service.CLOCK, status=status, index=index)
+    result = await rt.db(execute, rt.ledger, cfg, req, clock=service.CLOCK, status=status, index=index,
+                         policy=people.policy_of(rt.home))
     if req.get("action") in WRITE_ACTIONS:
         rt.notify()
     return result

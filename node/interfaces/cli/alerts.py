@@ -7,7 +7,6 @@ from collections.abc import Callable
 from typing import Any
 
 from node.app import alerts as app
-from node.features import worklog as auditlog
 from node.features.rules.engine import LEVEL_NAMES
 from node.features.rules.overrides import OVERRIDES_FILE
 from node.features.rules.settings import ALERT_FIELDS, LEVELS_BY_NAME
@@ -40,7 +39,6 @@ def add_parsers(sub: Any, add: Callable[..., argparse.ArgumentParser]) -> None:
     sp = add("handle", "record that an alert was dealt with (处置): the work log keeps who, when and what", asub)
     sp.add_argument("alert_id")
     sp.add_argument("--note", required=True, help="what was done (处置情况), e.g. 已核实并督促整改")
-    sp.add_argument("--actor", help="who handled it (default: $FEDNODE_ACTOR, else the OS user)")
 
     cp = sub.add_parser("calendar", help="the working-day calendar: operator overrides and coverage")
     csub = cp.add_subparsers(dest="calendar_command", required=True)
@@ -54,7 +52,7 @@ def add_parsers(sub: Any, add: Callable[..., argparse.ArgumentParser]) -> None:
 @command("alerts list")
 def cmd_alerts_list(args: argparse.Namespace) -> int:
     alerts = app.list_alerts(open_home(args), level=args.level, rule=args.rule, division=args.division,
-                             case=args.case, limit=args.limit)
+                             case=args.case, limit=args.limit, person=args.acting)
     rows = [a.as_dict() for a in alerts]
 
     def human() -> str:
@@ -73,7 +71,7 @@ def cmd_alerts_list(args: argparse.Namespace) -> int:
 
 @command("alerts show")
 def cmd_alerts_show(args: argparse.Namespace) -> int:
-    found = app.find_alert(open_home(args), args.alert_id)
+    found = app.find_alert(open_home(args), args.alert_id, person=args.acting)
     data = found[0].as_dict()
     if len(found) > 1:  # the same id raised by two nodes (e.g. a child and, before it was known, here)
         data["also_in"] = [{"origin": a.origin, "seq": a.seq} for a in found[1:]]
@@ -95,9 +93,11 @@ def cmd_alerts_show(args: argparse.Namespace) -> int:
 @command("alerts handle")
 def cmd_alerts_handle(args: argparse.Namespace) -> int:
     home = open_home(args)
-    payload = app.handle_alert(home, auditlog.actor_of(args), args.alert_id, args.note)
+    payload = app.handle_alert(home, args.auth, args.alert_id, args.note)
+    who = payload.get("by", {})
     emit(args, {"alert_id": args.alert_id, "handled": payload},
-         f"{args.alert_id}: handled by {payload['actor']} at {payload['at']} (work log of {home.code})")
+         f"{args.alert_id}: handled by {who.get('name', payload['actor'])} ({who.get('role_label', '')}) at "
+         f"{payload['at']} (work log of {home.code})")
     return 0
 
 

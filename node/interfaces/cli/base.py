@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import sys
 import time
@@ -11,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from node.core.home import Home, resolve_dir
+from node.core.times import iso_us
 
 Handler = Callable[[argparse.Namespace], int]
 COMMANDS: dict[str, Handler] = {}
@@ -38,7 +38,7 @@ def open_home(args: argparse.Namespace) -> Home:
 def _fmt_time(us: int | None) -> str:
     if not us:
         return "-"
-    return dt.datetime.fromtimestamp(us / 1e6, dt.UTC).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    return iso_us(us) or "-"  # ISO 8601 with +08:00, as in the logs and the alerts (node/core/times.py)
 
 
 def progress_line(enabled: bool, newline_at_end: bool = True) -> Callable[[str, int, int, str], None]:
@@ -53,3 +53,59 @@ def progress_line(enabled: bool, newline_at_end: bool = True) -> Callable[[str, 
                   file=sys.stderr, flush=True)
 
     return show
+
+
+# ---- who acts ------------------------------------------------------------------------------------------------
+
+
+def read_password(args: argparse.Namespace, login: str, *, prompt: str = "") -> str | None:
+    """The password of ``--password-file`` (``-``: standard input), else a prompt on a terminal, else None.
+    Never from argv or the environment: both are visible to other users (/proc/*/cmdline, environ)."""
+    import getpass
+    import os
+
+    path = getattr(args, "password_file", None)
+    if path:
+        if path == "-":
+            text = sys.stdin.readline()
+        else:
+            with open(path, encoding="utf-8") as f:
+                text = f.readline()
+            if os.stat(path).st_mode & 0o077:
+                print(f"fednode: warning: {path} can be read by other users; chmod 600 it", file=sys.stderr)
+        return text.rstrip("\r\n")
+    if sys.stdin.isatty():
+        return getpass.getpass(prompt or f"{login} 的口令: ")
+    return None
+
+
+def session_path(home: Home, login: str) -> Any:
+    return home.dir / "sessions" / login
+
+
+def auth_of(args: argparse.Namespace, home: Home) -> dict[str, Any]:
+    """``auth`` for node/app/people.py: ``--as LOGIN`` (or $FEDNODE_USER) with a password or the session
+    of `fednode login`; without them the OS operator (root on the box: 系统管理员 + 只读)."""
+    import getpass
+    import os
+
+    login = (getattr(args, "as_login", None) or os.environ.get("FEDNODE_USER", "")).strip()
+    if not login:
+        try:
+            return {"os_user": getpass.getuser()}
+        except (KeyError, OSError):
+            return {"os_user": f"uid{os.getuid()}"}
+    if not getattr(args, "password_file", None):
+        try:
+            token = session_path(home, login).read_text(encoding="utf-8").strip()
+        except OSError:
+            token = ""
+        if token:
+            return {"login": login, "token": token}
+    password = read_password(args, login)
+    if password is None:
+        from node.core.errors import UsageError
+
+        raise UsageError(f"no password for {login}",
+                         fix=f"sign in first (`fednode login DIR --as {login}`), or give --password-file F (- = stdin)")
+    return {"login": login, "password": password}

@@ -32,7 +32,11 @@ def cmd_init(args: argparse.Namespace) -> int:
     data = {"home": str(home.dir), "code": home.code, "level": home.config.level, "store": home.config.store_url}
     emit(args, data, f"created node home {home.dir} for {home.code} {home.config.name} ({home.config.level}).\n"
          "next: the province runs `fednode pki init-root DIR`; other nodes run `fednode pki request DIR > CODE.csr` "
-         "and send it to their parent")
+         "and send it to their parent.\n"
+         f"people: as this OS user you are the node's 系统管理员; add its first people, e.g.\n"
+         f"  fednode users add {home.dir} --login admin --name 姓名 --role 系统管理员\n"
+         f"  fednode users add {home.dir} --login zhangsan --name 张三 --role 监察员 --scope {home.code}\n"
+         "(`fednode users roles` shows what each role may do)")
     return 0
 
 
@@ -233,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
         if dir_arg:
             sp.add_argument("dir", nargs="?", help="node home (default: $FEDNODE_HOME)")
         sp.add_argument("--json", action="store_true", help="print JSON for scripts")
+        sp.add_argument("--as", dest="as_login", metavar="LOGIN",
+                        help="act as this person of the node (default: $FEDNODE_USER, else the OS operator)")
+        sp.add_argument("--password-file", metavar="F", help="the person's password, first line of F (- = stdin)")
         return sp
 
     sp = add("init", "create a node home: config, keys, store", dir_arg=False)
@@ -285,9 +292,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--records", type=int, default=20000, help="records fed at each leaf (default 20000)")
     sp.add_argument("--keep", metavar="DIR", help="leave the node homes in DIR")
     from node.interfaces import admin as _ops  # noqa: F401  (registers every admin op before `run` serves them)
-    from node.interfaces.cli import adapters, alerts, check, metrics, pki, reconcile, stats, store, tickets
+    from node.interfaces.cli import (
+        adapters,
+        alerts,
+        check,
+        metrics,
+        people,
+        pki,
+        reconcile,
+        stats,
+        store,
+        tickets,
+    )
 
-    for module in (adapters, alerts, check, metrics, pki, reconcile, stats, store, tickets):
+    for module in (adapters, alerts, check, metrics, people, pki, reconcile, stats, store, tickets):
         if hasattr(module, "add_parsers"):
             module.add_parsers(sub, add)
 
@@ -300,6 +318,35 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+
+def _who_acts(args: argparse.Namespace, name: str) -> None:
+    """Set ``args.auth``, ``args.by``, ``args.person_kind`` and ``args.acting`` (a Person): the person acting and whether their roles
+    hold the command's permission (node/app/people.py; the use case checks its target again). The OS
+    operator's own decision needs no store; a refusal is recorded by the node and exits 2."""
+    import os
+
+    from node.app import people
+    from node.features.people.roles import may
+
+    args.auth, args.by, args.person_kind, args.acting = None, None, None, None
+    if name in people.UNGUARDED or not (getattr(args, "dir", None) or os.environ.get("FEDNODE_HOME")):
+        return
+    from node.interfaces.cli.base import auth_of
+
+    home = open_home(args)
+    if not home.enrolled:
+        return  # nothing acts on a home without keys; the command itself says what is missing
+    args.auth = auth_of(args, home)
+    if "os_user" in args.auth:
+        person = people.os_person(home.code, args.auth["os_user"])
+        decision = may(person, people.command_permission(name), None)
+        if decision:
+            args.by, args.person_kind, args.acting = people.stamp(person, decision.role), "os", person
+            return
+    result = people.check_command(home, args.auth, name)
+    args.by, args.person_kind = result["person"], result["kind"]
+    args.acting = people.person_of(result["person"], result["roles"], result["kind"], home.code)
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -308,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     name = args.command + (f" {nested}" if nested else "")
     handler = COMMANDS[name]
     try:
+        _who_acts(args, name)
         rc = handler(args)
     except FednodeError as e:
         if getattr(args, "json", False):

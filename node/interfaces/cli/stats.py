@@ -27,7 +27,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from node.app.stats import build_calendar, check_supervisors, compute, worklog
+from node.app.stats import build_calendar, check_supervisors, compute, worklog, worklog_by_person
 from node.core.errors import UsageError
 from node.features import worklog as auditlog
 from node.features.stats import query, report
@@ -47,7 +47,8 @@ def add_parsers(sub: Any, add: Callable[..., argparse.ArgumentParser]) -> None:
     sp.add_argument("--csv", action="store_true", help="CSV on stdout")
     sp.add_argument("--html", metavar="FILE", help="also write a self-contained HTML report with charts")
     sp = add("worklog", "the supervisor work log (监察日志); --check runs the supervisor rules once")
-    sp.add_argument("--actor", help="only this operator")
+    sp.add_argument("--actor", help="only this person (login)")
+    sp.add_argument("--by-person", action="store_true", help="one line per person: acts, visits, refusals, last")
     sp.add_argument("--limit", type=int, default=50, help="latest N entries (0 = all; default 50)")
     sp.add_argument("--check", action="store_true", help="write the reminders/escalations due now")
 
@@ -86,9 +87,16 @@ def cmd_worklog(args: argparse.Namespace) -> int:
         cfg = StatsConfig.of_home(home)
         written = check_supervisors(home.ledger(), cfg, datetime.now(auditlog.CST))
     rows = worklog(home.store(), args.actor, args.limit)
+    if args.by_person:
+        people = worklog_by_person(rows)
+        emit(args, {"people": people, "written": written}, lambda: report.text_table(
+            ["登录名", "姓名", "角色", "辖区", "操作", "登录/查看", "越权被拒", "最近一次"],
+            [[p["login"], p["name"], p["role"], p["scope"], str(p["acts"]), str(p["visits"]), str(p["refused"]),
+              str(p["last"])] for p in people]) if people else "the work log is empty")
+        return 0
 
     def human() -> str:
-        lines = [f"{r.get('at', '')}  {r.get('kind', ''):<13} {r.get('actor', r.get('rule', '')):<10} "
+        lines = [f"{r.get('at', '')}  {r.get('kind', ''):<13} {_who(r):<10} "
                  f"{r.get('action', r.get('subject', ''))}  {r.get('target', r.get('message', ''))}" for r in rows]
         if args.check:
             lines.append(f"supervisor rules: {len(written)} record(s) written")
@@ -96,3 +104,11 @@ def cmd_worklog(args: argparse.Namespace) -> int:
 
     emit(args, {"entries": rows, "written": written}, human)
     return 0
+
+
+def _who(r: dict[str, Any]) -> str:
+    by = r.get("by")
+    if isinstance(by, dict) and by.get("name"):
+        return f"{by['name']}({by.get('role_label', '')})"
+    return str(r.get("actor", r.get("rule", "")))
+

@@ -13,7 +13,8 @@ Rules of this module:
   ``lifecycle.due_actions``. Both decide from the projection of the store at the moment they write,
   on the single database thread, so nothing is written twice, across restarts too.
 - The work log (监察日志): each act's own transaction holds its ``audit.action`` (desk.py ``audit``), named
-  for ``--actor`` or else the operator (``FEDNODE_ACTOR``, the OS user), so node/features/worklog.py adds none;
+  for the person of ``--as`` (node/app/people.py authorizes the act on its ticket), so node/features/worklog.py
+  adds none; the OS operator (no ``--as``) is 系统管理员 and may not act on tickets;
   ``tickets issue --alert ID`` names the alerts a ticket deals with (they count as handled). ``list``
   and ``show`` (and ``complaints list|show``) are reads: nothing but the day's first visit.
 - Output contract: ``tickets issue`` prints the ticket number (``--json``: an object with ``ticket``);
@@ -27,7 +28,6 @@ from collections.abc import Callable
 from typing import Any
 
 from node.app.tickets import act, run_request
-from node.features import worklog as auditlog
 from node.features.tickets import lifecycle as lc
 from node.features.tickets.desk import VERBS
 from node.interfaces.cli.base import command, emit, open_home
@@ -47,7 +47,6 @@ def add_parsers(sub: Any, add: Callable[..., argparse.ArgumentParser]) -> None:
                     help="the alert this ticket deals with (repeatable; it counts as handled in the work log)")
     sp.add_argument("--sign-days", type=float, help="working days to sign for it (default [tickets] sign_days)")
     sp.add_argument("--reply-days", type=float, help="working days to reply (default [tickets] reply_days)")
-    _actor(sp)
     sp = add("list", "the tickets this node holds, and the records it refused", ts)
     sp.add_argument("--state", choices=list(lc.STATES))
     sp.add_argument("--rejected", action="store_true", help="only the ticket records refused here")
@@ -55,11 +54,9 @@ def add_parsers(sub: Any, add: Callable[..., argparse.ArgumentParser]) -> None:
     sp.add_argument("ticket")
     sp = add("sign", "sign for a ticket (签收), at the target or inside its subtree", ts)
     sp.add_argument("ticket")
-    _actor(sp)
     sp = add("reply", "reply to a ticket (答复)", ts)
     sp.add_argument("ticket")
     sp.add_argument("text")
-    _actor(sp)
     sp = add("conclude", "conclude a replied ticket (办结) with a verdict; issuer only", ts)
     sp.add_argument("ticket")
     sp.add_argument("verdict", choices=list(lc.VERDICTS))
@@ -67,27 +64,22 @@ def add_parsers(sub: Any, add: Callable[..., argparse.ArgumentParser]) -> None:
     sp.add_argument("--score", type=int, help="0..100 (default by verdict: 100 / 70 / 40)")
     sp.add_argument("--satisfaction", choices=list(lc.SATISFACTION_CODES),
                     help="complaint tickets: the complainant's 满意度 code")
-    _actor(sp)
     sp = add("return", "return a replied ticket for redo (退回重办); issuer only", ts)
     sp.add_argument("ticket")
     sp.add_argument("reason")
     sp.add_argument("--reply-days", type=float, help="new reply deadline, working days from now")
-    _actor(sp)
     sp = add("extend-request", "ask the issuer for more time (延期)", ts)
     sp.add_argument("ticket")
     sp.add_argument("days", type=float)
     sp.add_argument("reason")
-    _actor(sp)
     sp = add("extend-grant", "grant a pending extension request; issuer only", ts)
     sp.add_argument("ticket")
     sp.add_argument("--reply-days", type=float, required=True, help="new reply deadline, working days from now")
-    _actor(sp)
     sp = add("assign", "assign responsibility inside the department (认定), at the target", ts)
     sp.add_argument("ticket")
     sp.add_argument("--unit", required=True, help="responsible unit")
     sp.add_argument("--person", required=True, help="responsible person")
     sp.add_argument("--finding", default="")
-    _actor(sp)
     sp = add("assign-result", "report the result of an assignment back up", ts)
     sp.add_argument("ticket")
     sp.add_argument("assign_no", type=int)
@@ -95,7 +87,6 @@ def add_parsers(sub: Any, add: Callable[..., argparse.ArgumentParser]) -> None:
     sp.add_argument("--disputed", action="store_true", help="the case went to the supervision office")
     sp.add_argument("--unit", default="", help="final responsible unit")
     sp.add_argument("--person", default="", help="final responsible person")
-    _actor(sp)
 
     cp = sub.add_parser("complaints", help="complaints (投诉): register, list, show")
     cs = cp.add_subparsers(dest="complaints_command", required=True)
@@ -111,16 +102,9 @@ def add_parsers(sub: Any, add: Callable[..., argparse.ArgumentParser]) -> None:
     sp.add_argument("--to", help="responsible node (default: respondent unit if a code, else this node's division)")
     sp.add_argument("--division", help="division of the complaint (default: this node)")
     sp.add_argument("--no", help="complaint number (default: generated)")
-    _actor(sp)
     add("list", "complaints held here, with their ticket, state and satisfaction", cs)
     sp = add("show", "one complaint and its ticket's timeline", cs)
     sp.add_argument("no")
-
-
-def _actor(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("--actor", default=None,
-                    help="who does it (recorded in the timeline and the work log; default: $FEDNODE_ACTOR, else "
-                    "the OS user)")
 
 
 @command("tickets issue")
@@ -128,7 +112,7 @@ def cmd_issue(args: argparse.Namespace) -> int:
     home = open_home(args)
     result, via = run_request(home, {
         "action": "issue", "to": args.to, "subject": args.subject, "body": args.body, "case_nos": args.cases,
-        "sign_days": args.sign_days, "reply_days": args.reply_days, "actor": auditlog.actor_of(args),
+        "sign_days": args.sign_days, "reply_days": args.reply_days, "auth": args.auth,
         "alert_ids": args.alerts})
     result["via"] = via
     emit(args, result, result["ticket"])
@@ -139,7 +123,7 @@ def _cmd_act(args: argparse.Namespace) -> int:
     home = open_home(args)
     given = {**vars(args), "responsible_unit": getattr(args, "unit", None),
              "responsible_person": getattr(args, "person", None)}
-    result, via = act(home, args.tickets_command, args.ticket, given, auditlog.actor_of(args))
+    result, via = act(home, args.tickets_command, args.ticket, given, args.auth)
     result["via"] = via
     emit(args, result, f"{result['ticket']}: {result['event'].removeprefix('ticket.')} recorded at "
          f"{result['node']} ({result['at']})")
@@ -153,7 +137,7 @@ for _verb in VERBS:
 @command("tickets list")
 def cmd_list(args: argparse.Namespace) -> int:
     home = open_home(args)
-    result, _via = run_request(home, {"action": "list", "state": args.state})
+    result, _via = run_request(home, {"action": "list", "state": args.state, "auth": args.auth})
     if args.rejected:
         rows = result["rejected"]
         emit(args, rows, "\n".join(f"REFUSED {r['kind']} {r['ticket'] or '?'} from {r['writer']}: "
@@ -181,7 +165,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 @command("tickets show")
 def cmd_show(args: argparse.Namespace) -> int:
     home = open_home(args)
-    d, _via = run_request(home, {"action": "show", "ticket": args.ticket})
+    d, _via = run_request(home, {"action": "show", "ticket": args.ticket, "auth": args.auth})
     emit(args, d, lambda: show_text(d))
     return 0
 
@@ -200,7 +184,8 @@ def show_text(d: dict[str, Any]) -> str:
         ]
         for e in d["timeline"]:
             detail = ", ".join(f"{k}={v}" for k, v in e["detail"].items() if v not in ("", [], None))
-            lines.append(f"  {e['at']:<27}{e['node']:<11}{e['actor']:<14}{e['event']}"
+            who = f"{e['by']['name']}({e['by']['role_label']})" if e.get("by") else e["actor"]
+            lines.append(f"  {e['at']:<27}{e['node']:<11}{who:<14}{e['event']}"
                          + (f"  ({detail})" if detail and e["event"] != "issue" else ""))
         if d.get("verdict"):
             lines.append(f"  conclusion: {d['verdict']} (score {d['score']}) {d.get('conclusion') or ''}")
@@ -220,8 +205,7 @@ def cmd_complaint_register(args: argparse.Namespace) -> int:
         complaint["complaint_no"] = args.no
     if args.division:
         complaint["division"] = args.division
-    req: dict[str, Any] = {"action": "complaint", "complaint": complaint, "to": args.to,
-                           "actor": auditlog.actor_of(args)}
+    req: dict[str, Any] = {"action": "complaint", "complaint": complaint, "to": args.to, "auth": args.auth}
     if args.due:
         complaint["due_at"] = args.due
     else:
@@ -235,7 +219,7 @@ def cmd_complaint_register(args: argparse.Namespace) -> int:
 @command("complaints list")
 def cmd_complaint_list(args: argparse.Namespace) -> int:
     home = open_home(args)
-    result, _via = run_request(home, {"action": "complaints"})
+    result, _via = run_request(home, {"action": "complaints", "auth": args.auth})
     rows = result["complaints"]
     if args.json:
         emit(args, rows)
@@ -251,11 +235,11 @@ def cmd_complaint_list(args: argparse.Namespace) -> int:
 @command("complaints show")
 def cmd_complaint_show(args: argparse.Namespace) -> int:
     home = open_home(args)
-    result, _via = run_request(home, {"action": "complaints", "no": args.no})
+    result, _via = run_request(home, {"action": "complaints", "no": args.no, "auth": args.auth})
     c = result["complaints"][0]
     ticket = None
     if c.get("ticket"):
-        ticket, _ = run_request(home, {"action": "show", "ticket": c["ticket"]})
+        ticket, _ = run_request(home, {"action": "show", "ticket": c["ticket"], "auth": args.auth})
     data = {**c, "ticket_detail": ticket}
 
     def human() -> str:
