@@ -500,6 +500,18 @@ TICKETS = Section("tickets", "督办", "Supervision tickets (督办单) between 
         example="holidays-2027.csv"),
 ))
 
+# -- [people] (node.features.people.accounts)
+
+PEOPLE = Section("people", "用户与权限", "The node's people: sign-in lockout and session lifetime (`fednode users`, "
+                 "`fednode login`, the desk).", "node.features.people.accounts", (
+    Key("max_failures", "integer", 5, "Failed sign-ins within `lock_minutes` that lock the account (a 系统管理员 "
+        "unlocks it).", zh="锁定前失败次数", lo=1, hi=100),
+    Key("lock_minutes", "number", 15.0, "The window in which failed sign-ins count.", zh="失败计数窗口（分钟）",
+        lo=0, open_lo=True, hi=1440),
+    Key("session_hours", "number", 8.0, "How long a sign-in (`fednode login`, the desk) lasts.", zh="会话时长（小时）",
+        lo=0, open_lo=True, hi=24 * 30),
+))
+
 # -- [stats] and its tables (node.stats.config)
 
 STATS = Section("stats", "统计考核", "Statistics and performance evaluation (统计分析, 绩效评估) of this node's "
@@ -603,13 +615,13 @@ ADAPTER_TYPES = {"filedrop": ADAPTERS_FILEDROP, "sql_poll": ADAPTERS_SQL_POLL}
 
 ALL: tuple[Section, ...] = (
     NODE, STORE, LINK, ADMIN, LOG, RECONCILE, RULES, RULES_DEFAULT, RULES_ITEM_TYPES, RULES_ANOMALY_LEVELS, CALENDAR,
-    NOTIFY, TICKETS, STATS, STATS_WEIGHTS, STATS_BANDS, STATS_SUPERVISORS, METRICS, ADAPTERS_COMMON,
+    NOTIFY, TICKETS, PEOPLE, STATS, STATS_WEIGHTS, STATS_BANDS, STATS_SUPERVISORS, METRICS, ADAPTERS_COMMON,
     ADAPTERS_FILEDROP, ADAPTERS_SQL_POLL, ADAPTERS_PUSH,
 )
 SECTIONS: dict[str, Section] = {s.id: s for s in ALL}
 # the top-level tables of node.toml, and whether node.config reads them itself
-TOP_LEVEL = ("node", "store", "link", "admin", "log", "reconcile", "rules", "calendar", "notify", "tickets", "stats",
-             "metrics", "adapters")
+TOP_LEVEL = ("node", "store", "link", "admin", "log", "reconcile", "rules", "calendar", "notify", "tickets", "people",
+             "stats", "metrics", "adapters")
 NODE_CONFIG_SECTIONS = tuple(s.id for s in ALL if s.owner == "node.core.config")
 
 
