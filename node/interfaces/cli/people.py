@@ -65,7 +65,10 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 
 def _new_password(args: argparse.Namespace, prompt: str) -> str:
-    path = getattr(args, "new_password_file", None) or getattr(args, "password_file", None)
+    # --password-file is the acting person's own password when --as is given; the new one then comes from
+    # --new-password-file or the prompt
+    acting_as = getattr(args, "as_login", None) or os.environ.get("FEDNODE_USER")
+    path = getattr(args, "new_password_file", None) or (None if acting_as else getattr(args, "password_file", None))
     ns = argparse.Namespace(password_file=path)
     first = read_password(ns, "", prompt=prompt)
     if first is None:
