@@ -30,6 +30,8 @@ def add_parsers(sub: Any, add: Callable[..., argparse.ArgumentParser]) -> None:
     sp.add_argument("--scope", default="", help="jurisdiction code they act for (default: this node's code)")
     sp.add_argument("--phone", default="")
     sp.add_argument("--mail", default="")
+    sp.add_argument("--new-password-file", help="file holding the new person's password (- = stdin; default: "
+                    "--password-file when acting as the OS operator, else a prompt)")
     sp.add_argument("--no-password", action="store_true",
                     help="add without a password (they cannot sign in until `users passwd` sets one)")
     add("list", "the people of this node, their roles, scope and state", us)
