@@ -18,8 +18,9 @@ Rules of this module:
   attributed ``audit.action`` (``SELF_RECORDED``: every ticket act, complaint registration, alert
   handling) get no second one. ``NOT_LOGGED``: commands that run the node or build its home before it
   has a log to write to. Every command is in exactly one of these sets (tests/test_reads_pure.py).
-- ``actor`` is the person: the command's ``--actor`` if it has one, else ``FEDNODE_ACTOR``, else the
-  OS user.
+- ``actor`` is the person's login (``--as``, node/app/people.py), ``os:<user>`` for the OS operator,
+  and ``by`` names them (login, name, role, scope); ``current_actor`` (``FEDNODE_ACTOR``, else the OS
+  user) only for a command that has no person (it runs before the node has people).
 - A stopped node is never written to by the CLI: actions (and the day's first visit) wait in
   ``audit-spool.jsonl`` and the running node appends them once its own logs are current
   (``drain_spool``, which also keeps visits to one per person per day).
