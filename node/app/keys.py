@@ -37,13 +37,14 @@ from node.core.home import Home
 from node.core.keyring import Keyring, check_key_id, resolve_key_id
 from node.core.ledger import Ledger
 from node.core.records import channel_name
+from node.core.times import iso, iso_us
 from proto.fednode.v1 import fednode_pb2 as pb
 
 # ---- the work, shared by the admin ops and the CLI on a stopped node -------------------------------------
 
 
 def _iso(us: int | None) -> str | None:
-    return dt.datetime.fromtimestamp(us / 1e6, dt.UTC).isoformat() if us else None
+    return iso_us(us)
 
 
 def key_rows(keyring: Keyring, signer_id: bytes | None, code: str | None = None) -> list[dict[str, Any]]:
@@ -65,7 +66,7 @@ def key_rows(keyring: Keyring, signer_id: bytes | None, code: str | None = None)
             state = "valid"
         out.append({
             "key_id": info.key_id.hex(), "code": info.code, "state": state, "current": info.key_id == signer_id,
-            "not_before": leaf.not_valid_before_utc.isoformat(), "not_after": leaf.not_valid_after_utc.isoformat(),
+            "not_before": iso(leaf.not_valid_before_utc), "not_after": iso(leaf.not_valid_after_utc),
             "cert_sha256": hashlib.sha256(kc.certificate).hexdigest(),
             "revoked_at": _iso(info.revoked_us), "revoked_reason": info.revoked_reason or None,
             "revoked_through": {channel_name(c): s for c, s in info.revoked_through.items()}

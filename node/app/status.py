@@ -3,7 +3,6 @@ and `probe` (admin op): one link.probe control record appended."""
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 from node import __version__
@@ -12,6 +11,7 @@ from node.core import pki
 from node.core.home import Home
 from node.core.ledger import Ledger, NewRecord
 from node.core.records import CONTROL, channel_name, now_us
+from node.core.times import iso, iso_us
 
 # ---- status ---------------------------------------------------------------------------------------------
 
@@ -40,12 +40,12 @@ def status_data(home: Home) -> dict[str, Any]:
     }
     for name in ("tls.crt", "ca.crt", "sign.crt", "root.crt"):
         if home.has(name):
-            data["certificates"][name] = pki.not_after(home.load_cert(name)).isoformat()
+            data["certificates"][name] = iso(pki.not_after(home.load_cert(name)))
     # this node's own signing keys (every key it knows: `fednode pki keys DIR`)
     data["signing_key"] = pki.signing_key_id(home.load_cert("sign.crt")).hex() if home.has("sign.crt") else None
     data["keys"] = [
         {"key_id": bytes(r.key_id).hex(), "current": bytes(r.key_id).hex() == data["signing_key"],
-         "not_after": dt.datetime.fromtimestamp(r.not_after_us / 1e6, dt.UTC).isoformat(),
+         "not_after": iso_us(r.not_after_us),
          "revoked": r.revoked_us is not None, "revoked_reason": r.revoked_reason or None}
         for r in store.keys(home.code)
     ]

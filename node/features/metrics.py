@@ -44,6 +44,7 @@ from node.core import schema
 from node.core.errors import ConfigError
 from node.core.records import CHANNEL_NAMES, channel_name
 from node.core.store import Store
+from node.core.times import CST
 
 log = structlog.get_logger(__name__)
 
@@ -54,7 +55,6 @@ REQUEST_TIMEOUT_S = 10.0
 # monitor-channel kinds counted as "alerts" (records.py: _MONITOR_PREFIXES); counted per kind
 ALERT_PREFIXES = ("alert", "anomaly", "risk.", "complaint.", "incident.")
 LINK_STATES = ("connected", "connecting", "down", "refused")
-CST = dt.timezone(dt.timedelta(hours=8), "Asia/Shanghai")
 # counters carry no `_created` series: a scraper of this node has no use for them
 prometheus_client.disable_created_metrics()
 

@@ -9,13 +9,12 @@ from typing import Any
 from node.app.adapters import list_adapters, push_token, reset_cursor
 from node.app.quarantine import quarantine
 from node.core.errors import UsageError
+from node.core.times import iso_us
 from node.interfaces.cli.base import command, emit, open_home
 
 
 def _fmt_us(us: int | None) -> str:
-    import datetime as dt
-
-    return dt.datetime.fromtimestamp(us / 1e6, dt.UTC).astimezone().strftime("%Y-%m-%d %H:%M:%S") if us else "-"
+    return iso_us(us) or "-"
 
 
 @command("quarantine list")

@@ -140,11 +140,11 @@ def cmd_status(args: argparse.Namespace) -> int:
             lines.append(f"  {lg['origin']:<12} {lg['channel']:<8} seq {lg['seq']:>9}  head {lg['head'][:16]}")
         if data.get("running"):
             lines.append("")
-            lines.append(f"{'link':<14}{'dir':<6}{'state':<11}{'since':<21}{'rtt ms':>8}  backlog (records, oldest s)")
+            lines.append(f"{'link':<14}{'dir':<6}{'state':<11}{'since':<26}{'rtt ms':>8}  backlog (records, oldest s)")
             for ln in data["links"]:
                 backlog = ", ".join(f"{ch} {b['records']} ({b['oldest_age_s']}s)" for ch, b in ln["backlog"].items())
                 rtt = f"{ln['rtt_ms']:.1f}" if ln["rtt_ms"] is not None else "-"
-                lines.append(f"{ln['peer']:<14}{ln['direction']:<6}{ln['state']:<11}{_fmt_time(ln['since_us']):<21}"
+                lines.append(f"{ln['peer']:<14}{ln['direction']:<6}{ln['state']:<11}{_fmt_time(ln['since_us']):<26}"
                              f"{rtt:>8}  {backlog or '-'}")
                 if ln["last_error"]:
                     lines.append(f"{'':<14}last error: {ln['last_error']}")
