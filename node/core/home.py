@@ -256,10 +256,12 @@ class Home:
             chain=[c.public_bytes(der) for c in chain],
         )
 
-    def store(self) -> Store:
+    def store(self, migrate: bool | None = None) -> Store:
+        """The store, opened once. ``migrate=True`` (`fednode run`, `fednode migrate`) upgrades an older
+        schema; otherwise an older one is refused with the command that upgrades it (node/core/migrate.py)."""
         if self._store is None:
             prepare_sqlite(self.config.store_url, self.dir)
-            self._store = Store.open(self.config.store_url, base_dir=self.dir)
+            self._store = Store.open(self.config.store_url, base_dir=self.dir, migrate=migrate)
         return self._store
 
     def ledger(self) -> Ledger:

@@ -433,7 +433,8 @@ def _with_evidence(exc: ForkDetected, row: Row, source: str) -> ForkDetected:
 
 
 class Store:
-    """A node's store. ``Store.open(url)`` migrates the schema to the newest version."""
+    """A node's store. ``Store.open(url)`` creates the schema of a new store and refuses one at an older
+    version; ``migrate=True`` upgrades it (node/core/migrate.py: only `fednode run` and `fednode migrate`)."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -445,7 +446,10 @@ class Store:
         self.insert_records_sql = f"INSERT INTO records ({cols}) VALUES ({', '.join([mark] * 12)})"
 
     @classmethod
-    def open(cls, url: str, *, base_dir: Path | None = None, migrate: bool = True) -> Store:
+    def open(cls, url: str, *, base_dir: Path | None = None, migrate: bool | None = None) -> Store:
+        """``migrate``: True upgrades an older schema; None (default) creates a new store's schema and
+        refuses an older one (``StoreOutdated``, exit 2, naming the command that upgrades it); False
+        neither creates nor checks."""
         url = _sqlite_url_for(url, base_dir)
         backend = make_url(url).get_backend_name()
         if backend == "sqlite":
@@ -461,10 +465,17 @@ class Store:
                 fix="use sqlite:///store.db (the default) or postgresql://user@host/dbname",
             )
         store = cls(engine)
-        if migrate:
-            from node.core.migrate import upgrade
+        if migrate is not False:
+            from node.core.migrate import ensure_current, upgrade
 
-            upgrade(engine)
+            try:
+                if migrate:
+                    upgrade(engine)
+                else:
+                    ensure_current(engine, base_dir)
+            except BaseException:
+                engine.dispose()
+                raise
         return store
 
     def close(self) -> None:

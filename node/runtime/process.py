@@ -541,6 +541,7 @@ def run(home: Home) -> int:
         check_secret_modes(home)
         configcheck.require_valid(home.config)
         check_ports_free(home)
+        home.store(migrate=True)  # with `fednode migrate`, the only upgrade of an older schema (node/core/migrate.py)
         for change in tighten_dirs(home):
             log.warning("home_mode_tightened", change=change)
 

@@ -297,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
         alerts,
         check,
         metrics,
+        migrate,
         people,
         pki,
         reconcile,
@@ -305,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
         tickets,
     )
 
-    for module in (adapters, alerts, check, metrics, people, pki, reconcile, stats, store, tickets):
+    for module in (adapters, alerts, check, metrics, migrate, people, pki, reconcile, stats, store, tickets):
         if hasattr(module, "add_parsers"):
             module.add_parsers(sub, add)
 
