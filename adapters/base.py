@@ -16,7 +16,9 @@ Rules of this module (every adapter and every ingest path obeys them):
   one primary-key lookup per row): the same key with the same payload is a duplicate (counted, not
   appended); the same key with a *different* payload is quarantined ("conflicts with the record
   already accepted"), so a changed source row is never dropped silently nor appended twice.
-- Cursors are adapter-defined JSON, kept in ``meta`` as ``adapter:<name>``.
+- Cursors are adapter-defined JSON, kept in ``meta`` as ``adapter:<name>``; the adapter's running totals
+  (read, accepted, duplicates, quarantined, batches since it was configured) as ``adapter.totals:<name>``,
+  written in the same transaction, so they survive restarts and always match the cursor.
 - Adapters are found by entry point (group ``fednode.adapters``): a jurisdiction ships its own adapter
   as a separate package with ``[project.entry-points."fednode.adapters"] mytype = "pkg.mod:Class"``.
 """
@@ -198,17 +200,37 @@ def _put_keys(tx: WriteTx, items: list[tuple[str, str]]) -> None:
     tx.conn.exec_driver_sql(sql, items)
 
 
+TOTALS = ("read", "accepted", "duplicates", "quarantined", "batches")
+
+
+def totals_key(source: str) -> str:
+    return f"adapter.totals:{source}"
+
+
+def load_totals(store: Store, source: str) -> dict[str, int]:
+    """The adapter's figures since it was first configured in this store: zeros when none."""
+    v = store.get_meta(totals_key(source))
+    try:
+        got = json.loads(v) if v else {}
+    except ValueError:
+        got = {}
+    return {k: int(got.get(k, 0)) if isinstance(got, dict) else 0 for k in TOTALS}
+
+
 def commit(ledger: Ledger, source: str, rows: Sequence[SourceRow], *, cursor: Any = None,
-           write_cursor: bool = False, extra: Any = None) -> Outcome:
+           write_cursor: bool = False, extra: Any = None, totals: dict[str, int] | None = None) -> Outcome:
     """Validate ``rows`` and commit records, quarantine, seen keys and (optionally) the cursor at once.
 
     Must run on the node's store thread (or in a process where nothing else writes the store)."""
-    return commit_prepared(ledger, source, prepare(rows), cursor=cursor, write_cursor=write_cursor, extra=extra)
+    return commit_prepared(ledger, source, prepare(rows), cursor=cursor, write_cursor=write_cursor, extra=extra,
+                           totals=totals)
 
 
 def commit_prepared(ledger: Ledger, source: str, prepared: Sequence[Accepted | Rejected], *, cursor: Any = None,
-                    write_cursor: bool = False, extra: Any = None) -> Outcome:
-    """The transaction of ``commit`` for rows already through ``prepare``."""
+                    write_cursor: bool = False, extra: Any = None, totals: dict[str, int] | None = None) -> Outcome:
+    """The transaction of ``commit`` for rows already through ``prepare``. ``totals`` (the adapter's running
+    totals, ``load_totals``): this batch is added, written with the cursor, and ``totals`` updated after
+    the commit."""
     out = Outcome(read=len(prepared))
     metas = {p.meta for p in prepared if isinstance(p, Accepted)}
     seen = _seen(ledger.store, sorted(metas)) if metas else {}
@@ -238,6 +260,9 @@ def commit_prepared(ledger: Ledger, source: str, prepared: Sequence[Accepted | R
     out.accepted = len(new)
     out.quarantined = len(rejected)
     out.reasons = [{"position": r.position, "kind": r.kind, "reason": r.reason} for r in rejected]
+    summed = None
+    if totals is not None:
+        summed = {k: totals.get(k, 0) + (1 if k == "batches" else getattr(out, k)) for k in TOTALS}
 
     def also(tx: WriteTx) -> None:
         # in key order: the hashed keys then walk the meta index once, left to right, not at random (~20% less)
@@ -249,11 +274,15 @@ def commit_prepared(ledger: Ledger, source: str, prepared: Sequence[Accepted | R
             tx.quarantine(source=source[:128], position=r.position, kind=r.kind[:64], reason=reason, raw=raw)
         if write_cursor:
             tx.set_meta(cursor_key(source), json.dumps(cursor, ensure_ascii=False, default=str))
+        if summed is not None:
+            tx.set_meta(totals_key(source), json.dumps(summed))
         if extra is not None:
             extra(tx)
 
-    if new or rejected or write_cursor or extra is not None:
+    if new or rejected or write_cursor or extra is not None or summed is not None:
         ledger.append(new, also=also)
+    if totals is not None and summed is not None:
+        totals.update(summed)
     return out
 
 
@@ -273,7 +302,9 @@ class Counters:
     last_error_us: int = 0
     last_commit_us: int = 0
     position: str = ""
-    state: str = "starting"  # "ok" after a poll that worked, "error" after one that failed
+    state: str = "starting"  # "recovering" (waits for the node's own logs), "ok" after a poll that worked, "error"
+    cursor: Any = None  # the committed cursor (JSON), as the node holds it
+    total: dict[str, int] = field(default_factory=dict)  # since the adapter was configured (load_totals)
 
     def count(self, o: Outcome, position: str) -> None:
         self.read += o.read

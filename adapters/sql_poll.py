@@ -15,10 +15,17 @@ Rules of this module:
   cursor. A source that commits rows late with an *older* timestamp (long transactions) needs an id
   watermark (from a sequence assigned at commit, or a sync-log table) instead.
 
+- the URL's driver and the extra that installs it: adapters/drivers.py (``mysql://`` → PyMySQL,
+  ``oracle://`` → python-oracledb thin, ``mssql://`` → pymssql, ``kingbase://`` → PostgreSQL); a
+  missing driver names ``pip install 'fednode[EXTRA]'``.
+- text that is GBK/GB18030 bytes stored in a latin1 column (mojibake) is decoded, or its row is
+  quarantined with the column and the bytes (adapters/encoding.py); ``legacy_text = "off"`` turns
+  this off for a source that really holds Western text.
+
 Config ``[adapters.<name>]``: type = "sql_poll", url, mapping (gbt39046 | exchange2009 | path |
 inline ``tables``), only (a subset of the mapping's tables), override, batch (default 5000), interval
-seconds (default 2), reader ("process", the default: polled and validated in a child process beside the
-store thread, adapters/reader.py; or "thread").
+seconds (default 2), legacy_text ("gb18030", the default, or "off"), reader ("process", the default:
+polled and validated in a child process beside the store thread, adapters/reader.py; or "thread").
 """
 
 from __future__ import annotations
@@ -28,13 +35,15 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, column, create_engine, literal, or_, select, table, tuple_
-from sqlalchemy.engine import make_url
+from sqlalchemy import and_, column, literal, or_, select, table, tuple_
 from sqlalchemy.exc import SQLAlchemyError
 
-from adapters import mappings
+from adapters import encoding, mappings
 from adapters.base import AdapterError, Batch, SourceRow
+from adapters.drivers import engine_url, make_engine
 from node.core.errors import ConfigError
+
+__all__ = ["SqlPollAdapter", "decode_value", "encode_value", "engine_url"]
 
 ROW_VALUE_DIALECTS = frozenset({"postgresql", "sqlite", "mysql", "mariadb"})
 
@@ -67,13 +76,6 @@ def decode_value(e: list[Any]) -> Any:
     return v
 
 
-def engine_url(url: str) -> str:
-    u = make_url(url)
-    if u.drivername == "postgresql":
-        u = u.set(drivername="postgresql+psycopg")
-    return u.render_as_string(hide_password=False)
-
-
 class SqlPollAdapter:
     prefetch = True  # poll(cursor) reads only the source: the next batch may be read while one commits
 
@@ -97,10 +99,11 @@ class SqlPollAdapter:
                 tm.update(over)
         self.batch = int(section.get("batch", 5000))
         self.interval = float(section.get("interval", 2.0))
-        try:
-            self.engine = create_engine(engine_url(url), pool_pre_ping=True)
-        except (SQLAlchemyError, ImportError, ValueError) as e:
-            raise ConfigError(f"{where}: url cannot be used ({e})", fix="check the SQLAlchemy URL and its driver") from None
+        self.legacy_text = section.get("legacy_text", "gb18030")
+        if self.legacy_text not in encoding.MODES:
+            raise ConfigError(f"{where}: legacy_text = {self.legacy_text!r} is not one of {', '.join(encoding.MODES)}",
+                              fix='use legacy_text = "gb18030" (the default) or "off"')
+        self.engine = make_engine(url, where, pool_pre_ping=True)
         self._next = 0  # round-robin start
         self._mappers = {tm["table"]: mappings.row_mapper(tm) for tm in self.mapping["tables"]}
 
@@ -138,8 +141,12 @@ class SqlPollAdapter:
                     kind, to_payload, at = tm["kind"], self._mappers[tm["table"]], f"{tm['table']}:{tm['key']}="
                     out: list[SourceRow] = []
                     last: Any = None
+                    cols = mappings.columns_of(tm)
                     for part in conn.execute(self._query(tm, cursor.get(tm["table"]))).partitions(500):
-                        out.extend([SourceRow(f"{at}{r[1]}", kind, to_payload(r)) for r in part])
+                        if self.legacy_text == "off":
+                            out.extend([SourceRow(f"{at}{r[1]}", kind, to_payload(r)) for r in part])
+                        else:
+                            out.extend([self._legacy_row(f"{at}{r[1]}", kind, to_payload, r, cols) for r in part])
                         last = part[-1]
                     if last is None:
                         continue
@@ -150,6 +157,15 @@ class SqlPollAdapter:
             raise AdapterError(f"{self.name}: reading the source failed: {str(e).splitlines()[0]}",
                                fix="check that the source database answers and the mapping's tables and columns exist") from None
         return None
+
+    @staticmethod
+    def _legacy_row(position: str, kind: str, to_payload: Any, r: Any, cols: list[str]) -> SourceRow:
+        """The row, its mojibake decoded (adapters/encoding.py), or refused with the reason."""
+        try:
+            fixed = encoding.repair_row(r, cols)
+        except encoding.Mojibake as e:
+            return SourceRow(position, kind, dict(zip(cols, r, strict=True)), error=str(e))
+        return SourceRow(position, kind, to_payload(fixed if fixed is not None else r))
 
     def after_commit(self, batch: Batch) -> None:
         pass

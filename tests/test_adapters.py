@@ -1,6 +1,6 @@
-"""Adapters: SQL poll (real SQLite and PostgreSQL sources, ties at the watermark, both ready mappings),
-file drop (CSV/JSON Lines, UTF-8/GB18030, complete files only, resume, archive), natural-key
-re-delivery, the entry-point registry, and the local push service over a real gRPC port."""
+"""Adapters: SQL poll (its suite on SQLite, PostgreSQL and MariaDB: tests/test_sql_sources.py), file drop
+(CSV/JSON Lines, UTF-8/GB18030, complete files only, resume, archive), natural-key re-delivery, the
+entry-point registry, and the local push service over a real gRPC port."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from sqlalchemy import Column, DateTime, Integer, MetaData, Table, Text, create_
 from adapters import mappings
 from adapters.base import Batch, commit, load_cursor, make_adapter
 from adapters.filedrop import FileDropAdapter
-from adapters.sql_poll import SqlPollAdapter, engine_url
+from adapters.sql_poll import SqlPollAdapter
 from node.app import enrol
 from node.core import schema
 from node.core.domain import natural_key
@@ -27,6 +27,7 @@ from node.core.errors import ConfigError
 from node.core.home import Home
 from node.core.ledger import Ledger
 from node.core.records import BULK, parse_body
+from tests.sqldbs import spxx_row
 
 T0 = dt.datetime(2025, 10, 9, 9, 0, 0)
 
@@ -74,118 +75,6 @@ def spxx_table(md: MetaData, ts_type: Any = DateTime) -> Table:
     cols = [c for c in mappings.columns_of(mappings.load("exchange2009")["tables"][2]) if c not in ("XH", "TBSJ")]
     return Table("SPXX", md, Column("XH", Integer, primary_key=True, autoincrement=False), Column("TBSJ", ts_type),
                  *[Column(c, Text) for c in cols])
-
-
-def spxx_row(i: int, ts: dt.datetime, **over: Any) -> dict[str, Any]:
-    row = {"XH": i, "TBSJ": ts, "SBLSH": f"32030320251009{i:08d}", "SXBM": "320303-XK-001", "XZQHDM": "320303",
-           "BMDM": "320303-SJ", "HJXH": "1", "HJDM": "SL", "HJMC": "受理", "SPR": "张三", "GW": "窗口",
-           "SPYJ": "同意", "SPJG": "通过", "KSSJ": "20251009093000", "JSSJ": "20251009100000"}
-    row.update(over)
-    return row
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def source_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'source.db'}"
-    return str(request.getfixturevalue("pg_url"))
-
-
-def test_sql_poll_ties_at_the_watermark_each_row_once(node: Home, source_url: str) -> None:
-    eng = create_engine(engine_url(source_url))
-    md = MetaData()
-    spxx = spxx_table(md)
-    md.create_all(eng)
-    # 10 rows share one timestamp, then 3 more: batch 4 cuts twice inside the tie
-    rows = [spxx_row(i, T0) for i in range(1, 11)] + [spxx_row(i, T0 + dt.timedelta(seconds=1)) for i in range(11, 14)]
-    with eng.begin() as c:
-        c.execute(spxx.insert(), rows)
-    ad = SqlPollAdapter("ex", {"url": source_url, "mapping": "exchange2009", "only": ["SPXX"], "batch": 4}, node.dir)
-    ledger = node.ledger()
-    assert drain(ad, ledger, "ex") == 4
-    got = records_of(node)
-    assert [p["case_no"] for _, p in got] == [r["SBLSH"] for r in rows]
-    assert {k for k, _ in got} == {"case.step"}
-    assert got[0][1]["action"] == "pass" and got[0][1]["ended_at"] == "2025-10-09T10:00:00+08:00"
-    # late rows at the SAME watermark as the cursor, with a higher key, are still read; nothing repeats
-    with eng.begin() as c:
-        c.execute(spxx.insert(), [spxx_row(14, T0 + dt.timedelta(seconds=1)), spxx_row(15, T0 + dt.timedelta(seconds=2))])
-    drain(ad, ledger, "ex")
-    assert len(records_of(node)) == 15
-    assert "SPXX after" in ad.describe(load_cursor(ledger, "ex"))
-    # re-delivery: the cursor cleared, every row read again, none appended twice
-    with node.store().write() as tx:
-        tx.set_meta("adapter:ex", "null")
-    drain(ad, ledger, "ex")
-    assert len(records_of(node)) == 15 and not quarantined(node)
-    ad.close()
-    eng.dispose()
-
-
-def test_sql_poll_id_watermark_and_bad_rows_quarantined(node: Home, source_url: str) -> None:
-    eng = create_engine(engine_url(source_url))
-    md = MetaData()
-    spxx = spxx_table(md)
-    md.create_all(eng)
-    rows = [spxx_row(i, T0) for i in range(1, 7)]
-    rows[1]["XZQHDM"] = "32030"  # bad division
-    rows[3]["JSSJ"] = "20251309100000"  # month 13
-    rows[4]["SPJG"] = "maybe"  # unknown action code
-    with eng.begin() as c:
-        c.execute(spxx.insert(), rows)
-    section = {"url": source_url, "mapping": "exchange2009", "batch": 100, "only": ["SPXX"],
-               "override": {"SPXX": {"watermark": "XH"}}}
-    ad = SqlPollAdapter("ex", section, node.dir)
-    drain(ad, node.ledger(), "ex")
-    assert len(records_of(node)) == 3
-    q = quarantined(node)
-    assert [r.position for r in q] == ["SPXX:XH=2", "SPXX:XH=4", "SPXX:XH=5"]
-    assert "'division'" in q[0].reason and "6-digit" in q[0].reason
-    assert "'time'" in q[1].reason and "not a real date" in q[1].reason
-    assert "'action'" in q[2].reason and "unknown code" in q[2].reason
-    assert json.loads(bytes(q[2].raw))["payload"]["action"] == "maybe"
-    ad.close()
-    eng.dispose()
-
-
-def test_gbt39046_mapping_on_sqlite(node: Home, tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'gbt.db'}"
-    eng = create_engine(url)
-    md = MetaData()
-    m = mappings.load("gbt39046")
-    tables = {}
-    for tm in m["tables"]:
-        cols = [c for c in mappings.columns_of(tm) if c not in ("id", "sync_time")]
-        tables[tm["table"]] = Table(tm["table"], md, Column("id", Integer, primary_key=True),
-                                    Column("sync_time", DateTime), *[Column(c, Text) for c in cols])
-    md.create_all(eng)
-    common = {"sync_time": T0, "case_no": "320303202510090001", "item_code": "320303-XK-001",
-              "division": "320303", "dept": "320303-SJ"}
-    with eng.begin() as c:
-        c.execute(tables["case_apply"].insert(), [{**common, "id": 1, "applicant_type": "自然人",
-                  "applicant_name": "李四", "applicant_id": "320303199001011234", "materials": "申请书;身份证",
-                  "channel_code": "2", "assigned": "0", "apply_time": "2025-10-09 09:00:00"}])
-        c.execute(tables["case_accept"].insert(), [{**common, "id": 1, "handler": "王五", "accept_result": "1",
-                  "promised_time": "20251020170000", "case_kind": "2", "accept_time": "20251009093000"}])
-        c.execute(tables["case_process"].insert(), [{**common, "id": 1, "step_no": "1", "step_code": "SH",
-                  "step_name": "审核", "handler": "赵六", "post": "科员", "action": "通过",
-                  "start_time": "20251009100000", "end_time": "20251009110000", "evidence": "现场核查记录"}])
-        c.execute(tables["case_special"].insert(), [{**common, "id": 1, "special_no": "1", "special_kind": "2",
-                  "reason": "专家评审", "approver": "钱七", "start_time": "20251010090000", "approved_days": "5"}])
-        c.execute(tables["case_special_end"].insert(), [{**common, "id": 1, "special_no": "1",
-                  "end_time": "20251015090000"}])
-        c.execute(tables["case_complete"].insert(), [{**common, "id": 1, "result_code": "6", "cert_name": "许可证",
-                  "cert_no": "XK-001", "cert_valid_until": "20301231", "fee": "0",
-                  "complete_time": "20251016150000"}])
-    ad = SqlPollAdapter("gbt", {"url": url, "mapping": "gbt39046"}, node.dir)
-    drain(ad, node.ledger(), "gbt")
-    assert not quarantined(node), [r.reason for r in quarantined(node)]
-    got = dict(records_of(node))
-    assert set(got) == {"case.apply", "case.accept", "case.step", "case.suspend", "case.resume", "case.complete"}
-    assert got["case.apply"]["materials"] == ["申请书", "身份证"] and got["case.apply"]["assigned"] is False
-    assert got["case.accept"]["accepted"] is True
-    assert got["case.complete"]["cert_valid_until"] == "2030-12-31"
-    eng.dispose()
 
 
 def test_mapping_and_registry_errors(node: Home) -> None:

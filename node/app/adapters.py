@@ -9,24 +9,32 @@ import json
 from pathlib import Path
 from typing import Any
 
-from adapters.base import configured, cursor_key
+from adapters.base import configured, cursor_key, load_totals
 from node.app.remote import is_running, via_node_or_store
 from node.core.errors import UsageError
 from node.core.home import Home
 
 
 def list_adapters(home: Home) -> dict[str, Any]:
-    """Every configured adapter with its cursor and, while the node runs, its counters."""
+    """Every configured adapter with its cursor and totals and, while the node runs, its counters.
+
+    Running node: cursor, totals and counters all come from the node's one status answer (the cursor
+    it committed last), never mixed with a read of the store at another moment; stopped: from the store."""
     status, via = via_node_or_store(home, {"op": "status"}, dict)
-    running = status.get("adapters", {})
+    running = status.get("adapters", {}) if isinstance(status, dict) else {}
     try:
         sections = configured(home.config.sections)
-        store = home.store()
         out: list[dict[str, Any]] = []
         for name, sec in sections.items():
-            cur = store.get_meta(cursor_key(name))
-            out.append({"name": name, "type": sec.get("type"), "cursor": json.loads(cur) if cur else None,
-                        "running": running.get(name)})
+            live = running.get(name)
+            if isinstance(live, dict) and "cursor" in live:
+                cursor, total = live["cursor"], live.get("total") or {}
+            else:  # stopped, or configured after the node started (it runs from the next start)
+                store = home.store()
+                cur = store.get_meta(cursor_key(name))
+                cursor, total = (json.loads(cur) if cur else None), load_totals(store, name)
+            out.append({"name": name, "type": sec.get("type"), "cursor": cursor, "total": total,
+                        "running": live})
     finally:
         home.close()
     return {"running": via == "admin", "adapters": out}

@@ -610,6 +610,10 @@ ADAPTERS_SQL_POLL = Section(
             "(e.g. its watermark column)."),
         Key("batch", "integer", 5000, "Rows per batch.", lo=1, hi=1_000_000),
         Key("interval", "number", 2.0, "Seconds between polls when nothing is new.", lo=0, open_lo=True, hi=86400),
+        Key("legacy_text", "string", "gb18030", "`gb18030`: text that is GBK/GB18030 bytes stored in a latin1 "
+            "column (mojibake) is decoded, and a row whose such text does not decode is quarantined; `off`: "
+            "text is taken as it is (a source that really holds Western text).", zh="旧编码文本",
+            choices=("gb18030", "off")),
     ), title='[adapters.NAME] type = "sql_poll"')
 ADAPTER_TYPES = {"filedrop": ADAPTERS_FILEDROP, "sql_poll": ADAPTERS_SQL_POLL}
 

@@ -33,7 +33,34 @@ def op(name: str) -> Callable[[Op], Op]:
     return register
 
 
+# The requests being answered, per runtime: a stopping node answers each of them before its services and
+# its store go (``drain``), so a client whose connection closes without an answer knows the request was
+# never taken and may send it again (node/core/admin_client.py).
+_INFLIGHT: dict[int, set[asyncio.Task[Any]]] = {}
+
+
+async def drain(rt: NodeRuntime, timeout: float = 30.0) -> None:
+    """Wait (at most ``timeout`` s) for the requests already accepted to be answered; call after closing
+    the server, before stopping the services."""
+    pending = {t for t in _INFLIGHT.get(id(rt), set()) if not t.done()}
+    if pending:
+        log.info("admin_draining", requests=len(pending))
+        await asyncio.wait(pending, timeout=timeout)
+
+
 async def _handle(rt: NodeRuntime, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    task = asyncio.current_task()
+    inflight = _INFLIGHT.setdefault(id(rt), set())
+    if task is not None:
+        inflight.add(task)
+    try:
+        await _answer(rt, reader, writer)
+    finally:
+        if task is not None:
+            inflight.discard(task)
+
+
+async def _answer(rt: NodeRuntime, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
         line = await reader.readline()
         req = json.loads(line)

@@ -424,6 +424,7 @@ class NodeRuntime:
         await self.notifier.notify("STOPPING=1", "STATUS=stopping")
         # graceful: stop taking new work, let the in-flight transaction finish, then close
         admin_server.close()
+        await admin.drain(self)  # every request accepted is answered: a client never sees a dropped one
         for task in (ready_task, health_task, spool_task, heads_task):
             task.cancel()
         await asyncio.gather(ready_task, health_task, return_exceptions=True)

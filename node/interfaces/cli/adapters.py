@@ -104,9 +104,17 @@ def cmd_adapters_list(args: argparse.Namespace) -> int:
         lines = []
         for a in out:
             r = a["running"] or {}
-            figures = (f"read {r.get('read', 0)} accepted {r.get('accepted', 0)} duplicates {r.get('duplicates', 0)} "
-                       f"quarantined {r.get('quarantined', 0)}") if r else "(node not running)"
+            t = a.get("total") or {}
+            figures = (f"read {t.get('read', 0)} accepted {t.get('accepted', 0)} duplicates {t.get('duplicates', 0)} "
+                       f"quarantined {t.get('quarantined', 0)}")
+            if not r:
+                state = "(node not running)" if not data["running"] else "(not running: configured after the node started)"
+            elif r.get("state") == "recovering":
+                state = "state recovering: waits for the node to recover its own logs from its parent"
+            else:
+                state = f"state {r.get('state')}; since start: read {r.get('read', 0)} accepted {r.get('accepted', 0)}"
             lines.append(f"{a['name']:<16} {a['type']:<10} {figures}")
+            lines.append(f"{'':<16} {state}")
             lines.append(f"{'':<16} cursor: {json.dumps(a['cursor'], ensure_ascii=False)[:200]}")
             if r.get("last_error"):
                 when = _fmt_us(r.get("last_error_us"))

@@ -12,8 +12,10 @@ node/interfaces/cli/adapters.py (`fednode adapters`, `fednode quarantine`).
   thread instead, as every other adapter is. An error is counted, logged and retried with backoff
   (1 s doubling to 60 s): the adapter and the node keep running.
 - ``[adapters.push] listen = "127.0.0.1:PORT"`` starts the local Ingest service (adapters/push.py).
-- ``fednode status`` shows, per adapter: type, read, accepted, duplicates, quarantined, batches,
-  last error, position.
+- ``fednode status`` shows, per adapter: type, read, accepted, duplicates, quarantined, batches (since
+  this start), ``total`` (the same since the adapter was configured, kept in the store with the cursor),
+  the committed ``cursor``, state (``recovering`` while the node waits for its own logs), last error,
+  position. ``fednode adapters list`` on a running node takes figures and cursor from this one answer.
 - CLI: ``fednode quarantine list|show|replay DIR ...``, ``fednode adapters list|reset|push-token DIR``.
   Through the admin socket while the node runs, directly on the store otherwise.
 """
@@ -25,7 +27,16 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from adapters.base import Counters, Outcome, commit_prepared, configured, load_cursor, make_adapter, prepare
+from adapters.base import (
+    Counters,
+    Outcome,
+    commit_prepared,
+    configured,
+    load_cursor,
+    load_totals,
+    make_adapter,
+    prepare,
+)
 from adapters.reader import ProcessReader, reads_in_process
 from node.core.errors import FednodeError
 from node.runtime.service import Service
@@ -115,10 +126,16 @@ class AdapterService(Service):
         return batch, (prepare(batch.rows) if batch is not None else None)
 
     async def _run(self, name: str, ad: Any, c: Counters, reader: ProcessReader | None = None) -> None:
-        await self.rt.recovered.wait()
         ledger = self.rt.ledger
-        cursor = await self.rt.db(load_cursor, ledger, name)
+        cursor = c.cursor = await self.rt.db(load_cursor, ledger, name)
+        c.total = await self.rt.db(load_totals, ledger.store, name)
         c.position = ad.describe(cursor)
+        if not self.rt.recovered.is_set():
+            c.state = "recovering"  # `adapters list` says why nothing moves yet
+            await self.rt.recovered.wait()
+            c.state = "starting"
+            cursor = c.cursor = await self.rt.db(load_cursor, ledger, name)  # as recovery left the store
+            c.position = ad.describe(cursor)
         backoff = 1.0
         ahead: asyncio.Future[tuple[Any, Any]] | None = None
 
@@ -139,8 +156,8 @@ class AdapterService(Service):
                 if getattr(ad, "prefetch", False) and batch.cursor is not None:
                     ahead = read(batch.cursor)
                 out = await self.rt.db(commit_prepared, ledger, name, prepared, cursor=batch.cursor,
-                                       write_cursor=True)
-                cursor = batch.cursor
+                                       write_cursor=True, totals=c.total)
+                cursor = c.cursor = batch.cursor
                 c.count(out, ad.describe(cursor))
                 if out.accepted:
                     self.rt.notify()
