@@ -90,8 +90,22 @@ def request(home: Home) -> pki.Request:
     )
 
 
-def sign(home: Home, req: pki.Request) -> pki.Bundle:
-    """Parent: issue certificates for a child inside this node's subtree."""
+class FingerprintMismatch(UsageError):
+    code = "fingerprint_mismatch"
+
+
+def sign(home: Home, req: pki.Request, fingerprint: str | None = None) -> pki.Bundle:
+    """Parent: issue certificates for a child inside this node's subtree. ``fingerprint``: the request's key
+    fingerprint as the child's IT staff read it out; a request with other keys is refused, unsigned."""
+    if fingerprint is not None:
+        actual = pki.request_fingerprint(req)
+        if not pki.fingerprint_matches(fingerprint, actual):
+            raise FingerprintMismatch(
+                f"请求文件的密钥指纹是 {actual}，与所给的 {fingerprint} 不符，未签发 / the request's key fingerprint is "
+                f"{actual}, not {fingerprint}: nothing was signed",
+                fix=f"不要签发：请求文件不是 {req.code} 本机生成的那一份（或读错了）。请对方重新运行 `fednode pki request` 并"
+                    "通过电话核对指纹 / do not sign: this file is not the request the node made (or the digits were misheard); "
+                    "ask the child's IT staff to read the fingerprint again")
     if not home.has("ca.crt"):
         raise UsageError(f"{home.code} has no CA certificate yet", fix="install this node's own bundle first")
     root = home.root()

@@ -114,6 +114,7 @@ def install_bundle(home: Home, text: str, source: str) -> dict[str, Any]:
     data, via = via_node_or_store(home, {"op": "pki.install", "bundle": text, "source": source},
                                   lambda: install(home, None, bundle))
     data["via"] = via
+    data["bundle_fingerprint"] = pki.bundle_fingerprint(bundle)  # the one the parent's `pki sign` printed
     return dict(data)
 
 

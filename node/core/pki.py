@@ -411,6 +411,53 @@ class Bundle:
             ) from None
 
 
+# ---- enrolment fingerprints: what the two IT officers read out to each other by phone ---------------------
+
+FINGERPRINT_MIN_HEX = 16  # a prefix read out must be at least this long (64 bits: no key can be made to match)
+
+
+def _spki(cert_or_csr: Any) -> bytes:
+    return bytes(cert_or_csr.public_key().public_bytes(serialization.Encoding.DER,
+                                                        serialization.PublicFormat.SubjectPublicKeyInfo))
+
+
+def _grouped(digest: bytes) -> str:
+    h = digest.hex()
+    return " ".join(h[i:i + 4] for i in range(0, len(h), 4))
+
+
+def request_fingerprint(req: Request) -> str:
+    """SHA-256 over the request's three public keys (TLS, CA, signing; DER SubjectPublicKeyInfo, in that
+    order), in groups of four hex digits. It names the keys, not the code or name anyone can copy."""
+    h = hashes.Hash(hashes.SHA256())
+    for csr in (req.tls_csr, req.ca_csr, req.sign_csr):
+        der = _spki(csr)
+        h.update(len(der).to_bytes(4, "big") + der)
+    return _grouped(h.finalize())
+
+
+def bundle_fingerprint(bundle: Bundle) -> str:
+    """SHA-256 over the bundle's three certificates (TLS, CA, signing; DER), the same grouping: the parent's
+    `pki sign` prints it, the child's `pki install` prints it again."""
+    h = hashes.Hash(hashes.SHA256())
+    for cert in (bundle.tls_cert, bundle.ca_cert, bundle.sign_cert):
+        der = cert.public_bytes(serialization.Encoding.DER)
+        h.update(len(der).to_bytes(4, "big") + der)
+    return _grouped(h.finalize())
+
+
+def fingerprint_matches(expected: str, actual: str) -> bool:
+    """Whether ``expected`` (as read out: any case, spaces or colons, the whole or a prefix of at least
+    ``FINGERPRINT_MIN_HEX`` hex digits) is ``actual``."""
+    want = "".join(c for c in expected.lower() if c not in " :-\t")
+    have = actual.replace(" ", "")
+    if len(want) < FINGERPRINT_MIN_HEX or any(c not in "0123456789abcdef" for c in want):
+        raise UsageError(f"--fingerprint {expected!r} is not a key fingerprint",
+                         fix=f"give the fingerprint `fednode pki request` printed, at least its first {FINGERPRINT_MIN_HEX} "
+                             "hex digits (e.g. 3f2a 91bc 07de 55a1)")
+    return have.startswith(want)
+
+
 def sign_request(
     req: Request,
     *,

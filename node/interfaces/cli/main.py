@@ -59,7 +59,14 @@ def cmd_pki_request(args: argparse.Namespace) -> int:
 
     home = open_home(args)
     req = enrol.request(home)
-    print(req.to_json())
+    fingerprint = pki.request_fingerprint(req)
+    if args.json:  # the request itself, with its fingerprint beside it (`pki sign` recomputes it, never reads it)
+        print(json.dumps({**json.loads(req.to_json()), "key_fingerprint": fingerprint}, ensure_ascii=False, indent=2))
+    else:
+        print(req.to_json())
+    print(f"{req.code} {req.name}: 密钥指纹 / key fingerprint\n  {fingerprint}\n"
+          "请通过电话向上级读出前 4 组（上级签发时用 --fingerprint 核对） / read the first 4 groups out to the "
+          "parent's IT staff by phone (they sign with --fingerprint)", file=sys.stderr)
     return 0
 
 
@@ -69,9 +76,18 @@ def cmd_pki_sign(args: argparse.Namespace) -> int:
 
     home = open_home(args)
     req = pki.Request.from_json(Path(args.csr).read_text(encoding="utf-8"), source=args.csr)
-    bundle = enrol.sign(home, req)
-    print(bundle.to_json())
-    structlog.get_logger().info("pki_signed", child=req.code, path=bundle.path)
+    bundle = enrol.sign(home, req, args.fingerprint)
+    fingerprints = {"key_fingerprint": pki.request_fingerprint(req), "bundle_fingerprint": pki.bundle_fingerprint(bundle)}
+    print(json.dumps({**json.loads(bundle.to_json()), **fingerprints}, indent=2) if args.json else bundle.to_json())
+    checked = "与所给指纹一致 / matches the fingerprint given" if args.fingerprint else (
+        "未核对：签发前应以 --fingerprint 核对对方读出的指纹 / NOT checked: sign with --fingerprint F, F as the "
+        "child's IT staff read it out")
+    print(f"signed {req.code} {req.name} ({req.level}) as {bundle.path}\n"
+          f"  request key fingerprint {fingerprints['key_fingerprint']}: {checked}\n"
+          f"  bundle fingerprint      {fingerprints['bundle_fingerprint']} (`pki install` shows it again)",
+          file=sys.stderr)
+    structlog.get_logger().info("pki_signed", child=req.code, path=bundle.path,
+                                fingerprint_checked=bool(args.fingerprint))
     return 0
 
 
@@ -255,8 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
     pki_sub = pki_p.add_subparsers(dest="pki_command", required=True)
     add("init-root", "province: create the root CA and enrol the province", pki_sub)
     add("request", "print this node's certificate request (send it to the parent)", pki_sub)
-    sp = add("sign", "issue certificates for a child's request (prints the bundle)", pki_sub)
+    sp = add("sign", "issue certificates for a child's request (prints the bundle; its fingerprint on stderr)", pki_sub)
     sp.add_argument("csr")
+    sp.add_argument("--fingerprint", metavar="F", help="the request's key fingerprint as the child read it out "
+                    "(the whole, or at least its first 16 hex digits): refuse a request with other keys")
     sp = add("install", "install the bundle the parent issued", pki_sub)
     sp.add_argument("bundle")
     add("rotate", "replace the signing key (old records stay verifiable); prints both full key ids", pki_sub)

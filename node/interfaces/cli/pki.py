@@ -26,7 +26,8 @@ def cmd_pki_install(args: argparse.Namespace) -> int:
         note = ("\nthe node runs: the signing key is in use now; the new TLS certificates and parent are used from the "
                 "next start (`systemctl restart fednode`)")
     emit(args, data, f"installed certificates for {data['path']}; parent {data['parent_code'] or '-'}; "
-         f"signing key {data['key_id']}{note}")
+         f"signing key {data['key_id']}\nbundle fingerprint {data['bundle_fingerprint']} (the parent's `pki sign` "
+         f"printed the same){note}")
     return 0
 
 
