@@ -283,6 +283,7 @@ def _owners() -> dict[str, Callable[[dict[str, Any], Path], Any]]:
     from node.features.rules.settings import RulesSettings
     from node.features.stats.config import StatsConfig
     from node.features.tickets.desk import TicketsConfig
+    from node.runtime.services.desk import DeskSettings
 
     rules = RulesSettings.from_sections
     return {
@@ -301,6 +302,7 @@ def _owners() -> dict[str, Callable[[dict[str, Any], Path], Any]]:
                                                                          **b}}),
         "stats.supervisors": lambda b, t: StatsConfig.from_section({"supervisors": b}),
         "metrics": lambda b, t: metrics.parse_config("t", b),
+        "desk": lambda b, t: DeskSettings.of_sections({"desk": b}, t, "t"),
         "adapters.NAME": _adapter("filedrop"),
         "adapters.NAME:filedrop": _adapter("filedrop"),
         "adapters.NAME:sql_poll": _adapter("sql_poll"),

@@ -512,6 +512,22 @@ PEOPLE = Section("people", "用户与权限", "The node's people: sign-in lockou
         lo=0, open_lo=True, hi=24 * 30),
 ))
 
+# -- [desk] (node.runtime.services.desk)
+
+DESK = Section("desk", "监察工作台", "The supervision desk (监察工作台): the web console of supervisors, departments "
+               "and IT staff, and its JSON API under /api/v1/. Without `listen` there is no desk.",
+               "node.runtime.services.desk", (
+    Key("listen", "string", "", "Where browsers connect; \"\" = no desk. Plain HTTP only on a loopback address: "
+        "any other address needs `tls_cert` and `tls_key`.", zh="监听地址", valid=_hostport_or_empty,
+        rule=f"{_PORT}, or \"\"", example="127.0.0.1:8443"),
+    Key("tls_cert", "string", "", "The HTTPS certificate chain, PEM (relative to the node home); \"\" = plain "
+        "HTTP (loopback only).", zh="证书", example="desk.crt"),
+    Key("tls_key", "string", "", "The HTTPS private key, PEM (relative to the node home; mode 0600).", zh="私钥",
+        example="desk.key"),
+    Key("idle_minutes", "number", 30.0, "Minutes without a request after which a desk sign-in ends (the session "
+        "itself ends after [people] session_hours).", zh="空闲超时（分钟）", lo=0, open_lo=True, hi=24 * 60),
+))
+
 # -- [stats] and its tables (node.stats.config)
 
 STATS = Section("stats", "统计考核", "Statistics and performance evaluation (统计分析, 绩效评估) of this node's "
@@ -619,13 +635,13 @@ ADAPTER_TYPES = {"filedrop": ADAPTERS_FILEDROP, "sql_poll": ADAPTERS_SQL_POLL}
 
 ALL: tuple[Section, ...] = (
     NODE, STORE, LINK, ADMIN, LOG, RECONCILE, RULES, RULES_DEFAULT, RULES_ITEM_TYPES, RULES_ANOMALY_LEVELS, CALENDAR,
-    NOTIFY, TICKETS, PEOPLE, STATS, STATS_WEIGHTS, STATS_BANDS, STATS_SUPERVISORS, METRICS, ADAPTERS_COMMON,
+    NOTIFY, TICKETS, PEOPLE, DESK, STATS, STATS_WEIGHTS, STATS_BANDS, STATS_SUPERVISORS, METRICS, ADAPTERS_COMMON,
     ADAPTERS_FILEDROP, ADAPTERS_SQL_POLL, ADAPTERS_PUSH,
 )
 SECTIONS: dict[str, Section] = {s.id: s for s in ALL}
 # the top-level tables of node.toml, and whether node.config reads them itself
 TOP_LEVEL = ("node", "store", "link", "admin", "log", "reconcile", "rules", "calendar", "notify", "tickets", "people",
-             "stats", "metrics", "adapters")
+             "desk", "stats", "metrics", "adapters")
 NODE_CONFIG_SECTIONS = tuple(s.id for s in ALL if s.owner == "node.core.config")
 
 

@@ -198,6 +198,7 @@ def _tree_lines(reports: dict[str, Any], depth: int) -> list[str]:
 
 @command("run")
 def cmd_run(args: argparse.Namespace) -> int:
+    from node.interfaces import desk as _desk  # noqa: F401  (registers the desk's app, served when [desk] listen is set)
     from node.runtime import process as runtime
 
     home = open_home(args)

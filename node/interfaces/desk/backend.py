@@ -1,0 +1,194 @@
+"""Where the desk's calls run, and what it keeps per session in memory.
+
+- ``Desk.read``: a use case that only reads, on the desk's own reader threads (never the event loop,
+  never the links' store thread: a supervisor's search must not slow a catch-up drain).
+- ``Desk.op``: an act, through the admin op the CLI uses for it (node/interfaces/admin registers them on
+  node.runtime.admin.OPS): the same use case, on the store thread, after the node has recovered its
+  own logs, with the links woken afterwards. ``Desk.act``: the same for a desk use case of node/app/desk.py.
+- ``Sessions``: per sign-in, the CSRF token (a synchronizer token kept here, never derived from
+  anything: ``secrets.token_urlsafe``), the last request (idle timeout) and the day of the last visit.
+  The sign-in itself is node/app/people.py's session (its token's SHA-256 in the store); a restart of
+  the node keeps the sign-in and issues a new CSRF token (a form left open must be reloaded).
+- ``FormTokens``: one-time tokens of the sign-in form (there is no session yet to bind them to).
+- ``RateLimit``: sign-in attempts per client address, so a flood never reaches the password hash on
+  the store thread (the per-account lockout is node/app/people.py's).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hmac
+import secrets
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from node.app import people
+from node.app import tickets as app_tickets
+from node.core.errors import FednodeError
+from node.features.tickets.desk import HeldIndex, TicketsConfig
+from node.runtime import admin
+from node.runtime.services import tickets as ticket_service
+from node.runtime.services.desk import DeskSettings
+
+if TYPE_CHECKING:
+    from node.runtime.process import NodeRuntime
+
+T = TypeVar("T")
+
+
+class Sessions:
+    """In-memory state per sign-in, keyed by the token's digest (never the token itself)."""
+
+    def __init__(self, idle_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.idle_s = idle_s
+        self.clock = clock
+        self._csrf: dict[str, str] = {}
+        self._seen: dict[str, float] = {}
+        self._visited: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def idle(self, digest: str) -> bool:
+        """Whether the sign-in has been idle too long (then it is forgotten here). A sign-in unknown here
+        (made before the node restarted) counts from now."""
+        now = self.clock()
+        with self._lock:
+            last = self._seen.get(digest)
+            if last is not None and now - last > self.idle_s:
+                self._forget(digest)
+                return True
+            self._seen[digest] = now
+            return False
+
+    def csrf(self, digest: str) -> str:
+        with self._lock:
+            token = self._csrf.get(digest)
+            if token is None:
+                token = self._csrf[digest] = secrets.token_urlsafe(32)
+            return token
+
+    def csrf_ok(self, digest: str, given: str | None) -> bool:
+        with self._lock:
+            want = self._csrf.get(digest)
+        return bool(want and given) and hmac.compare_digest(str(want), str(given))
+
+    def first_visit(self, digest: str, day: str) -> bool:
+        with self._lock:
+            if self._visited.get(digest) == day:
+                return False
+            self._visited[digest] = day
+            return True
+
+    def forget(self, digest: str) -> None:
+        with self._lock:
+            self._forget(digest)
+
+    def _forget(self, digest: str) -> None:
+        self._csrf.pop(digest, None)
+        self._seen.pop(digest, None)
+        self._visited.pop(digest, None)
+
+
+class FormTokens:
+    """One-time tokens for the sign-in form, valid ``ttl_s``; at most ``cap`` outstanding."""
+
+    def __init__(self, ttl_s: float = 1800, cap: int = 10000, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl_s, self.cap, self.clock = ttl_s, cap, clock
+        self._tokens: OrderedDict[str, float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def issue(self) -> str:
+        token = secrets.token_urlsafe(32)
+        with self._lock:
+            self._tokens[token] = self.clock() + self.ttl_s
+            while len(self._tokens) > self.cap:
+                self._tokens.popitem(last=False)
+        return token
+
+    def take(self, token: str | None) -> bool:
+        if not token:
+            return False
+        with self._lock:
+            expires = self._tokens.pop(str(token), None)
+        return expires is not None and expires > self.clock()
+
+
+class RateLimit:
+    """At most ``count`` events per ``window_s`` per key (client address)."""
+
+    def __init__(self, count: int = 30, window_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.count, self.window_s, self.clock = count, window_s, clock
+        self._events: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def allow(self, key: str) -> bool:
+        now = self.clock()
+        with self._lock:
+            q = self._events.setdefault(key, deque())
+            while q and now - q[0] > self.window_s:
+                q.popleft()
+            if len(q) >= self.count:
+                return False
+            q.append(now)
+            if len(self._events) > 10000:  # forget the quiet ones
+                for k in [k for k, v in self._events.items() if not v]:
+                    del self._events[k]
+            return True
+
+
+class Desk:
+    """The desk of one running node: its runtime, settings, reader threads and session state."""
+
+    def __init__(self, rt: NodeRuntime, settings: DeskSettings) -> None:
+        self.rt = rt
+        self.settings = settings
+        self.home = rt.home
+        self.ledger = rt.ledger
+        self.code = rt.code
+        self.name = rt.home.config.name
+        self.policy = people.policy_of(rt.home)
+        self.readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="fednode-desk")
+        self.sessions = Sessions(idle_s=settings.idle_minutes * 60)
+        self.login_forms = FormTokens()
+        self.login_rate = RateLimit()
+        self._index = HeldIndex()  # the desk's own view of the ticket records (reader threads, under the lock)
+        self._index_lock = threading.Lock()
+
+    def close(self) -> None:
+        self.readers.shutdown(wait=True, cancel_futures=True)
+
+    async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.readers, functools.partial(fn, *args, **kwargs))
+
+    async def op(self, name: str, req: dict[str, Any]) -> Any:
+        fn = admin.OPS.get(name)
+        if fn is None:
+            raise FednodeError(f"the admin op {name!r} is not registered in this program",
+                               fix="start the node with `fednode run`")
+        return await fn(self.rt, req)
+
+    async def act(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        await self.rt.wait_recovered()
+        result = await self.rt.db(fn, *args, **kwargs)
+        self.rt.notify()
+        return result
+
+    def tickets_config(self) -> TicketsConfig:
+        svc = ticket_service._ACTIVE.get(self.code)
+        return svc.cfg if svc is not None else TicketsConfig.of_home(self.home)
+
+    def tickets_read(self, req: dict[str, Any], status: dict[str, Any] | None = None) -> Any:
+        """A read of node/app/tickets.py ``execute`` (list, show, complaints) on a reader thread."""
+        with self._index_lock:
+            return app_tickets.execute(self.ledger, self.tickets_config(), req, clock=ticket_service.CLOCK,
+                                       status=status, index=self._index, policy=self.policy)
+
+    def with_index(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(..., index=the desk's HeldIndex)`` under its lock (reader threads)."""
+        with self._index_lock:
+            return fn(*args, index=self._index, **kwargs)

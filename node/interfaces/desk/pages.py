@@ -1,0 +1,370 @@
+"""The desk's pages (server-rendered, zh-CN). Each handler parses the request, calls one node.app use case
+(through ``Desk.read`` / ``Desk.op`` / ``Desk.act``), and renders. Permissions are ``may()``'s, asked by
+the use cases (and by ``app.desk.require`` before a page that only lists); nothing here decides who may.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from node.app import alerts as app_alerts
+from node.app import desk as app_desk
+from node.app import tickets as app_tickets
+from node.core.errors import FednodeError, UsageError
+from node.features.people.roles import may
+from node.features.stats import report
+from node.interfaces.desk import labels
+from node.interfaces.desk.web import COOKIE, Session, client_key, current, desk_of, page, render
+
+# ---- sign-in ---------------------------------------------------------------------------------------------------
+
+
+async def login_form(request: Request) -> Response:
+    if await current(request) is not None:
+        return RedirectResponse("/", status_code=303)
+    desk = desk_of(request)
+    notice = "您已长时间未操作，请重新登录。" if request.query_params.get("idle") else ""
+    return await render(request, "login.html", {"form_token": desk.login_forms.issue(), "notice": notice})
+
+
+async def login_submit(request: Request) -> Response:
+    desk = desk_of(request)
+    form = await request.form(max_files=0, max_fields=10, max_part_size=4096)
+    login = str(form.get("login") or "").strip()
+
+    async def again(message: str, status: int) -> Response:
+        return await render(request, "login.html", {"form_token": desk.login_forms.issue(), "error": message,
+                                                    "login": login}, status=status)
+
+    if not desk.login_forms.take(str(form.get("form_token") or "")):
+        return await again("登录页面已失效，请重新输入。", 403)
+    if not desk.login_rate.allow(client_key(request)):
+        return await again("登录尝试过于频繁，请一分钟后再试。", 429)
+    try:
+        result = await desk.op("people", {"action": "login", "login": login,
+                                          "password": str(form.get("password") or ""), "via": "desk"})
+    except FednodeError as e:
+        if getattr(e, "code", "") == "forbidden":
+            return await again("该账号已被锁定或停用，请联系系统管理员。", 403)
+        return await again("用户名或口令错误。连续失败多次后账号将被锁定。", 401)
+    resp = RedirectResponse("/", status_code=303)
+    resp.set_cookie(COOKIE, f"{login}:{result['token']}", httponly=True, samesite="strict",
+                    secure=desk.settings.tls, path="/")
+    return resp
+
+
+@page
+async def logout(request: Request, s: Session) -> Response:
+    desk = desk_of(request)
+    try:
+        await desk.op("people", {"action": "logout", "auth": s.auth, "token": s.token})
+    finally:
+        desk.sessions.forget(s.digest)
+    resp = RedirectResponse("/login", status_code=303)
+    resp.delete_cookie(COOKIE, path="/")
+    return resp
+
+
+# ---- 总览 --------------------------------------------------------------------------------------------------------
+
+
+async def _status(request: Request, s: Session) -> dict[str, Any] | None:
+    return await desk_of(request).op("status", {"tree": True}) if may(s.person, "node.read") else None
+
+
+@page
+async def overview(request: Request, s: Session) -> Response:
+    desk = desk_of(request)
+    data = await desk.read(desk.with_index, app_desk.overview, desk.ledger.store, desk.code, s.person,
+                           await _status(request, s))
+    return await render(request, "overview.html", {"title": "总览", "data": data}, session=s)
+
+
+# ---- 预警纠错 --------------------------------------------------------------------------------------------------------
+
+
+def _int(text: Any, name: str) -> int | None:
+    if text in (None, ""):
+        return None
+    try:
+        return int(str(text))
+    except ValueError:
+        raise UsageError(f"{name} 须为整数：{text!r}", fix="请填写整数") from None
+
+
+def _num(text: Any, name: str) -> float | None:
+    if text in (None, ""):
+        return None
+    try:
+        return float(str(text))
+    except ValueError:
+        raise UsageError(f"{name} 须为数字：{text!r}", fix="请填写数字，如 1 或 0.5") from None
+
+
+@page
+async def alerts(request: Request, s: Session) -> Response:
+    desk = desk_of(request)
+    q = request.query_params
+    app_desk.require(s.person, "alerts.read")
+    rows = await desk.read(app_alerts.list_alerts, desk.home, level=_int(q.get("level"), "级别"),
+                           rule=q.get("rule") or None, division=(q.get("division") or "").strip() or None,
+                           case=(q.get("case") or "").strip() or None, limit=500, person=s.person)
+    return await render(request, "alerts.html", {"title": "预警纠错", "rows": list(reversed(rows)), "q": q,
+                                                 "rules": labels.RULES}, session=s)
+
+
+@page
+async def alert(request: Request, s: Session) -> Response:
+    desk = desk_of(request)
+    alert_id = request.path_params["alert_id"]
+    copies = await desk.read(app_alerts.find_alert, desk.home, alert_id, s.person)
+    a = copies[0]
+    return await render(request, "alert.html", {
+        "title": f"预警 {alert_id}", "a": a, "p": a.payload, "copies": copies,
+        "may_handle": bool(may(s.person, "alerts.handle", app_alerts.alert_target(a))),
+        "may_issue": bool(may(s.person, "tickets.issue")), "done": request.query_params.get("done"),
+    }, session=s)
+
+
+@page
+async def alert_handle(request: Request, s: Session) -> Response:
+    desk = desk_of(request)
+    alert_id = request.path_params["alert_id"]
+    form = await request.form()
+    await desk.read(app_alerts.handle_alert, desk.home, s.auth, alert_id, str(form.get("note") or ""))
+    return RedirectResponse(f"/alerts/{quote(alert_id)}?done=handle", status_code=303)
+
+
+# ---- 督查督办 ----------------------------------------------------------------------------------------------------------
+
+
+@page
+async def tickets(request: Request, s: Session) -> Response:
+    desk = desk_of(request)
+    app_desk.require(s.person, "tickets.read")
+    data = await desk.read(desk.tickets_read, {"action": "list", "auth": s.auth})
+    box = request.query_params.get("box", "inbox")
+    state = request.query_params.get("state") or ""
+    from node.core.codes import within
+
+    rows = data["tickets"]
+    if box == "inbox":
+        rows = [r for r in rows if within(r["to"], s.person.scope) and not within(r["issuer"], s.person.scope)]
+    elif box == "outbox":
+        rows = [r for r in rows if within(r["issuer"], s.person.scope)]
+    if state:
+        rows = [r for r in rows if r["state"] == state]
+    return await render(request, "tickets.html", {
+        "title": "督查督办", "rows": list(reversed(rows)), "box": box, "state": state,
+        "states": labels.TICKET_STATES, "may_issue": bool(may(s.person, "tickets.issue")),
+    }, session=s)
+
+
+@page
+async def ticket_new(request: Request, s: Session) -> Response:
+    desk = desk_of(request)
+    app_desk.require(s.person, "tickets.issue")
+    q = request.query_params
+    units = await desk.read(app_desk.units, desk.ledger.store, desk.code, s.person, await _status(request, s))
+    return await render(request, "ticket_new.html", {
+        "title": "签发督办单", "units": units, "to": q.get("to", ""), "alert_id": q.get("alert", ""),
+        "case_no": q.get("case", ""), "subject": q.get("subject", ""),
+    }, session=s)
+
+
+def _list_of(text: Any) -> list[str]:
+    return [x for x in str(text or "").replace("，", ",").replace(",", " ").split() if x]
+
+
+@page
+async def ticket_issue(request: Request, s: Session) -> Response:
+    desk = desk_of(request)
+    f = await request.form()
+    req: dict[str, Any] = {"action": "issue", "to": str(f.get("to") or "").strip(),
+                           "subject": str(f.get("subject") or "").strip(), "body": str(f.get("body") or "").strip(),
+                           "case_nos": _list_of(f.get("case_nos")), "alert_ids": _list_of(f.get("alert_ids")),
+                           "auth": s.auth}
+    if not req["to"] or not req["subject"]:
+        raise UsageError("请填写被督办单位和督办事由", fix="被督办单位和事由为必填项")
+    for name, label in (("sign_days", "签收时限"), ("reply_days", "答复时限")):
+        value = _num(f.get(name), label)
+        if value is not None:
+            req[name] = value
+    result = await desk.op("tickets", req)
+    return RedirectResponse(f"/tickets/{quote(result['ticket'])}?done=issue", status_code=303)
+
+
+@page
+async def ticket(request: Request, s: Session) -> Response:
+    desk = desk_of(request)
+    no = request.path_params["ticket"]
+    status = await desk.op("status", {"tree": True})
+    data = await desk.read(desk.tickets_read, {"action": "show", "ticket": no, "auth": s.auth}, status)
+    return await render(request, "ticket.html", {
+        "title": f"督办单 {no}", "t": data, "actions": app_desk.ticket_actions(data, s.person, desk.code),
+        "done": request.query_params.get("done"), "verdicts": labels.VERDICTS, "satisfaction": labels.SATISFACTION,
+    }, session=s)
+
+
+_NUMBERS = {"days": ("延期天数", float), "reply_days": ("答复时限", float), "score": ("评分", int),
+            "assign_no": ("认定序号", int)}
+
+
+@page
+async def ticket_act(request: Request, s: Session) -> Response:
+    desk = desk_of(request)
+    no, verb = request.path_params["ticket"], request.path_params["verb"]
+    if verb not in labels.VERBS:
+        raise UsageError(f"未知的操作 {verb!r}", fix="请从督办单页面操作")
+    f = await request.form()
+    given: dict[str, Any] = {k: str(v).strip() for k, v in f.items() if k != "csrf"}
+    for name, (label, kind) in _NUMBERS.items():
+        if given.get(name):
+            given[name] = _int(given[name], label) if kind is int else _num(given[name], label)
+    given["disputed"] = given.get("disputed") == "1"
+    await desk.op("tickets", {"action": "act", "verb": verb, "ticket": no,
+                              "fields": app_tickets.act_fields(verb, given), "auth": s.auth})
+    return RedirectResponse(f"/tickets/{quote(no)}?done={verb}", status_code=303)
+
+
+# ---- 投诉处理 ------------------------------------------------------------------------------------------------------------
+
+
+@page
+async def complaints(request: Request, s: Session) -> Response:
+    desk = desk_of(request)
+    app_desk.require(s.person, "complaints.read")
+    data = await desk.read(desk.tickets_read, {"action": "complaints", "auth": s.auth})
+    return await render(request, "complaints.html", {
+        "title": "投诉处理", "rows": list(reversed(data["complaints"])),
+        "may_register": bool(may(s.person, "complaints.register")), "done": request.query_params.get("done"),
+    }, session=s)
+
+
+@page
+async def complaint_register(request: Request, s: Session) -> Response:
+    desk = desk_of(request)
+    f = await request.form()
+    complaint = {k: str(f.get(k) or "").strip() for k in ("complainant", "respondent_unit", "respondent_person",
+                                                           "content", "source")}
+    req: dict[str, Any] = {"action": "complaint", "complaint": complaint, "auth": s.auth,
+                           "due_days": _num(f.get("due_days"), "办理时限") or 5.0}
+    if str(f.get("to") or "").strip():
+        req["to"] = str(f.get("to")).strip()
+    result = await desk.op("tickets", req)
+    return RedirectResponse(f"/tickets/{quote(result['ticket'])}?done=complaint", status_code=303)
+
+
+# ---- 统计与绩效 ---------------------------------------------------------------------------------------------------------
+
+
+async def _stats(request: Request, s: Session) -> dict[str, Any]:
+    desk = desk_of(request)
+    q = request.query_params
+    by = q.get("by") or "division"
+    period = q.get("period") or "quarter"
+    if by not in ("division", "dept", "item_type", "period") or period not in ("month", "quarter", "year"):
+        raise UsageError("统计口径或期间无效", fix="请从页面选择")
+    data: dict[str, Any] = await desk.read(app_desk.stats, desk.home, desk.ledger.store, s.person, by=by,
+                                           period=period, at=(q.get("at") or "").strip() or None,
+                                           subtree=(q.get("subtree") or "").strip() or None)
+    return data
+
+
+@page
+async def stats(request: Request, s: Session) -> Response:
+    data = await _stats(request, s)
+    chart = {"labels": [r["label"] for r in data["rows"]],
+             "series": [{"name": name, "values": [r["indicators"][key] for r in data["rows"]]}
+                        for key, name in (("done_rate", "办结率"), ("on_time_rate", "按时办结率"),
+                                          ("satisfaction_rate", "满意度"))]}
+    from node.core.indicators import INDICATORS
+
+    return await render(request, "stats.html", {
+        "title": "统计与绩效", "data": data, "chart": chart, "indicators": INDICATORS, "q": request.query_params,
+        "query": request.url.query, "fmt": report.fmt_value,
+    }, session=s)
+
+
+@page
+async def stats_csv(request: Request, s: Session) -> Response:
+    data = await _stats(request, s)
+    return Response(report.csv_text(data), media_type="text/csv; charset=utf-8",
+                    headers={"Content-Disposition": 'attachment; filename="fednode-stats.csv"'})
+
+
+@page
+async def stats_html(request: Request, s: Session) -> Response:
+    desk = desk_of(request)
+    data = await _stats(request, s)
+    html = report.html(data, title=f"{desk.name}（{desk.code}）电子监察统计分析")
+    return HTMLResponse(html, headers={"Content-Disposition": 'attachment; filename="fednode-stats.html"'})
+
+
+# ---- 监察日志 ------------------------------------------------------------------------------------------------------------
+
+
+@page
+async def worklog(request: Request, s: Session) -> Response:
+    desk = desk_of(request)
+    actor = (request.query_params.get("actor") or "").strip() or None
+    data = await desk.read(app_desk.worklog, desk.ledger.store, desk.code, s.person, actor=actor, limit=200)
+    return await render(request, "worklog.html", {"title": "监察日志", "data": data, "actor": actor or "",
+                                                  "entries": list(reversed(data["entries"])),
+                                                  "reminders": list(reversed(data["reminders"]))}, session=s)
+
+
+# ---- 联网状态 ------------------------------------------------------------------------------------------------------------
+
+
+@page
+async def status(request: Request, s: Session) -> Response:
+    desk = desk_of(request)
+    app_desk.require(s.person, "node.read", (s.person.scope,), "联网状态")
+    data = await desk.op("status", {"tree": True})
+    quarantine = await desk.read(app_desk.quarantine_list, desk.ledger.store, s.person)
+    return await render(request, "status.html", {
+        "title": "联网状态", "st": data, "links": app_desk.links_of(data), "quarantine": quarantine,
+        "may_operate": bool(may(s.person, "node.operate")), "done": request.query_params.get("done"),
+    }, session=s)
+
+
+@page
+async def quarantine_replay(request: Request, s: Session) -> Response:
+    desk = desk_of(request)
+    f = await request.form()
+    ids = [i for i in (_int(x, "编号") for x in f.getlist("id")) if i is not None]
+    if not ids:
+        raise UsageError("请选择要重放的隔离记录", fix="勾选一条或多条后再提交")
+    await desk.act(app_desk.replay_quarantine, desk.ledger, desk.policy, s.auth, ids)
+    return RedirectResponse("/status?done=replay", status_code=303)
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/login", login_form, methods=["GET"]),
+        Route("/login", login_submit, methods=["POST"]),
+        Route("/logout", logout, methods=["POST"]),
+        Route("/", overview, methods=["GET"]),
+        Route("/alerts", alerts, methods=["GET"]),
+        Route("/alerts/{alert_id:path}/handle", alert_handle, methods=["POST"]),
+        Route("/alerts/{alert_id:path}", alert, methods=["GET"]),
+        Route("/tickets", tickets, methods=["GET"]),
+        Route("/tickets", ticket_issue, methods=["POST"]),
+        Route("/tickets/new", ticket_new, methods=["GET"]),
+        Route("/tickets/{ticket}", ticket, methods=["GET"]),
+        Route("/tickets/{ticket}/{verb}", ticket_act, methods=["POST"]),
+        Route("/complaints", complaints, methods=["GET"]),
+        Route("/complaints", complaint_register, methods=["POST"]),
+        Route("/stats", stats, methods=["GET"]),
+        Route("/stats.csv", stats_csv, methods=["GET"]),
+        Route("/stats/report.html", stats_html, methods=["GET"]),
+        Route("/worklog", worklog, methods=["GET"]),
+        Route("/status", status, methods=["GET"]),
+        Route("/status/quarantine/replay", quarantine_replay, methods=["POST"]),
+    ]

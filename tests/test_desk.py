@@ -1,0 +1,240 @@
+"""The supervision desk (issue 17), its security over real HTTP: real `fednode run` processes (province →
+city → county), each serving its desk; the province's on HTTPS, the county's with a short idle timeout.
+
+- no page and no API answers without a sign-in; the cookie is HttpOnly + SameSite=Strict (+ Secure under
+  TLS); every answer carries a Content-Security-Policy without inline script; no page holds an inline
+  script or style;
+- a POST without the session's CSRF token is refused and changes nothing;
+- another unit's ticket is 403 by URL guessing (page and API), an unknown one 404, and an act on it is
+  refused and recorded under the person (监察日志);
+- an XSS payload in a ticket subject renders as text;
+- the API signs in with a bearer token and has the pages' permissions; idle sign-ins end (recorded);
+- [desk] refuses plain HTTP off loopback and half a TLS configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from node.core.errors import ConfigError
+from node.runtime.services.desk import DeskSettings
+from tests.desklib import DeskTree as Tree
+from tests.desklib import Http, desk_tree
+from tests.faultlib import wait_for
+
+pytestmark = pytest.mark.slow
+
+XSS = "<script>alert('x')</script><img src=x onerror=alert(1)>整改\"'"
+PAGES = ["/", "/alerts", "/tickets", "/tickets/new", "/complaints", "/stats", "/stats.csv", "/worklog", "/status",
+         "/tickets/320300-000001", "/alerts/anything"]
+APIS = ["/api/v1/whoami", "/api/v1/overview", "/api/v1/alerts", "/api/v1/tickets", "/api/v1/tickets/320300-000001",
+        "/api/v1/complaints", "/api/v1/stats", "/api/v1/worklog", "/api/v1/status"]
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tree]:
+    with desk_tree(tmp_path_factory.mktemp("desk"), idle={"320303": 0.05}, tls=("320000",)) as t:
+        yield t
+
+
+def signed_in(tree: Tree, node: str, login: str) -> Http:
+    h = Http(tree.urls[node])
+    r = h.login(login)
+    assert r.status == 303 and r.header("Location") == "/", r.text
+    return h
+
+
+def issue_via_api(tree: Tree, subject: str) -> str:
+    api = Http(tree.urls["320300"])
+    api.api_login("zhang")
+    r = api.post_json("/api/v1/tickets", {"to": "320303", "subject": subject, "body": "限期整改"})
+    assert r.status == 201, r.text
+    return str(r.json()["ticket"])
+
+
+def test_nothing_without_a_sign_in(tree: Tree) -> None:
+    anon = Http(tree.urls["320300"])
+    for path in PAGES:
+        r = anon.get(path)
+        assert r.status == 303 and r.header("Location").startswith("/login"), (path, r.status)
+    for path in APIS:
+        r = anon.get(path)
+        assert r.status == 401 and r.json()["ok"] is False, (path, r.status)
+    for path in ("/tickets", "/tickets/320300-000001/conclude", "/alerts/x/handle", "/logout", "/complaints",
+                 "/status/quarantine/replay"):
+        assert anon.post(path, {"subject": "x", "to": "320303"}).status == 303, path
+    assert anon.post_json("/api/v1/tickets", {"to": "320303", "subject": "x"}).status == 401
+    # a made-up or stolen-looking cookie is nobody
+    forged = Http(tree.urls["320300"], cookies={"fednode_desk": "zhang:not-a-session"})
+    assert forged.get("/").status == 303
+    bearer = Http(tree.urls["320300"], bearer="zhang:not-a-session")
+    assert bearer.get("/api/v1/whoami").status == 401
+
+
+def test_cookie_flags_csp_and_no_inline_script(tree: Tree) -> None:
+    h = Http(tree.urls["320300"])
+    r = h.login("zhang")
+    cookie = next(c for c in r.cookies_set() if c.startswith("fednode_desk="))
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Secure" not in cookie  # plain HTTP on loopback
+    for path in ("/", "/alerts", "/tickets", "/tickets/new", "/complaints", "/stats", "/worklog", "/status",
+                 "/static/desk.css", "/api/v1/whoami"):
+        r = h.get(path)
+        assert r.status == 200, (path, r.status, r.text[:300])
+        csp = r.header("Content-Security-Policy")
+        assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "frame-ancestors 'none'" in csp, path
+        assert r.header("X-Content-Type-Options") == "nosniff" and r.header("X-Frame-Options") == "DENY"
+        if r.header("Content-Type").startswith("text/html"):
+            assert r.header("Cache-Control") == "no-store"
+            for tag in re.findall(r"<script\b[^>]*>", r.text):
+                assert "src=" in tag or 'type="application/json"' in tag, (path, tag)
+            assert not re.search(r"\sstyle\s*=|<style\b|\son[a-z]+\s*=", r.text), path
+    login_page = Http(tree.urls["320300"]).get("/login")
+    assert "unsafe-inline" not in login_page.header("Content-Security-Policy") and "<script" not in login_page.text
+    # the province serves HTTPS: the cookie is Secure, HSTS is on
+    p = Http(tree.urls["320000"])
+    r = p.login("zhao")
+    cookie = next(c for c in r.cookies_set() if c.startswith("fednode_desk="))
+    assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie
+    assert p.get("/").header("Strict-Transport-Security").startswith("max-age=")
+
+
+def test_a_post_without_the_csrf_token_is_refused(tree: Tree) -> None:
+    h = signed_in(tree, "320300", "zhang")
+    before = h.get("/api/v1/tickets").json()["tickets"]
+    for form in ({"to": "320303", "subject": "无令牌"}, {"to": "320303", "subject": "假令牌", "csrf": "x" * 43}):
+        r = h.post("/tickets", form)
+        assert r.status == 403 and "CSRF" in r.text, r.text[:300]
+    # the API with the cookie needs X-CSRF-Token too
+    r = h.post_json("/api/v1/tickets", {"to": "320303", "subject": "无令牌"})
+    assert r.status == 403 and r.json()["code"] == "csrf"
+    assert h.get("/api/v1/tickets").json()["tickets"] == before, "nothing was issued"
+    assert h.post("/logout", {}).status == 403  # signing out is a form too
+    # with the token it goes through
+    token = h.csrf("/tickets/new")
+    r = h.post("/tickets", {"to": "320303", "subject": "有令牌的督办", "csrf": token})
+    assert r.status == 303 and r.header("Location").startswith("/tickets/320300-"), r.text[:300]
+    r = h.post_json("/api/v1/tickets", {"to": "320303", "subject": "API 督办"},
+                    **{"X-CSRF-Token": h.get("/api/v1/whoami").json()["csrf"]})
+    assert r.status == 201, r.text
+
+
+def test_another_units_ticket_is_403_unknown_404_and_the_refusal_is_recorded(tree: Tree) -> None:
+    ticket = issue_via_api(tree, "越权测试")
+    zhang = signed_in(tree, "320300", "zhang")
+    assert zhang.get(f"/tickets/{ticket}").status == 200
+    qian = signed_in(tree, "320300", "qian")  # supervisor of 320311: the ticket is 320300 → 320303
+    r = qian.get(f"/tickets/{ticket}")
+    assert r.status == 403 and "越权测试" not in r.text and "320311" in r.text
+    assert ticket not in qian.get("/tickets?box=all").text
+    api = Http(tree.urls["320300"])
+    api.api_login("qian")
+    assert api.get(f"/api/v1/tickets/{ticket}").status == 403
+    assert all(t["ticket"] != ticket for t in api.get("/api/v1/tickets").json()["tickets"])
+    assert qian.get("/tickets/320300-999999").status == 404
+    assert api.get("/api/v1/tickets/320300-999999").status == 404
+    # an act by URL: refused (403), and the refusal recorded under her name
+    r = qian.post(f"/tickets/{ticket}/return", {"reason": "越权退回", "csrf": qian.csrf("/tickets")})
+    assert r.status in (403, 409), r.text[:300]
+    r = api.post_json(f"/api/v1/tickets/{ticket}/conclude", {"verdict": "satisfactory", "text": "越权办结"})
+    assert r.status == 403 and r.json()["code"] == "forbidden"
+    log = Http(tree.urls["320300"])
+    log.api_login("zhang")
+
+    def refused() -> bool:
+        entries = log.get("/api/v1/worklog").json()["entries"]
+        return any(e.get("action") == "refused" and (e.get("by") or {}).get("name") == "钱七" for e in entries)
+    wait_for(refused, 30, "qian's refusal is in the work log")
+    # the 系统管理员 may not issue a ticket at all (no form either)
+    it = signed_in(tree, "320300", "it")
+    assert it.get("/tickets/new").status == 403
+    assert "督查督办" not in it.get("/").text  # no menu entry for what may() refuses
+
+
+def test_an_xss_payload_in_a_subject_renders_as_text(tree: Tree) -> None:
+    ticket = issue_via_api(tree, XSS)
+    h = signed_in(tree, "320300", "zhang")
+    for path in (f"/tickets/{ticket}", "/tickets?box=outbox"):
+        page = h.get(path).text
+        assert "<script>alert('x')</script>" not in page and "<img src=x" not in page, path
+        assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;" in page, path
+    data = h.get(f"/api/v1/tickets/{ticket}").json()
+    assert data["subject"] == XSS
+
+
+def test_api_bearer_sign_in_reads_and_sign_out(tree: Tree) -> None:
+    api = Http(tree.urls["320300"])
+    data = api.api_login("zhang")
+    assert data["person"]["name"] == "张三" and ":" in data["token"]
+    who = api.get("/api/v1/whoami").json()
+    assert who["person"]["role_label"] == "监察员" and who["csrf"] is None and who["node"] == "320300"
+    alerts = api.get("/api/v1/alerts?level=3&division=320303").json()
+    assert alerts and all(a["level"] >= 3 and a["division"].startswith("320303") for a in alerts)
+    overview = api.get("/api/v1/overview").json()
+    assert any(u["division"] == "320303" and u["all"][2] > 0 for u in overview["alerts"])
+    assert api.get("/api/v1/status").json()["node"]["code"] == "320300"
+    # a supervisor of 320311 sees none of 320303's alerts
+    other = Http(tree.urls["320300"])
+    other.api_login("qian")
+    assert other.get("/api/v1/alerts").json() == []
+    # wrong password: 401 with no token; sign-out ends the token
+    bad = Http(tree.urls["320300"]).post_json("/api/v1/session", {"login": "zhang", "password": "wrong-Password1"})
+    assert bad.status == 401 and "token" not in bad.json()
+    assert api.request("DELETE", "/api/v1/session").status == 200
+    assert api.get("/api/v1/whoami").status == 401
+
+
+def test_an_idle_sign_in_ends_and_its_sign_out_is_recorded(tree: Tree) -> None:
+    h = signed_in(tree, "320303", "wang")  # the county's desk: idle_minutes = 0.05 (3 s)
+    assert h.get("/").status == 200
+    time.sleep(4)
+    r = h.get("/")
+    assert r.status == 303 and r.header("Location") == "/login?idle=1"
+    assert Http(tree.urls["320303"], cookies=dict(h.cookies)).get("/").status == 303
+    # the sign-out the idle timeout made is in the county's work log, under wang
+    r = subprocess.run([sys.executable, "-m", "node.interfaces.cli", "worklog", str(tree.cl.homes["320303"].dir), "--actor", "wang", "--limit", "0",
+                        "--json"], capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 0, r.stderr
+    actions = [e.get("action") for e in json.loads(r.stdout)["entries"]]
+    assert "login" in actions and "logout" in actions and "visit" in actions, actions
+
+
+def test_lockout_after_five_wrong_passwords(tree: Tree) -> None:
+    tree.cl.call("320300", {"op": "people", "action": "add", "auth": {"os_user": "root"}, "login": "zhou",
+                            "name": "周九", "roles": ["auditor"], "scope": "320300", "password": "Zhou-2026!pw"})
+    h = Http(tree.urls["320300"])
+    for _ in range(4):
+        r = h.login("zhou", "wrong-Password1")
+        assert r.status == 401 and "用户名或口令错误" in r.text
+    r = h.login("zhou", "wrong-Password1")
+    assert r.status == 403 and "锁定" in r.text
+    r = h.login("zhou", "Zhou-2026!pw")  # the right password no longer helps
+    assert r.status == 403 and "fednode_desk" not in "".join(r.cookies_set())
+
+
+def test_desk_settings_refuse_plain_http_off_loopback(tmp_path: Path) -> None:
+    where = "node.toml"
+    assert DeskSettings.of_sections({}, tmp_path, where).enabled is False
+    ok = DeskSettings.of_sections({"desk": {"listen": "127.0.0.1:8443"}}, tmp_path, where)
+    assert ok.enabled and not ok.tls and ok.url == "http://127.0.0.1:8443/"
+    with pytest.raises(ConfigError, match="not a loopback address"):
+        DeskSettings.of_sections({"desk": {"listen": "0.0.0.0:8443"}}, tmp_path, where)
+    with pytest.raises(ConfigError, match="go together"):
+        DeskSettings.of_sections({"desk": {"listen": "0.0.0.0:8443", "tls_cert": "desk.crt"}}, tmp_path, where)
+    with pytest.raises(ConfigError, match="does not exist"):
+        DeskSettings.of_sections({"desk": {"listen": "0.0.0.0:8443", "tls_cert": "a.crt", "tls_key": "a.key"}},
+                                 tmp_path, where)
+    with pytest.raises(ConfigError, match="unknown field desk.listn"):
+        DeskSettings.of_sections({"desk": {"listn": "127.0.0.1:1"}}, tmp_path, where)
+    (tmp_path / "a.crt").write_text("x")
+    (tmp_path / "a.key").write_text("x")
+    tls = DeskSettings.of_sections({"desk": {"listen": "0.0.0.0:8443", "tls_cert": "a.crt", "tls_key": "a.key"}},
+                                   tmp_path, where)
+    assert tls.tls and tls.url == "https://127.0.0.1:8443/"
