@@ -33,7 +33,9 @@ ACTIONS = {"login": "登录", "logout": "退出", "login failed": "登录失败"
            "ticket.sign": "签收督办", "ticket.reply": "答复督办", "ticket.conclude": "办结督办",
            "ticket.return": "退回重办", "ticket.assign": "认定分派", "ticket.assign_result": "认定结果",
            "ticket.extend_request": "申请延期", "ticket.extend_grant": "批准延期",
-           "complaint.register": "登记投诉"}
+           "complaint.register": "登记投诉", "users add": "添加用户", "users lock": "锁定用户",
+           "users unlock": "解锁用户", "users disable": "停用用户", "users enable": "启用用户",
+           "users passwd": "修改口令"}
 
 
 def when(text: Any) -> str:

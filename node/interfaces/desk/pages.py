@@ -19,7 +19,16 @@ from node.core.errors import FednodeError, UsageError
 from node.features.people.roles import may
 from node.features.stats import report
 from node.interfaces.desk import labels
-from node.interfaces.desk.web import COOKIE, Session, client_key, current, desk_of, page, render
+from node.interfaces.desk.web import (
+    COOKIE,
+    Session,
+    client_key,
+    current,
+    desk_of,
+    forget_cookie,
+    page,
+    render,
+)
 
 # ---- sign-in ---------------------------------------------------------------------------------------------------
 
@@ -65,9 +74,7 @@ async def logout(request: Request, s: Session) -> Response:
         await desk.op("people", {"action": "logout", "auth": s.auth, "token": s.token})
     finally:
         desk.sessions.forget(s.digest)
-    resp = RedirectResponse("/login", status_code=303)
-    resp.delete_cookie(COOKIE, path="/")
-    return resp
+    return forget_cookie(request, RedirectResponse("/login", status_code=303))
 
 
 # ---- 总览 --------------------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.util
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -154,10 +155,14 @@ NAV = (
 )
 
 
+# the case pages need node/app/cases.py (issue 25); without it the menu does not offer them
+CASES = importlib.util.find_spec("node.app.cases") is not None
+
+
 def nav_of(person: Person, path: str) -> list[dict[str, Any]]:
     out = []
     for href, label, permission in NAV:
-        if permission and not may(person, permission):
+        if (permission and not may(person, permission)) or (href == "/cases" and not CASES):
             continue
         active = path == href if href == "/" else path.startswith(href)
         out.append({"href": href, "label": label, "active": active})
@@ -176,10 +181,13 @@ async def render(request: Request, template: str, context: dict[str, Any], statu
     return HTMLResponse(html, status_code=status)
 
 
-def to_login(request: Request, idle: bool = False) -> Response:
-    resp = RedirectResponse("/login" + ("?idle=1" if idle else ""), status_code=303)
-    resp.delete_cookie(COOKIE, path="/")
+def forget_cookie(request: Request, resp: Response) -> Response:
+    resp.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict", secure=desk_of(request).settings.tls)
     return resp
+
+
+def to_login(request: Request, idle: bool = False) -> Response:
+    return forget_cookie(request, RedirectResponse("/login" + ("?idle=1" if idle else ""), status_code=303))
 
 
 Handler = Callable[[Request, Session], Awaitable[Response]]
