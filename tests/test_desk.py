@@ -238,3 +238,26 @@ def test_desk_settings_refuse_plain_http_off_loopback(tmp_path: Path) -> None:
     tls = DeskSettings.of_sections({"desk": {"listen": "0.0.0.0:8443", "tls_cert": "a.crt", "tls_key": "a.key"}},
                                    tmp_path, where)
     assert tls.tls and tls.url == "https://127.0.0.1:8443/"
+
+
+def test_handling_an_alert_is_recorded_under_the_person_and_refused_out_of_scope(tree: Tree) -> None:
+    api = Http(tree.urls["320300"])
+    api.api_login("zhang")
+    alert_id = api.get("/api/v1/alerts?level=3&division=320303").json()[0]["alert_id"]
+    path = "/api/v1/alerts/" + alert_id + "/handle"
+    other = Http(tree.urls["320300"])
+    other.api_login("qian")
+    r = other.post_json(path, {"note": "越权处置"})
+    assert r.status == 403 and r.json()["code"] == "forbidden"
+    assert other.get("/api/v1/alerts/" + alert_id).status == 403
+    r = api.post_json(path, {"note": "已核实，责成整改"})
+    assert r.status == 200 and r.json()["by"]["name"] == "张三", r.text
+    page = signed_in(tree, "320300", "zhang")
+    r = page.post(f"/alerts/{alert_id}/handle", {"note": "页面处置", "csrf": page.csrf("/alerts")})
+    assert r.status == 303 and r.header("Location").endswith("?done=handle")
+
+    def recorded() -> bool:
+        entries = api.get("/api/v1/worklog").json()["entries"]
+        return sum(1 for e in entries if e.get("action") == "alerts handle" and e.get("target") == alert_id
+                   and (e.get("by") or {}).get("name") == "张三") == 2
+    wait_for(recorded, 30, "both handlings are in the work log under 张三")

@@ -128,11 +128,12 @@ def csrf_of(request: Request, s: Session) -> str:
 
 
 def status_of(e: FednodeError) -> int:
-    if isinstance(e, people.SignInFailed):
+    code = str(getattr(e, "code", ""))  # an error that came back through the admin socket keeps only its code
+    if isinstance(e, people.SignInFailed) or code == people.SignInFailed.code:
         return 401
-    if isinstance(e, people.Refused):
+    if isinstance(e, people.Refused) or code == people.Refused.code:
         return 403
-    if isinstance(e, NotFound | lc.UnknownTicket):
+    if isinstance(e, NotFound | lc.UnknownTicket) or code in (NotFound.code, lc.UnknownTicket.code):
         return 404
     if isinstance(e, lc.TransitionRefused | lc.NotAuthorised):
         return 409
