@@ -1,6 +1,6 @@
 """Fixtures of the SQL tests: the MariaDB server of this machine (127.0.0.1:3306, root, no password; a fresh
 database per test), and ``sql_url``: a fresh database on SQLite, PostgreSQL (tests/conftest.py) and
-MariaDB in turn. A test module takes them with ``pytest_plugins = ("tests.sqlfixtures",)``.
+MariaDB in turn; ``node``: an enrolled province home (SQLite store). A test module takes them with ``pytest_plugins = ("tests.sqlfixtures",)``.
 
 MariaDB tests skip when the server does not answer, except with FEDNODE_REQUIRE_MYSQL=1 (CI), where they
 fail: they must not be able to skip silently there.
@@ -12,11 +12,13 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
 
 from adapters.drivers import engine_url
+from node.app import enrol
 
 MYSQL_ADMIN_URL = os.environ.get("FEDNODE_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/")
 
@@ -65,3 +67,9 @@ def sql_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return str(request.getfixturevalue("mysql_url"))
 
 
+@pytest.fixture
+def node(tmp_path: Path) -> Any:
+    h = enrol.init(tmp_path / "320000", code="320000", name="江苏省", level="province")
+    enrol.init_root(h)
+    yield h
+    h.close()

@@ -279,6 +279,7 @@ def _push(body: dict[str, Any], tmp: Path) -> None:
 
 def _owners() -> dict[str, Callable[[dict[str, Any], Path], Any]]:
     """Each section's owner, as the running node calls it (never the schema's own check)."""
+    from node.features.export import ExporterConfig
     from node.features.notify import NotifyConfig
     from node.features.rules.settings import RulesSettings
     from node.features.stats.config import StatsConfig
@@ -307,6 +308,8 @@ def _owners() -> dict[str, Callable[[dict[str, Any], Path], Any]]:
         "adapters.NAME:filedrop": _adapter("filedrop"),
         "adapters.NAME:sql_poll": _adapter("sql_poll"),
         "adapters.push": _push,
+        "exporters.NAME:sql": lambda b, t: ExporterConfig.from_section("x", {"type": "sql", "url": "sqlite:///x.db",
+                                                                            **b}),
     }
 
 
@@ -387,7 +390,7 @@ def test_a_node_toml_with_every_key_passes_check(tmp_path: Path) -> None:
     (tmp_path / "drop").mkdir()
     text = ""
     for s in configschema.ALL:
-        if s.id.startswith("adapters.NAME"):
+        if s.id.startswith(("adapters.NAME", "exporters.NAME")):
             continue
         header = s.header if s.id != "rules.item_types.CODE" else '[rules.item_types."02"]'
         values = every_key(s, tmp_path)
@@ -398,10 +401,12 @@ def test_a_node_toml_with_every_key_passes_check(tmp_path: Path) -> None:
     for kind in configschema.ADAPTER_TYPES:
         values = {**common, "type": kind, **every_key(SECTIONS[f"adapters.NAME:{kind}"], tmp_path)}
         text += f"[adapters.{kind}]\n{table(values)}\n"
+    text += f"[exporters.sql]\n{table(every_key(SECTIONS['exporters.NAME:sql'], tmp_path))}\n"
     path = tmp_path / "node.toml"
     path.write_text(text, encoding="utf-8")
     doc = tomllib.loads(text)
-    written = {(s, k) for s, body in doc.items() if s not in ("adapters", "rules", "stats") for k in body}
+    written = {(s, k) for s, body in doc.items() if s not in ("adapters", "rules", "stats", "exporters") for k in body}
+    written |= {("exporters.NAME:sql", k) for k in doc["exporters"]["sql"]}
     written |= {(f"{s}.{t}", k) for s in ("rules", "stats") for t, body in doc[s].items() if isinstance(body, dict)
                 for k in body} | {(s, k) for s in ("rules", "stats") for k, v in doc[s].items() if not isinstance(v, dict)}
     written |= {("rules.item_types.CODE", k) for k in doc["rules"]["item_types"]["02"]}

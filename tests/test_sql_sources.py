@@ -24,7 +24,6 @@ from adapters import drivers, encoding, mappings
 from adapters.base import Batch, commit, load_cursor, load_totals
 from adapters.sql_poll import SqlPollAdapter
 from bench import demo
-from node.app import enrol
 from node.core import admin_client as admin
 from node.core import schema
 from node.core.errors import ConfigError
@@ -35,14 +34,6 @@ from node.core.store import Store
 from tests.sqldbs import T0, create, engine, exchange2009_case, gbt39046_case, insert, spxx_row
 
 pytest_plugins = ("tests.sqlfixtures",)  # mysql_url, and sql_url: SQLite, PostgreSQL and MariaDB
-
-
-@pytest.fixture
-def node(tmp_path: Path) -> Any:
-    h = enrol.init(tmp_path / "320000", code="320000", name="江苏省", level="province")
-    enrol.init_root(h)
-    yield h
-    h.close()
 
 
 def records_of(h: Home | Path, kind_prefix: str = "case.") -> list[tuple[str, dict[str, Any]]]:

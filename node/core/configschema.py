@@ -633,15 +633,38 @@ ADAPTERS_SQL_POLL = Section(
     ), title='[adapters.NAME] type = "sql_poll"')
 ADAPTER_TYPES = {"filedrop": ADAPTERS_FILEDROP, "sql_poll": ADAPTERS_SQL_POLL}
 
+# -- [exporters.*] (node.features.export)
+
+EXPORTERS_SQL = Section(
+    "exporters.NAME:sql", "前置库导出", "Writes what this node holds (its subtree's case events, alerts as GB/T 39046 "
+    "表11 电子监察 rows, supervision tickets) into the provincial exchange database (前置库), incrementally and "
+    "idempotently (upsert by natural key); `fednode export DIR` runs it once.", "node.features.export", (
+        Key("type", "string", REQUIRED, "The exporter type.", choices=("sql",), example="sql"),
+        Key("enabled", "boolean", True, "Run this exporter."),
+        Key("url", "string", REQUIRED, "The exchange database, as a SQLAlchemy URL (drivers as for sql_poll "
+            "sources: mysql://, postgresql://, kingbase://, oracle://, mssql://).", nonempty=True,
+            example="mysql://fednode:PASSWORD@10.0.0.5:3306/qzk"),
+        Key("mapping", "string", "gbt39046", "The table layout written.", choices=("gbt39046",)),
+        Key("prefix", "string", "", "Put before every table name (a shared exchange database), e.g. `FED_`.",
+            valid=lambda v: v == "" or (v.endswith("_") and v.replace("_", "").isalnum() and v.isascii()
+                                        and len(v) <= 20),
+            rule="letters and digits ending in _ (at most 20), or \"\"", invalid="is not a table name prefix",
+            example="FED_"),
+        Key("create_tables", "boolean", True, "Create the layout's tables that are missing (false: they must "
+            "exist, e.g. made by the province's DBA)."),
+        Key("batch", "integer", 2000, "Records per export step (one target transaction).", lo=1, hi=100_000),
+        Key("interval", "number", 5.0, "Seconds between looks when nothing is new.", lo=0, open_lo=True, hi=86400),
+    ), title='[exporters.NAME] type = "sql"')
+
 ALL: tuple[Section, ...] = (
     NODE, STORE, LINK, ADMIN, LOG, RECONCILE, RULES, RULES_DEFAULT, RULES_ITEM_TYPES, RULES_ANOMALY_LEVELS, CALENDAR,
     NOTIFY, TICKETS, PEOPLE, DESK, STATS, STATS_WEIGHTS, STATS_BANDS, STATS_SUPERVISORS, METRICS, ADAPTERS_COMMON,
-    ADAPTERS_FILEDROP, ADAPTERS_SQL_POLL, ADAPTERS_PUSH,
+    ADAPTERS_FILEDROP, ADAPTERS_SQL_POLL, ADAPTERS_PUSH, EXPORTERS_SQL,
 )
 SECTIONS: dict[str, Section] = {s.id: s for s in ALL}
 # the top-level tables of node.toml, and whether node.config reads them itself
 TOP_LEVEL = ("node", "store", "link", "admin", "log", "reconcile", "rules", "calendar", "notify", "tickets", "people",
-             "desk", "stats", "metrics", "adapters")
+             "desk", "stats", "metrics", "adapters", "exporters")
 NODE_CONFIG_SECTIONS = tuple(s.id for s in ALL if s.owner == "node.core.config")
 
 

@@ -212,7 +212,7 @@ SELF_RECORDED = frozenset({"tickets issue", "tickets sign", "tickets reply", "ti
 # Running the node, or building its home before it has a log of its own to write to.
 NOT_LOGGED = frozenset({"run", "demo", "bench", "init", "pki init-root", "pki request", "pki install"})
 # Acts recorded by audit_command after they succeed: one audit.action each.
-ACTIONS = frozenset({"ingest", "reconcile", "store copy", "migrate", "quarantine replay", "adapters reset",
+ACTIONS = frozenset({"ingest", "reconcile", "store copy", "migrate", "export", "quarantine replay", "adapters reset",
                      "adapters push-token", "calendar import", "pki sign", "pki rotate", "pki revoke"})
 CLI_SKIP = READS | VISIT_READS | SELF_RECORDED | NOT_LOGGED  # kept for callers of the old name
 _ARG_SKIP = frozenset({"dir", "command", "json", "csv", "func", "actor", "auth", "by", "acting", "person_kind",
