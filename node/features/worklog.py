@@ -210,7 +210,7 @@ SELF_RECORDED = frozenset({"tickets issue", "tickets sign", "tickets reply", "ti
                            "users add", "users lock", "users unlock", "users disable", "users enable", "users passwd",
                            "login", "logout"})
 # Running the node, or building its home before it has a log of its own to write to.
-NOT_LOGGED = frozenset({"run", "demo", "bench", "init", "pki init-root", "pki request", "pki install"})
+NOT_LOGGED = frozenset({"run", "demo", "bench", "completion", "init", "pki init-root", "pki request", "pki install"})
 # Acts recorded by audit_command after they succeed: one audit.action each.
 ACTIONS = frozenset({"ingest", "reconcile", "store copy", "migrate", "export", "quarantine replay", "adapters reset",
                      "adapters push-token", "calendar import", "pki sign", "pki rotate", "pki revoke"})
