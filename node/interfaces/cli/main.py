@@ -315,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
         adapters,
         alerts,
         check,
+        completion,
         export,
         metrics,
         migrate,
@@ -326,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
         tickets,
     )
 
-    for module in (adapters, alerts, check, export, metrics, migrate, people, pki, reconcile, stats, store, tickets):
+    for module in (adapters, alerts, check, completion, export, metrics, migrate, people, pki, reconcile, stats, store, tickets):
         if hasattr(module, "add_parsers"):
             module.add_parsers(sub, add)
 
