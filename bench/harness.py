@@ -316,6 +316,8 @@ BENCHES = {
     "tickets": _module_bench("bench.bench_tickets"),
     "reconcile": _module_bench("bench.bench_reconcile"),
     "stats": _module_bench("bench.bench_stats"),
+    "nats": _module_bench("bench.bench_nats"),
+    "shaped": _module_bench("bench.bench_shaped"),
 }
 
 
