@@ -285,7 +285,7 @@ def bench_catchup(base: Path, scale: float) -> list[dict[str, Any]]:
 
 
 def _module_bench(module: str) -> Any:
-    def run_it(base: Path, scale: float) -> list[dict[str, Any]]:
+    def run_it(base: Path, scale: float, **options: Any) -> list[dict[str, Any]]:
         import importlib
         import inspect
 
@@ -299,6 +299,7 @@ def _module_bench(module: str) -> Any:
         for name in ("scale", "size_factor"):
             if name in params:
                 kwargs[name] = scale
+        kwargs.update({k: v for k, v in options.items() if k in params and v is not None})
         rows: list[dict[str, Any]] = mod.run(**kwargs)
         return rows
 
@@ -318,10 +319,12 @@ BENCHES = {
     "stats": _module_bench("bench.bench_stats"),
     "nats": _module_bench("bench.bench_nats"),
     "shaped": _module_bench("bench.bench_shaped"),
+    "fanin": _module_bench("bench.bench_fanin"),
 }
 
 
-def run(only: str | None = None, scale: float = 1.0, progress: bool = True) -> list[dict[str, Any]]:
+def run(only: str | None = None, scale: float = 1.0, progress: bool = True,
+        children: int | None = None) -> list[dict[str, Any]]:
     base = Path(tempfile.mkdtemp(prefix="fednode-bench-"))
     rows: list[dict[str, Any]] = []
     try:
@@ -332,7 +335,7 @@ def run(only: str | None = None, scale: float = 1.0, progress: bool = True) -> l
             if progress:
                 print(f"bench {name} ...", file=sys.stderr, flush=True)
             try:
-                got = fn(base, scale)
+                got = fn(base, scale, children=children) if fn.__name__ == "run_it" else fn(base, scale)
             except Exception as e:  # one broken benchmark must not hide the others
                 got = [{"name": name, "value": None, "unit": "", "target": "-", "reference": f"FAILED: {e!r}",
                         "ratio": None, "ok": False}]
@@ -380,7 +383,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    rows = run(args.only, args.scale)
+    rows = run(args.only, args.scale, children=getattr(args, "children", None))
     if args.markdown:
         Path(args.markdown).write_text(markdown(rows), encoding="utf-8")
     if args.json:
@@ -394,6 +397,7 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser()
     p.add_argument("--only", choices=list(BENCHES))
     p.add_argument("--scale", type=float, default=1.0)
+    p.add_argument("--children", type=int)
     p.add_argument("--markdown")
     p.add_argument("--json", action="store_true")
     sys.exit(main(p.parse_args()))

@@ -290,9 +290,9 @@ def test_example_tree_comes_up_with_the_documented_commands(xuzhou_tree: tuple[P
     assert js("ingest", base / "320303", "--synthetic", "500", "--seed", "1")["via"] == "admin"
     assert js("ingest", base / "320300-GA", "--synthetic", "300", "--seed", "2")["via"] == "admin"
 
-    def running_status(code: str) -> dict[str, Any]:
+    def running_status(code: str, tree: bool = False) -> dict[str, Any]:
         # polling goes through the admin socket directly: each CLI start costs seconds on a loaded machine
-        resp = admin.call(Home(base / code), {"op": "status"})
+        resp = admin.call(Home(base / code), {"op": "status", "tree": tree})
         assert resp is not None, f"{code} stopped"
         return dict(resp["result"])
 
@@ -307,7 +307,7 @@ def test_example_tree_comes_up_with_the_documented_commands(xuzhou_tree: tuple[P
         return all(have.get(k, 0) >= v for k, v in want.items())
 
     _wait(province_has_all, 90, "the province to hold every leaf record")
-    tree = _wait(lambda: running_status("320000")["tree"].get("320300", {}).get("children"), 30,
+    tree = _wait(lambda: running_status("320000", tree=True)["tree"].get("320300", {}).get("children"), 30,
                  "the city's link report with its children")
     assert set(tree) == {"320303", "320300-GA"}
     assert js("status", base / "320000", "--tree")["tree"]["320300"]["code"] == "320300"

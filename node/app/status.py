@@ -7,7 +7,7 @@ from typing import Any
 
 from node import __version__
 from node.app.remote import via_node_or_store
-from node.core import pki
+from node.core import codes, pki
 from node.core.home import Home
 from node.core.ledger import Ledger, NewRecord
 from node.core.records import CONTROL, channel_name, now_us
@@ -16,10 +16,33 @@ from node.core.times import iso, iso_us
 # ---- status ---------------------------------------------------------------------------------------------
 
 
-def status(home: Home) -> dict[str, Any]:
-    """The running node's status (links, adapters, services) through its admin socket, else the store's."""
-    data: dict[str, Any] = via_node_or_store(home, {"op": "status"}, lambda: status_data(home))[0]
+def status(home: Home, *, tree: bool = False, depth: int | None = None, code: str | None = None) -> dict[str, Any]:
+    """The running node's status (its own links, adapters, services) through its admin socket, else the
+    store's. ``tree``: also the link reports of its subtree, ``depth`` levels down, only ``code``'s branch."""
+    req: dict[str, Any] = {"op": "status", "tree": tree or depth is not None or code is not None}
+    if depth is not None:
+        req["depth"] = depth
+    if code is not None:
+        req["code"] = code
+    data: dict[str, Any] = via_node_or_store(home, req, lambda: status_data(home))[0]
     return data
+
+
+def subtree(reports: dict[str, Any], depth: int | None = None, code: str | None = None) -> dict[str, Any]:
+    """The children's link reports (each ``{code, time_us, links, children}``), cut ``depth`` levels below
+    this node (1: the children's own links only) and, with ``code``, kept only along the path to that
+    node and inside its subtree: what was asked, not the whole tree."""
+    out: dict[str, Any] = {}
+    if depth is not None and depth < 1:
+        return out
+    for child, rep in reports.items():
+        if code is not None and not (codes.within(code, child) or codes.within(child, code)):
+            continue
+        if not isinstance(rep, dict):
+            continue
+        below = rep.get("children") or {}
+        out[child] = {**rep, "children": subtree(below, None if depth is None else depth - 1, code)}
+    return out
 
 
 def status_data(home: Home) -> dict[str, Any]:

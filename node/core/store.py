@@ -34,10 +34,11 @@ from sqlalchemy import Connection, Engine, and_, create_engine, delete, event, f
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 
+from node.core import codes
 from node.core import schema as t
 from node.core.crypto import GENESIS, chain_over, chain_step, entry_hash
 from node.core.errors import ChainMismatch, ForkDetected, MissingRecord, OutOfOrder, StoreError
-from node.core.records import channel_name, now_us, parse_body
+from node.core.records import SIGNED_CHANNELS, channel_name, now_us, parse_body
 from proto.fednode.v1 import fednode_pb2 as pb
 
 log = structlog.get_logger(__name__)
@@ -121,13 +122,164 @@ def _sqlite_url_for(url: str, base_dir: Path | None) -> str:
     return url
 
 
+class HeadChange(NamedTuple):
+    """What a committed write moved: a log's head (``dest`` empty), or the top of the records of a
+    signed channel addressed to ``dest`` (a downward stream into ``dest``'s subtree)."""
+
+    origin: str
+    channel: int
+    seq: int
+    dest: str = ""
+
+
+_WITHIN: dict[tuple[str, str], bool] = {}
+
+
+def within(code: str, ancestor: str) -> bool:
+    """``codes.within``, memoised: the links ask it for the same few pairs on every change."""
+    key = (code, ancestor)
+    hit = _WITHIN.get(key)
+    if hit is None:
+        if len(_WITHIN) > 100_000:
+            _WITHIN.clear()
+        hit = _WITHIN[key] = codes.within(code, ancestor)
+    return hit
+
+
+class HeadsView:
+    """Every log's head and the tops of the downward streams, in memory, kept current by the store's
+    writers (``Store.heads_view``), so links never scan the heads table (issue 26).
+
+    - The store updates it after a write transaction commits, under its write lock; a rolled-back
+      transaction changes nothing. What it holds only grows (logs are append-only), so a reader merging
+      ``HeadChange``s with max() may take them in any order.
+    - Listeners (``subscribe``) hear the changes of each commit on the writer's thread, after the write
+      lock is released: they must only hand them over (``loop.call_soon_threadsafe``).
+    - A write by another process is noticed by ``Store.sync_view`` (the change feed's counter moved
+      without this view): the view is reloaded and the differences announced.
+    - Thread-safe: every reader gets a copy, taken under the view's lock."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._logs: dict[LogKey, Head] = {}
+        self._held_down: dict[LogKey, int] = {}  # highest seq held in down_records per issuer log
+        self._addressed: dict[LogKey, dict[str, int]] = {}  # signed channels: dest → highest seq addressed to it
+        self._subtrees: dict[str, set[LogKey]] = {}  # code → logs born in its subtree (filled when first asked)
+        self._listeners: list[Callable[[list[HeadChange]], None]] = []
+        self.feed_seq = 0  # the change feed's counter (meta local_seq) as this view reflects it
+
+    # -- reads ----------------------------------------------------------------------------------------
+
+    def head(self, origin: str, channel: int) -> Head:
+        return self._logs.get((origin, channel), EMPTY_HEAD)
+
+    def heads(self) -> dict[LogKey, Head]:
+        with self._lock:
+            return dict(self._logs)
+
+    def logs_within(self, code: str) -> dict[LogKey, int]:
+        """Seq of every log held whose origin lies in ``code``'s subtree."""
+        with self._lock:
+            keys = self._subtrees.get(code)
+            if keys is None:
+                keys = self._subtrees[code] = {k for k in self._logs if within(k[0], code)}
+            return {k: self._logs[k].seq for k in keys}
+
+    def held_down(self) -> dict[LogKey, int]:
+        with self._lock:
+            return dict(self._held_down)
+
+    def held_down_seq(self, origin: str, channel: int) -> int:
+        return self._held_down.get((origin, channel), 0)
+
+    def down_tops(self, child: str, here: str) -> dict[LogKey, int]:
+        """For each issuer log of ``here`` or an ancestor, the highest seq addressed into ``child``'s
+        subtree (what a link to ``child`` may send it down)."""
+        with self._lock:
+            out: dict[LogKey, int] = {}
+            for key, dests in self._addressed.items():
+                if not within(here, key[0]):
+                    continue
+                top = max((s for d, s in dests.items() if within(d, child)), default=0)
+                if top:
+                    out[key] = top
+            return out
+
+    # -- listeners ------------------------------------------------------------------------------------
+
+    def subscribe(self, fn: Callable[[list[HeadChange]], None]) -> None:
+        self._listeners.append(fn)
+
+    def unsubscribe(self, fn: Callable[[list[HeadChange]], None]) -> None:
+        if fn in self._listeners:
+            self._listeners.remove(fn)
+
+    def announce(self, changes: list[HeadChange]) -> None:
+        if not changes:
+            return
+        for fn in list(self._listeners):
+            try:
+                fn(changes)
+            except Exception:  # a listener's bug must not fail the write that already committed
+                log.exception("heads_listener_failed")
+
+    # -- writes (the store, under its write lock) ------------------------------------------------------
+
+    def apply(self, logs: dict[LogKey, Head], held: dict[LogKey, int], addressed: dict[tuple[str, int, str], int],
+              feed_seq: int | None) -> list[HeadChange]:
+        changes: list[HeadChange] = []
+        with self._lock:
+            for key, h in logs.items():
+                old = self._logs.get(key)
+                if old is not None and old.seq >= h.seq:
+                    continue
+                self._logs[key] = h
+                changes.append(HeadChange(key[0], key[1], h.seq))
+                if old is None:
+                    for code, keys in self._subtrees.items():
+                        if within(key[0], code):
+                            keys.add(key)
+            for key, seq in held.items():
+                if seq > self._held_down.get(key, 0):
+                    self._held_down[key] = seq
+            for (origin, channel, dest), seq in addressed.items():
+                dests = self._addressed.setdefault((origin, channel), {})
+                if seq > dests.get(dest, 0):
+                    dests[dest] = seq
+                    changes.append(HeadChange(origin, channel, seq, dest))
+            if feed_seq is not None:
+                self.feed_seq = max(self.feed_seq, feed_seq)
+        return changes
+
+    def load(self, conn: Connection) -> list[HeadChange]:
+        """(Re)read everything from the store; the changes against what the view held."""
+        feed = int(conn.execute(select(t.meta.c.value).where(t.meta.c.key == "local_seq")).scalar() or 0)
+        logs = {(r.origin, r.channel): Head(r.seq, bytes(r.chain))
+                for r in conn.execute(select(t.heads.c.origin, t.heads.c.channel, t.heads.c.seq, t.heads.c.chain))}
+        d = t.down_records
+        held = {(o, c): s for o, c, s in conn.execute(
+            select(d.c.origin, d.c.channel, func.max(d.c.seq)).group_by(d.c.origin, d.c.channel))}
+        addressed: dict[tuple[str, int, str], int] = {}
+        for table in (t.records, t.down_records):
+            q = (select(table.c.origin, table.c.channel, table.c.dest, func.max(table.c.seq))
+                 .where(and_(t.addressed(table), table.c.channel.in_(list(SIGNED_CHANNELS))))
+                 .group_by(table.c.origin, table.c.channel, table.c.dest))
+            for o, c, dest, s in conn.execute(q):
+                addressed[(o, c, dest)] = max(addressed.get((o, c, dest), 0), s)
+        return self.apply(logs, held, addressed, feed)
+
+
 class WriteTx:
     """One write transaction. Obtain it from ``Store.write()``."""
 
     def __init__(self, store: Store, conn: Connection) -> None:
         self.store = store
         self.conn = conn
-        self._touched: list[LogKey] = []
+        # what this transaction moved, for the heads view once it commits
+        self._heads: dict[LogKey, Head] = {}
+        self._held: dict[LogKey, int] = {}
+        self._addressed: dict[tuple[str, int, str], int] = {}
+        self._feed_seq: int | None = None
 
     # -- heads --------------------------------------------------------------------------------------
 
@@ -254,7 +406,11 @@ class WriteTx:
             self.put_checkpoints(made)
         new_head = Head(last, chains[-1])
         self._set_head(origin, channel, new_head)
-        self._touched.append((origin, channel))
+        self._heads[(origin, channel)] = new_head
+        if channel in SIGNED_CHANNELS:
+            for r in new:
+                if r.dest:
+                    self._addressed[(origin, channel, r.dest)] = r.seq
         return AppendResult(len(new), overlap, new_head, made)
 
     def put_checkpoints(self, cps: Sequence[CheckpointRow]) -> None:
@@ -308,6 +464,12 @@ class WriteTx:
                     for i, (r, e) in enumerate(fresh)
                 ],
             )
+            key = (origin, channel)
+            for r, _e in fresh:
+                self._held[key] = max(self._held.get(key, 0), r.seq)
+                if r.dest and channel in SIGNED_CHANNELS:
+                    a = (origin, channel, r.dest)
+                    self._addressed[a] = max(self._addressed.get(a, 0), r.seq)
         return len(fresh), len(rows) - len(fresh)
 
     def next_local_seq(self, n: int) -> int:
@@ -315,6 +477,7 @@ class WriteTx:
         cur = self.conn.execute(select(t.meta.c.value).where(t.meta.c.key == "local_seq")).scalar()
         first = int(cur or 0) + 1
         self.set_meta("local_seq", str(first + n - 1))
+        self._feed_seq = first + n - 1
         return first
 
     # -- keys, quarantine, meta -----------------------------------------------------------------------
@@ -441,6 +604,7 @@ class Store:
         self.is_postgres = engine.dialect.name == "postgresql"
         self.is_sqlite = engine.dialect.name == "sqlite"
         self._write_lock = threading.Lock()  # one writer per store inside a process
+        self._view: HeadsView | None = None
         mark = "%s" if self.is_postgres else "?"
         cols = "origin, channel, seq, kind, dest, time_us, body, signature, key_id, chain, stored_us, local_seq"
         self.insert_records_sql = f"INSERT INTO records ({cols}) VALUES ({', '.join([mark] * 12)})"
@@ -486,6 +650,7 @@ class Store:
     @contextmanager
     def write(self) -> Iterator[WriteTx]:
         fork: ForkDetected | None = None
+        changes: list[HeadChange] = []
         with self._write_lock:
             with self.engine.connect().execution_options(fednode_write=True) as conn:
                 tx = WriteTx(self, conn)
@@ -494,9 +659,41 @@ class Store:
                         yield tx
                 except ForkDetected as e:
                     fork = e
+            if fork is None and self._view is not None:  # committed: the view follows, in commit order
+                changes = self._view.apply(tx._heads, tx._held, tx._addressed, tx._feed_seq)
             if fork is not None:
                 self._record_fork(fork)
                 raise fork
+        if changes and self._view is not None:
+            self._view.announce(changes)
+
+    def heads_view(self) -> HeadsView:
+        """The in-memory heads (see ``HeadsView``), read from the store on first use."""
+        if self._view is None:
+            with self._write_lock:
+                if self._view is None:
+                    view = HeadsView()
+                    with self.read() as conn:
+                        view.load(conn)
+                    self._view = view
+        return self._view
+
+    def sync_view(self) -> bool:
+        """Notice writes made outside this Store object (another process on the same database): when the
+        change feed's counter is not the one the view last saw, reload the view and announce what moved.
+        One read of one row; True when the view was reloaded."""
+        view = self._view
+        if view is None:
+            return False
+        with self._write_lock, self.read() as conn:
+            feed = int(conn.execute(select(t.meta.c.value).where(t.meta.c.key == "local_seq")).scalar() or 0)
+            if feed == view.feed_seq:
+                return False
+            changes = view.load(conn)
+            view.feed_seq = feed
+        log.info("heads_view_reloaded", feed_seq=feed, changes=len(changes))
+        view.announce(changes)
+        return True
 
     @contextmanager
     def read(self) -> Iterator[Connection]:

@@ -1,6 +1,8 @@
 """The store side of links: which streams a link carries, reading batches for them, applying batches.
 
 Synchronous (it runs on the node's database thread); node/link/transport.py calls it through the runtime.
+What a link may send is read from the store's in-memory heads view (``Store.heads_view``), never from a
+scan of the heads table; ``interested`` says which stream of a link a committed change moves.
 Every batch is verified with the node's one live keyring (``ledger.keyring``), so a key operation
 through the admin socket applies to the next batch; a key certificate the keyring refuses (not valid
 now, outside the tree) refuses only the segments its key signed, never the whole batch.
@@ -12,13 +14,14 @@ from collections import OrderedDict, defaultdict
 from typing import Any
 
 import structlog
-from sqlalchemy import and_, func, select
+from sqlalchemy import and_, select
 from sqlalchemy.exc import DBAPIError
 
 from node.core import codes, schema
 from node.core.errors import FednodeError, MissingCheckpoint
 from node.core.ledger import Ledger
 from node.core.records import SIGNED_CHANNELS, channel_name
+from node.core.store import HeadChange, within
 from node.link.protocol import DOWN, LOG, Part, StreamKey, Want
 from proto.fednode.v1 import fednode_pb2 as pb
 
@@ -63,39 +66,33 @@ class RelayCache:
 
 def up_heads(ledger: Ledger) -> dict[StreamKey, int]:
     """Our logs that go up: every log we hold whose origin is in our subtree."""
-    return {(LOG, o, c): h.seq for (o, c), h in ledger.store.heads().items() if codes.within(o, ledger.code)}
+    return {(LOG, o, c): s for (o, c), s in ledger.store.heads_view().logs_within(ledger.code).items()}
 
 
 def subtree_heads(ledger: Ledger, child: str) -> dict[StreamKey, int]:
     """Logs we hold that were born in ``child``'s subtree (what a child should hold too)."""
-    return {(LOG, o, c): h.seq for (o, c), h in ledger.store.heads().items() if codes.within(o, child)}
+    return {(LOG, o, c): s for (o, c), s in ledger.store.heads_view().logs_within(child).items()}
 
 
 def down_heads_for(ledger: Ledger, child: str) -> dict[StreamKey, int]:
     """For each issuer log (us or our ancestors), the highest seq addressed into ``child``'s subtree."""
-    out: dict[StreamKey, int] = {}
-    with ledger.store.read() as conn:
-        for table in (schema.records, schema.down_records):
-            q = (
-                select(table.c.origin, table.c.channel, table.c.dest, func.max(table.c.seq))
-                .where(and_(schema.addressed(table), table.c.channel.in_(list(SIGNED_CHANNELS))))
-                .group_by(table.c.origin, table.c.channel, table.c.dest)
-            )
-            for origin, channel, dest, seq in conn.execute(q):
-                if codes.within(dest, child) and codes.within(ledger.code, origin):
-                    k = (DOWN, origin, channel)
-                    out[k] = max(out.get(k, 0), seq)
-    return out
+    return {(DOWN, o, c): s for (o, c), s in ledger.store.heads_view().down_tops(child, ledger.code).items()}
 
 
 def held_down_heads(ledger: Ledger) -> dict[StreamKey, int]:
     """Downward cursors we announce to our parent: highest seq held per issuer log."""
-    t = schema.down_records
-    with ledger.store.read() as conn:
-        return {
-            (DOWN, o, c): s
-            for o, c, s in conn.execute(select(t.c.origin, t.c.channel, func.max(t.c.seq)).group_by(t.c.origin, t.c.channel))
-        }
+    return {(DOWN, o, c): s for (o, c), s in ledger.store.heads_view().held_down().items()}
+
+
+def interested(change: HeadChange, here: str, peer: str, *, uplink: bool) -> StreamKey | None:
+    """The stream of a link that a committed change moves, or None. The uplink carries our subtree's logs;
+    a link to ``peer`` (a child) the logs of its subtree and the downward streams of our issuer logs
+    (ours, our ancestors') addressed into it (as ``up_heads``, ``subtree_heads``, ``down_heads_for``)."""
+    if not change.dest:
+        return (LOG, change.origin, change.channel) if within(change.origin, here if uplink else peer) else None
+    if uplink or not within(change.dest, peer) or not within(here, change.origin):
+        return None
+    return (DOWN, change.origin, change.channel)
 
 
 def to_heads_pb(heads: dict[StreamKey, int], ledger: Ledger | None = None) -> list[pb.LogHead]:
@@ -221,16 +218,15 @@ def _apply_batch(ledger: Ledger, batch: pb.Batch, *, peer: str, from_child: bool
                     ledger.accept_down(s.records, sender=peer, source=peer)
                 except FednodeError as e:
                     errors[(s.origin, int(s.channel))] = e
-    heads = ledger.store.heads()
-    held = held_down_heads(ledger)
+    view = ledger.store.heads_view()
     for s in batch.segments:
-        key = (s.origin, int(s.channel))
         if s.checkpoint.body:
-            h = heads.get(key)
-            ack.heads.append(pb.LogHead(origin=s.origin, channel=s.channel, seq=h.seq if h else 0,
-                                        chain=h.chain if h else b""))
+            h = view.head(s.origin, int(s.channel))
+            ack.heads.append(pb.LogHead(origin=s.origin, channel=s.channel, seq=h.seq,
+                                        chain=h.chain if h.seq else b""))
         else:
-            ack.down_heads.append(pb.LogHead(origin=s.origin, channel=s.channel, seq=held.get((DOWN, *key), 0)))
+            ack.down_heads.append(pb.LogHead(origin=s.origin, channel=s.channel,
+                                             seq=view.held_down_seq(s.origin, int(s.channel))))
     for (origin, channel), err in errors.items():
         ack.errors.append(pb.SegmentError(origin=origin, channel=channel, error_code=err.code,  # type: ignore[arg-type]
                                           error=str(err)))

@@ -12,6 +12,9 @@ Rules of this module:
   stops reading and the peer is held back by HTTP/2 flow control (a peer keeping to its window never is);
 - grpc.aio objects are created inside the running loop; blocking store work goes to the runtime's
   database thread (``rt.db``);
+- a session wakes on change, not on a timer: it takes the heads it may send from the store's heads
+  view once, when the link comes up, and then follows the changes the writer announces (``changed``);
+  an idle link costs nothing but keepalives (and, from a child, a report every ``REPORT_EVERY_S``);
 - keepalive: the client pings every 20 s; the server permits pings every 10 s, so links never drop
   with too_many_pings; message limits are explicit on both ends.
 """
@@ -33,6 +36,7 @@ from cryptography import x509
 from node.core import pki
 from node.core.errors import FednodeError, OutsideSubtree
 from node.core.records import BULK, now_us
+from node.core.store import HeadChange
 from node.link import streams
 from node.link.protocol import DOWN, LOG, Outbox, Queued, StreamKey, next_to_apply
 from proto.fednode.v1 import fednode_pb2 as pb
@@ -65,6 +69,8 @@ SERVER_OPTIONS = [
     ("grpc.so_reuseport", 0),
 ]
 REPORT_EVERY_S = 5.0
+# the longest an idle session sleeps without a change, an ack or a pause ending (a safety net only)
+IDLE_WAKE_S = 30.0
 # the dialler's longest wait between attempts (before jitter, x0.5..1.5): after an outage the backlog
 # starts draining within ~10 s of the parent's return; a hundred children redialling that often cost a
 # down parent's host nothing worth saving (30 s made the catch-up bench wait 17-19 s for its reconnect)
@@ -171,6 +177,10 @@ class Session:
         self._write_lock = asyncio.Lock()
         self.wake = asyncio.Event()
         self.outbox = Outbox(window=rt.window, max_records=rt.batch_records)
+        self.heads: dict[StreamKey, int] = {}  # what we may send: from the heads view, then its changes
+        # logs of the batch being applied: the peer holds them, the writer must not echo them back before
+        # ``_apply`` has moved their cursors
+        self._applying: set[StreamKey] = set()
         self.sent_at: dict[int, float] = {}
         self.established = False  # Hello exchanged: the dialler resets its backoff
         state.outbox = self.outbox
@@ -181,6 +191,8 @@ class Session:
         self.state.last_out_us = now_us()
 
     async def local_heads(self) -> dict[StreamKey, int]:
+        """What this link may send, from the heads view: our subtree's logs (to the parent); the child's
+        subtree's logs and what is addressed into it (to a child)."""
         if self.is_child_side:
             return await self.rt.db(streams.up_heads, self.rt.ledger)
 
@@ -190,6 +202,17 @@ class Session:
             return h
 
         return await self.rt.db(both)
+
+    def changed(self, changes: list[HeadChange]) -> None:
+        """(On the loop.) Committed changes: move the heads this link follows, wake it if one moved."""
+        moved = False
+        for ch in changes:
+            k = streams.interested(ch, self.rt.code, self.peer, uplink=self.is_child_side)
+            if k is not None and ch.seq > self.heads.get(k, 0):
+                self.heads[k] = ch.seq
+                moved = True
+        if moved:
+            self.wake.set()
 
     async def hello(self) -> pb.Hello:
         if self.is_child_side:
@@ -221,7 +244,11 @@ class Session:
         self.state.connected(peer_heads)
         if self.is_child_side:
             await self.rt.after_hello(peer_heads)
-        self.rt.sessions.add(self)
+        self.rt.sessions.add(self)  # from here on it hears every change; the snapshot merges with them
+        for k, seq in (await self.local_heads()).items():
+            if seq > self.heads.get(k, 0):
+                self.heads[k] = seq
+        self.state.local_heads = self.heads
         reader = asyncio.create_task(self._reader())
         try:
             await self._writer(reader)
@@ -234,8 +261,8 @@ class Session:
         last_report = 0.0
         while not reader.done():
             if self.outbox.can_send:
-                heads = await self.local_heads()
-                self.state.local_heads = heads
+                heads = self.heads if not self._applying else \
+                    {k: v for k, v in self.heads.items() if k not in self._applying}
                 wants = self.outbox.wants(heads, time.monotonic())
                 if wants:
                     batch, parts = await self.rt.db(streams.read_batch, self.rt.ledger, wants, self.peer,
@@ -247,6 +274,7 @@ class Session:
                             await self.write(pb.LinkMessage(batch=batch))
                             self.state.batches_out += 1
                             self.state.records_out += sum(len(s.records) for s in batch.segments)
+                            self.state.last_records_us = now_us()
                             for seg in batch.segments:
                                 out = self.state.channel_records_out
                                 out[seg.channel] = out.get(seg.channel, 0) + len(seg.records)
@@ -261,10 +289,21 @@ class Session:
             self.wake.clear()
             waiter = asyncio.create_task(self.wake.wait())
             try:
-                await asyncio.wait({waiter, reader}, timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait({waiter, reader}, timeout=self._sleep_for(last_report),
+                                   return_when=asyncio.FIRST_COMPLETED)
             finally:
                 waiter.cancel()
         reader.result()  # re-raise the reader's error, if any
+
+    def _sleep_for(self, last_report: float) -> float:
+        """Until the next thing a timer must do: a report (from a child), a paused stream's retry."""
+        now = time.monotonic()
+        until = now + IDLE_WAKE_S
+        if self.is_child_side:
+            until = min(until, last_report + REPORT_EVERY_S)
+        for p in self.outbox.paused.values():
+            until = min(until, p.until)
+        return max(0.05, until - now)
 
     async def _reader(self) -> None:
         """Read messages and apply batches side by side, so a priority batch that arrives while bulk
@@ -324,10 +363,18 @@ class Session:
 
     async def _apply(self, batch: pb.Batch) -> None:
         t0 = time.monotonic()
-        ack = await self.rt.db(streams.apply_batch, self.rt.ledger, batch, peer=self.peer,
-                               from_child=not self.is_child_side, relay=self.rt.relay)
+        self._applying = {(LOG, s.origin, int(s.channel)) for s in batch.segments if s.checkpoint.body}
+        try:
+            ack = await self.rt.db(streams.apply_batch, self.rt.ledger, batch, peer=self.peer,
+                                   from_child=not self.is_child_side, relay=self.rt.relay)
+        except BaseException:
+            self._applying = set()
+            raise
         self.rt.instruments.applied(self.peer, self.state.direction, time.monotonic() - t0)
-        self.state.records_in += sum(len(s.records) for s in batch.segments)
+        n = sum(len(s.records) for s in batch.segments)
+        self.state.records_in += n
+        if n:
+            self.state.last_records_us = now_us()
         for seg in batch.segments:
             got = self.state.channel_records_in
             got[seg.channel] = got.get(seg.channel, 0) + len(seg.records)
@@ -336,6 +383,8 @@ class Session:
             c = self.outbox.cursor((LOG, h.origin, int(h.channel)))
             c.acked = max(c.acked, h.seq)
             c.sent = max(c.sent, c.acked)
+        self._applying = set()
+        self.wake.set()  # what else moved meanwhile on those logs goes now
         if ack.errors:
             for e in ack.errors:
                 log.warning("batch_refused", peer=self.peer, origin=e.origin, channel=int(e.channel),

@@ -42,7 +42,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from node.core import pki
 from node.core.errors import UsageError
 from node.core.home import Home, HomeLock, check_secret_modes, tighten_dirs
-from node.core.records import channel_name, now_us
+from node.core.records import CHANNEL_NAMES, channel_name, now_us
 from node.features.metrics import Instruments
 from node.link import streams
 from node.link.protocol import LOG, Outbox, StreamKey
@@ -50,6 +50,7 @@ from node.runtime.health import READY_MAX_WAIT_S, HealthMonitor, SystemdNotifier
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
+VIEW_SYNC_S = 3.0
 
 
 @dataclass
@@ -60,6 +61,7 @@ class LinkState:
     since_us: int = field(default_factory=now_us)
     last_in_us: int = 0
     last_out_us: int = 0
+    last_records_us: int = 0  # when records last moved (a batch sent or applied): what "busy" means
     rtt_ms: float | None = None
     records_in: int = 0
     records_out: int = 0
@@ -131,18 +133,18 @@ class NodeRuntime:
         return await self.loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
 
     def links_busy(self, within_s: float = 1.0) -> bool:
-        """Whether a link moved a message this recently: background services then leave it the CPU."""
+        """Whether a link moved records this recently: background services then leave it the CPU. Reports,
+        acks and keepalives do not count (with children connected, one of those is always arriving)."""
         now = now_us()
-        return any(now - max(st.last_in_us, st.last_out_us) < within_s * 1e6 for st in list(self.links.values()))
+        return any(now - st.last_records_us < within_s * 1e6 for st in list(self.links.values()))
 
     async def bg(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Like ``db`` but on the background thread: for services' long work, in chunks."""
         return await self.loop.run_in_executor(self._bg_executor, lambda: fn(*args, **kwargs))
 
     def notify(self) -> None:
-        """Something was stored: wake every link and every service."""
-        for s in list(self.sessions):
-            s.wake.set()
+        """Something was stored: wake every service. Links wake by themselves, on the heads view's changes
+        (``_heads_changed``), and only those the change concerns."""
         for svc in self.services:
             svc.on_stored()
         if not self.recovered.is_set():
@@ -150,6 +152,25 @@ class NodeRuntime:
 
     def notify_threadsafe(self) -> None:
         self.loop.call_soon_threadsafe(self.notify)
+
+    def _heads_changed(self, changes: list[Any]) -> None:
+        """(On the loop.) Committed changes of the heads view, handed to every link session."""
+        for s in list(self.sessions):
+            s.changed(changes)
+
+    def _on_commit(self, changes: list[Any]) -> None:
+        """(On the writer's thread.) The heads view's listener: hand the changes to the loop."""
+        self.loop.call_soon_threadsafe(self._heads_changed, changes)
+
+    async def _sync_heads_view(self) -> None:
+        """Writes by another process on this store (a tool run beside the node) reach the links too: one
+        read of the change feed's counter every few seconds (``Store.sync_view``)."""
+        while True:
+            await asyncio.sleep(VIEW_SYNC_S)
+            try:
+                await self.db(self.ledger.store.sync_view)
+            except Exception:  # never fatal: the next round tries again
+                log.exception("heads_view_sync_failed")
 
     def child_state(self, child: str) -> LinkState:
         st = self.links.get(child)
@@ -167,7 +188,8 @@ class NodeRuntime:
     # old copy) waits for the parent however long it takes: appending would reuse seqs it already sent.
 
     def _own_heads(self) -> dict[str, int]:
-        return {f"{o}/{c}": h.seq for (o, c), h in self.ledger.store.heads().items() if o == self.code}
+        view = self.ledger.store.heads_view()
+        return {f"{self.code}/{c}": h.seq for c in CHANNEL_NAMES if (h := view.head(self.code, c)).seq}
 
     async def _keep_own_heads(self) -> None:
         """Record our own heads outside the store once recovered: on change, at most once a second."""
@@ -252,7 +274,7 @@ class NodeRuntime:
         backlog: dict[str, Any] = {}
         acked: list[dict[str, Any]] = []
         if st.outbox is not None:
-            pending = st.outbox.backlog(st.local_heads)
+            pending = st.outbox.backlog(dict(st.local_heads))  # a copy: the loop moves it meanwhile
             for stream, n in sorted(pending.items()):
                 ch = channel_name(stream[2])
                 b = backlog.setdefault(ch, {"records": 0, "oldest_age_s": 0.0})
@@ -273,8 +295,10 @@ class NodeRuntime:
             out["relayed_segments"] = self.relay.hits  # forwarded from children without reading the store
         return out
 
-    def status_sync(self) -> dict[str, Any]:
-        from node.app.status import status_data
+    def status_sync(self, tree: bool = True, depth: int | None = None, code: str | None = None) -> dict[str, Any]:
+        """The node's status with its own links; ``tree``: also its subtree's link reports, to ``depth``
+        levels below it, only the branch of ``code`` when given (node.app.status.subtree)."""
+        from node.app.status import status_data, subtree
 
         data = status_data(self.home)
         data["running"] = True
@@ -283,15 +307,16 @@ class NodeRuntime:
         data["recovered"] = self.recovered.is_set()
         data["links"] = [self._link_status(st) for st in self.links.values()]
         data["refused_peers"] = self.refused_peers
-        data["tree"] = self.child_reports
+        if tree:
+            data["tree"] = subtree(self.child_reports, depth, code)
         for svc in self.services:
             section = svc.status()
             if section is not None:
                 data[svc.name] = section
         return data
 
-    async def status(self) -> dict[str, Any]:
-        return await self.db(self.status_sync)
+    async def status(self, tree: bool = True, depth: int | None = None, code: str | None = None) -> dict[str, Any]:
+        return await self.db(self.status_sync, tree, depth, code)
 
     async def link_report(self) -> dict[str, Any]:
         """What we send up: our links, and our children's reports beneath them."""
@@ -371,6 +396,9 @@ class NodeRuntime:
         from proto.fednode.v1 import fednode_pb2_grpc as pbg
 
         cfg = self.home.config
+        # the heads every link reads, in memory, current with each commit; links hear what moved
+        view = await self.db(self.ledger.store.heads_view)
+        view.subscribe(self._on_commit)
         self.scheduler = make_scheduler(self)
         self.services = [cls(self) for cls in SERVICES]
         server = None
@@ -402,6 +430,7 @@ class NodeRuntime:
             self.recovered.set()
             recover_task = None
         heads_task = asyncio.create_task(self._keep_own_heads())
+        view_task = asyncio.create_task(self._sync_heads_view())
         admin_server = await admin.serve(self)
         spool_task = asyncio.create_task(self._drain_audit_spool())
         self.scheduler.start()
@@ -425,7 +454,7 @@ class NodeRuntime:
         # graceful: stop taking new work, let the in-flight transaction finish, then close
         admin_server.close()
         await admin.drain(self)  # every request accepted is answered: a client never sees a dropped one
-        for task in (ready_task, health_task, spool_task, heads_task):
+        for task in (ready_task, health_task, spool_task, heads_task, view_task):
             task.cancel()
         await asyncio.gather(ready_task, health_task, return_exceptions=True)
         if recover_task is not None:
@@ -444,6 +473,7 @@ class NodeRuntime:
             await asyncio.gather(self._uplink, return_exceptions=True)
         self._bg_executor.shutdown(wait=True)
         self._executor.shutdown(wait=True)
+        view.unsubscribe(self._on_commit)
         with contextlib.suppress(FileNotFoundError):
             Path(admin.socket_path(self.home)).unlink()
         self.home.close()

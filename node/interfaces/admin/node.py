@@ -12,7 +12,10 @@ if TYPE_CHECKING:
 
 @op("status")
 async def _status(rt: NodeRuntime, req: dict[str, Any]) -> Any:
-    return await rt.status()
+    """Own links only unless ``tree`` (then ``depth`` and ``code`` narrow the subtree)."""
+    depth = req.get("depth")
+    return await rt.status(tree=bool(req.get("tree")), depth=int(depth) if depth is not None else None,
+                           code=str(req["code"]) if req.get("code") else None)
 
 
 @op("ingest")

@@ -146,7 +146,7 @@ def cmd_proof(args: argparse.Namespace) -> int:
 
 @command("status")
 def cmd_status(args: argparse.Namespace) -> int:
-    data = status(open_home(args))
+    data = status(open_home(args), tree=args.tree, depth=args.depth, code=args.code)
 
     def human() -> str:
         n = data["node"]
@@ -164,7 +164,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                              f"{rtt:>8}  {backlog or '-'}")
                 if ln["last_error"]:
                     lines.append(f"{'':<14}last error: {ln['last_error']}")
-            if args.tree and data.get("tree"):
+            if data.get("tree"):
                 lines.append("")
                 lines.append("subtree links (reported by children):")
                 lines.extend(_tree_lines(data["tree"], 1))
@@ -298,6 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("status", "links, backlog, logs, certificate expiry")
     sp.add_argument("--tree", action="store_true", help="every link of the subtree (when running)")
+    sp.add_argument("--depth", type=int, metavar="N", help="with the subtree: N levels below this node (implies --tree)")
+    sp.add_argument("--code", metavar="CODE", help="with the subtree: only the branch of this node (implies --tree)")
     sp = add("run", "run the node in the foreground (systemd runs this)")
 
     sp = add("ingest", "append records: files, or --synthetic N generated case events", dir_arg=False)
@@ -336,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("bench", "every benchmark, each beside its reference measured in the same run", dir_arg=False)
     sp.add_argument("--only", choices=list(BENCHES), metavar="NAME", help=", ".join(BENCHES))
     sp.add_argument("--scale", type=float, default=1.0, help="size factor (0.05 for a quick run)")
+    sp.add_argument("--children", type=int, metavar="N", help="fanin: children under the city (default 10)")
     sp.add_argument("--markdown", metavar="FILE", help="also write the results page (docs/benchmarks.md)")
     return p
 

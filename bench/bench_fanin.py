@@ -1,0 +1,229 @@
+"""Fan-in benchmark (not a test): a city with N children, each its own `fednode run` process (issue 26).
+
+Tree: province 320000 ← city 320300 ← N counties 320301.. (mutual TLS on loopback, SQLite, every
+service on, as deployed). Figures, each beside its reference measured in the same run:
+
+- idle CPU of the city per connected child: the city's CPU (utime + stime from /proc/PID/stat) over a
+  window with N children connected and no data flowing, minus the same window before any child
+  started, divided by N; the province's idle CPU beside it;
+- fan-in: while the city is frozen (SIGSTOP, its links stay connected) every child builds a backlog;
+  the city is thawed and the drain is timed until the province holds every record. Reference:
+  one child's backlog drained the same way in the same run. Rates, and the city's CPU µs per record
+  moved (CPU over the drain window / records), as ratios fan-in / one child;
+- the city's peak RSS (VmHWM) during the fan-in against its RSS when idle with N children;
+- `status --json` sizes at the city and the province, without and with the subtree.
+
+Run: ``fednode bench --only fanin --children 10`` (``--scale 0.2`` for a quick look).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import demo
+from node.core import admin_client as admin
+from node.core.home import Home
+from node.core.records import BULK
+
+PROVINCE, CITY = "320000", "320300"
+IDLE_WINDOW_S = 10.0
+SETTLE_S = 4.0
+
+
+def child_codes(n: int) -> list[str]:
+    """N child codes under the city: counties 320301..320399, then departments 320300-D100.. ."""
+    out = [f"3203{i:02d}" for i in range(1, min(n, 99) + 1)]
+    out += [f"{CITY}-D{i}" for i in range(100, n + 1)]
+    return out
+
+
+def tree(n: int) -> list[tuple[str, str, str, str | None]]:
+    t: list[tuple[str, str, str, str | None]] = [(PROVINCE, "江苏省", "province", None), (CITY, "徐州市", "city", PROVINCE)]
+    for c in child_codes(n):
+        t.append((c, f"节点{c}", "department" if "-" in c else "county", CITY))
+    return t
+
+
+def cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _vm(pid: int, key: str) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def cpu_share(pids: dict[str, int], seconds: float) -> dict[str, float]:
+    """Share of one core each process used over ``seconds`` of wall time (nothing else is asked of them)."""
+    c0 = {k: cpu_s(p) for k, p in pids.items()}
+    t0 = time.monotonic()
+    time.sleep(seconds)
+    dt = time.monotonic() - t0
+    return {k: (cpu_s(p) - c0[k]) / dt for k, p in pids.items()}
+
+
+def _status(home: Home, **args: Any) -> dict[str, Any]:
+    resp = admin.call(home, {"op": "status", **args}, timeout=60)
+    assert resp is not None, f"{home.code} is not running"
+    return dict(resp["result"])
+
+
+def status_bytes(home: Home, **args: Any) -> int:
+    return len(json.dumps(_status(home, **args), ensure_ascii=False).encode())
+
+
+def connected_children(home: Home) -> set[str]:
+    return {ln["peer"] for ln in _status(home)["links"] if ln["direction"] == "down" and ln["state"] == "connected"}
+
+
+def wait_connected(home: Home, children: list[str], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if set(children) <= connected_children(home):
+            return
+        time.sleep(0.25)
+    raise TimeoutError(f"{home.code}: children {sorted(set(children) - connected_children(home))} did not connect")
+
+
+def _bulk_heads(home: Home, origins: list[str]) -> dict[str, int]:
+    heads = demo.root_heads(home)
+    return {o: heads.get((o, BULK), 0) for o in origins}
+
+
+def reset_peak_rss(pid: int) -> None:
+    """Reset VmHWM (Linux: 5 > /proc/PID/clear_refs), so the next peak is this phase's."""
+    with contextlib.suppress(OSError):
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+def drain(homes: dict[str, Home], procs: dict[str, subprocess.Popen[bytes]], sources: list[str],
+          per_child: int, timeout: float = 900.0) -> dict[str, Any]:
+    """Freeze the city (SIGSTOP: every link stays connected), build ``per_child`` records of backlog at
+    each of ``sources``, thaw it and time the drain into the province: every child starts sending at
+    the same moment, without the start-up and the redial backoff a restarted city would add."""
+    pid = procs[CITY].pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        for i, c in enumerate(sources):
+            r = admin.call(homes[c], {"op": "ingest", "synthetic": per_child, "seed": 100 + len(sources) + i},
+                           timeout=900)
+            assert r is not None
+        want = {c: demo.leaf_heads(homes, [c]).get((c, BULK), 0) for c in sources}
+        held0 = sum(_bulk_heads(homes[PROVINCE], sources).values())
+        reset_peak_rss(pid)
+        c0 = cpu_s(pid)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    t0 = time.monotonic()
+    total = sum(want.values())
+    ok = False
+    while time.monotonic() - t0 < timeout:
+        held = _bulk_heads(homes[PROVINCE], sources)
+        if all(held[c] >= want[c] for c in sources):
+            ok = True
+            break
+        time.sleep(0.1)
+    t1, c1 = time.monotonic(), cpu_s(pid)
+    moved = total - held0
+    return {"ok": ok, "records": moved, "elapsed_s": t1 - t0, "rate": moved / (t1 - t0),
+            "city_us_per_record": (c1 - c0) * 1e6 / max(moved, 1), "city_peak_rss_mb": _vm(pid, "VmHWM"),
+            "links_kept": set(sources) <= connected_children(homes[CITY])}
+
+
+def fanin(base: Path, n: int, per_child: int) -> dict[str, Any]:
+    t = tree(n)
+    kids = child_codes(n)
+    homes = demo.build_tree(base / f"fanin{n}", t)
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    out: dict[str, Any] = {"children": n, "per_child": per_child}
+    try:
+        for c in (PROVINCE, CITY):
+            procs[c] = demo.start(homes[c].dir)
+        for c in (PROVINCE, CITY):
+            demo.wait_admin(homes[c], timeout=60)
+        time.sleep(SETTLE_S)
+        idle0 = cpu_share({c: procs[c].pid for c in (PROVINCE, CITY)}, IDLE_WINDOW_S)
+        for c in kids:
+            procs[c] = demo.start(homes[c].dir)
+        for c in kids:
+            demo.wait_admin(homes[c], timeout=120)
+        wait_connected(homes[CITY], kids, timeout=120)
+        time.sleep(SETTLE_S)
+        idle = cpu_share({c: procs[c].pid for c in (PROVINCE, CITY, kids[0])}, IDLE_WINDOW_S)
+        out.update(idle0=idle0, idle=idle, city_idle_rss_mb=_vm(procs[CITY].pid, "VmRSS"))
+        out["status_bytes"] = {
+            f"{code} {label}": status_bytes(homes[code], **args)
+            for code in (CITY, PROVINCE) for label, args in (("own links", {}), ("--tree", {"tree": True}))
+        }
+        one = max(2000, per_child * n // 2)
+        out["one"] = drain(homes, procs, kids[:1], one)
+        out["fan"] = drain(homes, procs, kids, per_child)
+    finally:
+        demo.stop_all(procs)
+    return out
+
+
+def rows_for(r: dict[str, Any]) -> list[dict[str, Any]]:
+    n = r["children"]
+    idle_city, idle0 = r["idle"][CITY], r["idle0"][CITY]
+    per_child = (idle_city - idle0) / n
+    one, fan = r["one"], r["fan"]
+    kid = next(k for k in r["idle"] if k not in (CITY, PROVINCE))
+    rows: list[dict[str, Any]] = [
+        {"name": f"idle CPU of the city per child ({n} children)", "value": round(per_child * 100, 3),
+         "unit": "% core", "target": "<= 0.05",
+         "reference": f"city {idle_city * 100:.2f}% with {n} children, {idle0 * 100:.2f}% with none; province "
+                      f"{r['idle'][PROVINCE] * 100:.2f}% (was {r['idle0'][PROVINCE] * 100:.2f}%); a child "
+                      f"{r['idle'][kid] * 100:.2f}%", "ratio": None, "ok": per_child <= 0.0005},
+        {"name": f"idle CPU of the city, {n} children", "value": round(idle_city * 100, 2), "unit": "% core",
+         "target": "<= 3 (50 children)", "reference": f"{idle0 * 100:.2f}% with no child",
+         "ratio": round(idle_city / idle0, 2) if idle0 > 0 else None, "ok": True},
+        {"name": f"fan-in {n} children → province", "value": round(fan["rate"]), "unit": "records/s",
+         "target": "ratio ~1", "reference": f"one child {one['rate']:,.0f}/s ({one['records']} records); fan-in "
+                                            f"{fan['records']} records in {fan['elapsed_s']:.1f} s",
+         "ratio": round(fan["rate"] / one["rate"], 3),
+         "ok": fan["ok"] and one["ok"] and fan["links_kept"] and one["links_kept"]},
+        {"name": f"city CPU per record, fan-in {n} children", "value": round(fan["city_us_per_record"], 1),
+         "unit": "µs", "target": "ratio <= 1.25", "reference": f"one child {one['city_us_per_record']:.1f} µs",
+         "ratio": round(fan["city_us_per_record"] / one["city_us_per_record"], 3),
+         "ok": fan["city_us_per_record"] <= 1.25 * one["city_us_per_record"]},
+        {"name": f"city peak RSS, fan-in {n} children", "value": round(fan["city_peak_rss_mb"], 1), "unit": "MB",
+         "target": "ratio <= 1.5", "reference": f"idle with {n} children {r['city_idle_rss_mb']:.1f} MB",
+         "ratio": round(fan["city_peak_rss_mb"] / r["city_idle_rss_mb"], 3),
+         "ok": fan["city_peak_rss_mb"] <= 1.5 * r["city_idle_rss_mb"]},
+    ]
+    for label, size in r["status_bytes"].items():
+        rows.append({"name": f"status --json {label} ({n} children)", "value": size, "unit": "bytes",
+                     "target": "-", "reference": "admin op status", "ratio": None, "ok": True})
+    return rows
+
+
+def run(scale: float = 1.0, children: int | None = None) -> list[dict[str, Any]]:
+    n = children or 10
+    per_child = max(500, int(5000 * scale))
+    base = Path(tempfile.mkdtemp(prefix="fednode-fanin-"))
+    try:
+        return rows_for(fanin(base, n, per_child))
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    import sys
+
+    from bench.harness import print_table
+
+    print(print_table(run(float(sys.argv[1]) if len(sys.argv) > 1 else 1.0,
+                          int(sys.argv[2]) if len(sys.argv) > 2 else None)))
