@@ -39,6 +39,35 @@ TREE = [  # code, name, level, parent
 LEAVES = ["320303", "320311", "320300-GA"]
 
 
+DEMO_PASSWORD_FILE = "demo-password.txt"
+# (node, login, name, role): a supervisor and a leader at the province and the city, each county's
+# supervisor and department supervision office, a handler; the OS user stays the 系统管理员 of the box
+DEMO_PEOPLE = [
+    ("320000", "sun.sheng", "孙省", "监察领导"), ("320000", "zhou.jc", "周监察", "监察员"),
+    ("320300", "zhangsan", "张三", "监察员"), ("320300", "zhao.ld", "赵六", "监察领导"),
+    ("320303", "wangwu", "王五", "部门监察"), ("320303", "lisi", "李四", "承办人"),
+    ("320311", "qianqi", "钱七", "监察员"), ("320300-GA", "ga.chen", "陈公", "部门监察"),
+]
+
+
+def add_demo_people(base: Path, homes: dict[str, Home]) -> list[dict[str, str]]:
+    """Named people on the running demo nodes (node/app/people.py through the admin socket), one random
+    password for all of them in a 0600 file (never on a command line or in the output)."""
+    import os
+    import secrets
+
+    password = "Demo-" + secrets.token_urlsafe(9)
+    fd = os.open(base / DEMO_PASSWORD_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(password + "\n")
+    out = []
+    for node, login, name, role in DEMO_PEOPLE:
+        admin.call(homes[node], {"op": "people", "action": "add", "auth": {"os_user": "demo"}, "login": login,
+                                 "name": name, "roles": [role], "password": password})
+        out.append({"node": node, "login": login, "name": name, "role": role})
+    return out
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -178,6 +207,11 @@ def main(args: argparse.Namespace) -> int:
             procs[code] = start(homes[code].dir)
         for code, *_ in TREE:
             wait_admin(homes[code])
+        people = add_demo_people(base, homes)
+        say(f"demo people (password in {base / DEMO_PASSWORD_FILE}, mode 0600; e.g. "
+            f"`fednode login {homes['320300'].dir} --as zhangsan --password-file {base / DEMO_PASSWORD_FILE}`):")
+        for p in people:
+            say(f"  {p['node']:<10} {p['login']:<12} {p['name']:<6} {p['role']}")
         say(f"5 nodes running (mutual TLS on loopback); feeding {args.records} synthetic records at each leaf")
         ingested = 0
         for i, leaf in enumerate(LEAVES):
@@ -204,6 +238,7 @@ def main(args: argparse.Namespace) -> int:
             "logs_verified": report.logs,
             "problems": report.problems,
             "homes": str(base),
+            "people": people,
         }
         good = result["verified"] and lost == 0 and result["duplicates"] == 0 and total == born
         if args.json:
