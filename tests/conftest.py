@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from node.app import enrol
+from node.app import people as app_people
 from node.core import pki
 from node.core.home import Home
 
@@ -89,6 +90,39 @@ class Tree:
     def close(self) -> None:
         for h in (self.province, self.city, self.county, self.other):
             h.close()
+
+
+# ---- people (issue 16): every act on a ticket, complaint or alert is a person's -----------------------------
+
+PERSON_PASSWORD = "Test-Person-2026!"  # tests only: what add_person gives everyone
+
+
+def add_person(home: Home, login: str, name: str, role: str, scope: str = "", *, session: bool = False) -> list[str]:
+    """Add a person to ``home`` (through its running node's admin socket, else on its store, as the OS
+    operator = 系统管理员) and return the argv that acts as them: ``--as LOGIN --password-file F`` (F next to
+    the home, mode 600, never inside it). ``session=True`` also signs them in the way `fednode login` does
+    (DIR/sessions/LOGIN), so the argv is only ``--as LOGIN`` and commands skip the argon2 check."""
+    app_people.run_request(home, {"action": "add", "auth": {"os_user": "root"}, "login": login, "name": name,
+                                  "roles": [role], "scope": scope, "password": PERSON_PASSWORD})
+    pw = home.dir.parent / f".pw-{home.code}-{login}"
+    pw.write_text(PERSON_PASSWORD + "\n", encoding="utf-8")
+    pw.chmod(0o600)
+    if not session:
+        return ["--as", login, "--password-file", str(pw)]
+    sign_in(home, login)
+    return ["--as", login]
+
+
+def sign_in(home: Home, login: str) -> dict[str, str]:
+    """`fednode login DIR --as LOGIN`: a session kept in DIR/sessions/LOGIN; returns the ``auth`` of it."""
+    result, _via = app_people.run_request(home, {"action": "login", "login": login, "password": PERSON_PASSWORD,
+                                                 "via": "cli"})
+    sessions = home.dir / "sessions"
+    sessions.mkdir(mode=0o700, exist_ok=True)
+    path = sessions / login
+    path.write_text(result["token"], encoding="utf-8")
+    path.chmod(0o600)
+    return {"login": login, "token": str(result["token"])}
 
 
 @pytest.fixture

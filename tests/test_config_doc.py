@@ -277,6 +277,18 @@ def _push(body: dict[str, Any], tmp: Path) -> None:
         push.check_listen(body["listen"])
 
 
+def _people(body: dict[str, Any], tmp: Path) -> None:
+    """[people]: node.features.people.accounts reads it already checked; the running node checks it (at start
+    and on SIGHUP) with node/runtime/configcheck.py, so that is the owner's check here."""
+    from node.features.people.accounts import LoginPolicy
+
+    cfg = config.Config(tmp / "node.toml", "320303", "云龙区", "county", sections={"people": body})
+    problems = [p for p in configcheck.check_config(cfg) if p.section == "people"]
+    if problems:
+        raise problems[0].error()
+    LoginPolicy.of_sections({"people": body})
+
+
 def _owners() -> dict[str, Callable[[dict[str, Any], Path], Any]]:
     """Each section's owner, as the running node calls it (never the schema's own check)."""
     from node.features.export import ExporterConfig
@@ -308,6 +320,7 @@ def _owners() -> dict[str, Callable[[dict[str, Any], Path], Any]]:
         "adapters.NAME:filedrop": _adapter("filedrop"),
         "adapters.NAME:sql_poll": _adapter("sql_poll"),
         "adapters.push": _push,
+        "people": _people,
         "exporters.NAME:sql": lambda b, t: ExporterConfig.from_section("x", {"type": "sql", "url": "sqlite:///x.db",
                                                                             **b}),
     }

@@ -30,10 +30,10 @@ from node.core.home import Home
 from node.features import worklog as auditlog
 from node.features.stats.config import SupervisorRules
 from node.interfaces.cli import main as cli
-from tests.conftest import Tree
+from tests.conftest import Tree, add_person
 from tests.faultlib import CHAIN, CITY, COUNTY, PROVINCE, Cluster, open_store, wait_for
 
-ACTOR = "张监察"
+ACTOR, ACTOR_NAME = "zhangjc", "张监察"  # the supervisor who reads: a person of the node (login, name)
 DEPT = f"{COUNTY}-SC"  # a department under the county: a complaint registered at the county goes to it
 
 
@@ -139,12 +139,11 @@ def test_looking_is_presence_not_handling() -> None:
 # ---- a stopped node -------------------------------------------------------------------------------------------
 
 
-def test_reads_on_a_stopped_node_spool_one_visit_a_day_and_nothing_else(tree: Tree,
-                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FEDNODE_ACTOR", ACTOR)
+def test_reads_on_a_stopped_node_spool_one_visit_a_day_and_nothing_else(tree: Tree) -> None:
     home = tree.county
     d = str(home.dir)
-    assert run("ingest", d, "--synthetic", "20")[0] == 0  # an act: spooled
+    me = add_person(home, ACTOR, ACTOR_NAME, "监察员", session=True)  # signed in: `--as` needs no password
+    assert run("ingest", d, "--synthetic", "20")[0] == 0  # an act (of the OS operator): spooled
     auditlog.drain_spool(home.dir, home.ledger())
     spool = home.dir / auditlog.SPOOL
     assert not spool.exists()
@@ -154,14 +153,15 @@ def test_reads_on_a_stopped_node_spool_one_visit_a_day_and_nothing_else(tree: Tr
     argvs += [["alerts", "list", d], ["tickets", "list", d], ["complaints", "list", d]]
     for _ in range(20):
         for argv in argvs:
-            rc, _out = run(*argv)
+            rc, _out = run(*argv, *me)
             assert rc == (1 if argv[0] == "health" else 0), argv  # health: no node answers
     assert heads_of({COUNTY: home}) == before
     lines = spool.read_text(encoding="utf-8").splitlines()
-    assert [(p["actor"], p["action"]) for p in map(json.loads, lines)] == [(ACTOR, "visit")]
+    assert [(p["actor"], p["action"], p["by"]["name"]) for p in map(json.loads, lines)] == [
+        (ACTOR, "visit", ACTOR_NAME)]
     # the running node appends it once; the day is then known, so later reads spool nothing
     assert auditlog.drain_spool(home.dir, home.ledger()) == 1
-    assert run("stats", d)[0] == 0 and run("worklog", d)[0] == 0
+    assert run("stats", d, *me)[0] == 0 and run("worklog", d, *me)[0] == 0
     assert not spool.exists()
     after = heads_of({COUNTY: home})
     assert changed(before, after) == {COUNTY: [f"{COUNTY}/1: {before[COUNTY][(COUNTY, 1)][0]} -> "
@@ -173,29 +173,35 @@ def test_reads_on_a_stopped_node_spool_one_visit_a_day_and_nothing_else(tree: Tr
     assert auditlog.drain_spool(home.dir, home.ledger()) == 1
 
 
-def test_acts_are_recorded_once_with_the_person(tree: Tree, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A ticket act writes its own work-log entry (no second one from the CLI), named for the operator;
+def test_acts_are_recorded_once_with_the_person(tree: Tree) -> None:
+    """A ticket act writes its own work-log entry (no second one from the CLI), named for the person acting;
     `alerts handle` records the handling; `tickets issue --alert` names the alerts it deals with."""
     from node.app import ingest
 
-    monkeypatch.setenv("FEDNODE_ACTOR", ACTOR)
     city, county = str(tree.city.dir), str(tree.county.dir)
+    me = add_person(tree.city, ACTOR, ACTOR_NAME, "监察员")
+    li = add_person(tree.county, "li", "李四", "监察员")
     alert = _alert("a-1") | {"at": datetime.now(auditlog.CST).isoformat(timespec="seconds")}
     ingest.run_request(tree.county.ledger(), {"records": [{"position": "t:1", "kind": "alert", "payload": alert}]})
     rc, out = run("tickets", "issue", city, "--to", COUNTY, "--subject", "督办", "--body", "请整改", "--alert", "a-1",
-                  "--json")
+                  "--json", *me)
     assert rc == 0, out
-    rc, out = run("alerts", "handle", county, "a-1", "--note", "已核实", "--actor", "李四", "--json")
-    assert rc == 0 and json.loads(out)["handled"]["actor"] == "李四"
-    assert run("alerts", "handle", county, "nope", "--note", "x")[0] != 0  # not held here: nothing recorded
+    rc, out = run("alerts", "handle", county, "a-1", "--note", "已核实", "--json", *li)
+    handled = json.loads(out)["handled"]
+    assert rc == 0 and handled["actor"] == "li" and handled["by"]["name"] == "李四"
+    assert run("alerts", "handle", county, "nope", "--note", "x", *li)[0] != 0  # not held here: nothing recorded
     from node.app.stats import audit_records
 
     city_log = [p for k, _w, p in audit_records(tree.city.store()) if k == auditlog.ACTION]
-    assert [(p["actor"], p["action"], p["detail"].get("alert_ids")) for p in city_log] == [
-        (ACTOR, "ticket.issue", ["a-1"])]
-    spooled = auditlog._read_spool(tree.county.dir / auditlog.SPOOL)  # the county is stopped
-    assert [(p["actor"], p["action"], p["target"], p["detail"]["note"]) for p in spooled] == [
-        ("李四", "alerts handle", "a-1", "已核实")]
+    assert [(p["actor"], p["action"], p["detail"].get("alert_ids"), p["by"]["name"]) for p in city_log
+            if p["action"] != "users add"] == [(ACTOR, "ticket.issue", ["a-1"], ACTOR_NAME)]
+    # `alerts handle` is a disposal (issue 25): its signed alert.dispose and its work-log entry in one transaction,
+    # on the store of the stopped county as every ticket act is (nothing spooled, nothing twice)
+    assert not auditlog._read_spool(tree.county.dir / auditlog.SPOOL)
+    county_log = [p for k, _w, p in audit_records(tree.county.store()) if k == auditlog.ACTION
+                  and p["action"] != "users add"]
+    assert [(p["actor"], p["action"], p["target"], p["detail"]["note"], p["detail"]["via"], p["by"]["name"])
+            for p in county_log] == [("li", "alerts dispose", "a-1", "已核实", "alerts handle", "李四")]
 
 
 # ---- the running tree -----------------------------------------------------------------------------------------
@@ -203,12 +209,11 @@ def test_acts_are_recorded_once_with_the_person(tree: Tree, monkeypatch: pytest.
 
 def _fednode(*argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "node.interfaces.cli", *argv], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "FEDNODE_ACTOR": ACTOR})
+                          env={**os.environ, "FEDNODE_USER": ""})
 
 
 @pytest.mark.slow
-def test_reads_at_a_running_county_leave_every_log_unchanged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FEDNODE_ACTOR", ACTOR)
+def test_reads_at_a_running_county_leave_every_log_unchanged(tmp_path: Path) -> None:
     calls = int(os.environ.get("FEDNODE_READS_CALLS", "200"))
     with Cluster(tmp_path, [*CHAIN, (DEPT, "云龙区市场监管局", "department", COUNTY)]) as cl:
         mport = free_port()
@@ -216,6 +221,9 @@ def test_reads_at_a_running_county_leave_every_log_unchanged(tmp_path: Path, mon
         cl.start(PROVINCE, CITY, COUNTY)  # the department stays down: its ticket waits at the county
         homes = {c: cl.homes[c] for c in (PROVINCE, CITY, COUNTY)}
         d, dc = str(cl.homes[COUNTY].dir), str(cl.homes[CITY].dir)
+        # the people: the county's supervisor reads (signed in once), the city's issues, the county's registers
+        me = add_person(cl.homes[COUNTY], ACTOR, ACTOR_NAME, "监察员", session=True)
+        city_sup = add_person(cl.homes[CITY], "qian", "钱七", "监察员", session=True)
         # something of every kind to read: cases, an alert, a quarantined row, a ticket from above, a complaint
         cl.ingest(COUNTY, 200, 1)
         now = datetime.now(auditlog.CST).isoformat(timespec="seconds")
@@ -223,17 +231,18 @@ def test_reads_at_a_running_county_leave_every_log_unchanged(tmp_path: Path, mon
         rows.write_text(json.dumps({"kind": "alert", "payload": _alert("A-1") | {"at": now}}) + "\n"
                         + json.dumps({"kind": "case.apply", "payload": {"case_no": "X"}}) + "\n", encoding="utf-8")
         assert run("ingest", d, str(rows))[0] == 1  # one row quarantined
-        rc, out = run("tickets", "issue", dc, "--to", COUNTY, "--subject", "督办", "--body", "请核查", "--json")
+        rc, out = run("tickets", "issue", dc, "--to", COUNTY, "--subject", "督办", "--body", "请核查", "--json",
+                      *city_sup)
         assert rc == 0, out
         ticket = json.loads(out)["ticket"]
         rc, out = run("complaints", "register", d, "--complainant", "群众", "--respondent-unit", DEPT,
-                      "--content", "办事慢", "--source", "12345 热线", "--due-days", "5", "--json")
+                      "--content", "办事慢", "--source", "12345 热线", "--due-days", "5", "--json", *me)
         assert rc == 0, out
         complaint = json.loads(out)["complaint_no"]
-        rc, out = run("quarantine", "list", d, "--json")
+        rc, out = run("quarantine", "list", d, "--json", *me)
         quarantine_id = json.loads(out)["rows"][0]["id"]
         # the supervisor's first look of the day: the one visit it leaves
-        assert run("alerts", "list", d)[0] == 0
+        assert run("alerts", "list", d, *me)[0] == 0
 
         def settled() -> bool:
             h = heads_of(homes)
@@ -260,14 +269,14 @@ def test_reads_at_a_running_county_leave_every_log_unchanged(tmp_path: Path, mon
         t0 = time.monotonic()
         for argv in argvs:
             for _ in range(calls):
-                rc, out = run(*argv)
+                rc, out = run(*argv, *me)
                 assert rc == 0, (argv, out)
         took = time.monotonic() - t0
         for _ in range(calls):  # the Prometheus scraper
             with urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=10) as resp:
                 assert resp.status == 200 and b"fednode_" in resp.read()
         for argv in (["status", d, "--json"], ["health", d], ["alerts", "list", d], ["tickets", "show", d, ticket]):
-            p = _fednode(*argv)
+            p = _fednode(*argv, *me)
             assert p.returncode == 0, p.stderr
         time.sleep(3.0)  # anything written would be on its way up by now
         after = heads_of(homes)
@@ -285,7 +294,7 @@ def test_reads_at_a_running_county_leave_every_log_unchanged(tmp_path: Path, mon
         before = heads_of(homes)
         for argv in argvs:
             for _ in range(5):
-                rc, out = run(*argv)
+                rc, out = run(*argv, *me)
                 assert rc == (1 if argv[0] == "health" else 0), (argv, out)
         assert changed(before, heads_of(homes)) == {}
         assert not (cl.homes[COUNTY].dir / auditlog.SPOOL).exists()

@@ -410,18 +410,22 @@ def test_audit_payload_needs_actor_and_action() -> None:
                  "detail": {"to": "320303"}, "at": "2025-11-10T09:00:00+08:00"}
 
 
-def test_record_action_and_worklog_cli(tree: Any, capsys: pytest.CaptureFixture[str],
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_record_action_and_worklog_cli(tree: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    from node.app import people
     from node.interfaces.cli.main import main
+    from tests.conftest import add_person
 
     home = tree.county
+    zhao = add_person(home, "zhao", "赵六", "监察员")  # the supervisor who reads the work log (`--as zhao`)
     auditlog.record_action(home, "张三", "tickets sign", "320300-000001", {"note": "签收"})
     auditlog.record_action(home.ledger(), "李四", "stats", "", None)
     # what node/cli.py main() does after each command
     import argparse
 
+    # what cli/main.py _who_acts leaves on args: the person acting (here the OS operator, 系统管理员)
+    operator = people.stamp(people.os_person(home.code, "ops"), "sysadmin")
     ns = argparse.Namespace(dir=str(home.dir), json=True, file="holidays.csv", command="calendar",
-                            calendar_command="import")
+                            calendar_command="import", by=operator)
     assert auditlog.audit_command(ns, "calendar import", 1) is None  # failed: nothing logged
     assert auditlog.audit_command(ns, "run", 0) is None
     # a ticket act's own transaction holds its work-log entry (node/tickets/desk.py): the CLI adds none
@@ -429,33 +433,35 @@ def test_record_action_and_worklog_cli(tree: Any, capsys: pytest.CaptureFixture[
                                tickets_command="reply")
     assert auditlog.audit_command(reply, "tickets reply", 0) is None
     assert auditlog.audit_command(argparse.Namespace(dir=str(home.dir), json=True, command="status"), "status", 0) is None
-    monkeypatch.setenv("FEDNODE_ACTOR", "赵六")
     logged = auditlog.audit_command(ns, "calendar import", 0)
-    assert logged is not None and (logged["actor"], logged["action"], logged["detail"]) == (
-        "赵六", "calendar import", {"file": "holidays.csv"})
+    assert logged is not None and (logged["actor"], logged["action"], logged["detail"], logged["by"]) == (
+        "os:ops", "calendar import", {"file": "holidays.csv"}, operator)
     # the node is stopped: actions through the home wait in the spool (writing the log now could fork a node
     # restored from backup); the running node appends them once its logs are current, as drain_spool does here
-    # (reading the work log is 赵六's first desk read today: one visit waits in the spool too, and only one)
-    assert main(["worklog", str(home.dir), "--json"]) == 0
+    # (reading the work log is 赵六's first desk read today: one visit waits in the spool too, and only one).
+    # Adding a user is recorded at once, in the user's own transaction (node/app/people.py).
+    assert main(["worklog", str(home.dir), "--json", *zhao]) == 0
     entries = json.loads(capsys.readouterr().out)["entries"]
-    assert [e["actor"] for e in entries] == ["李四"]
+    assert [(e["action"], e["target"]) for e in entries if e["action"] == "users add"] == [("users add", "zhao")]
+    assert [e["actor"] for e in entries if e["action"] != "users add"] == ["李四"]
     assert auditlog.drain_spool(home.dir, home.ledger()) == 3
     assert auditlog.drain_spool(home.dir, home.ledger()) == 0
-    assert main(["worklog", str(home.dir), "--json"]) == 0
+    assert main(["worklog", str(home.dir), "--json", *zhao]) == 0
     entries = json.loads(capsys.readouterr().out)["entries"]
-    assert [(e["actor"], e["action"], e["node"]) for e in entries] == [
-        ("李四", "stats", "320303"), ("张三", "tickets sign", "320303"), ("赵六", "calendar import", "320303"),
-        ("赵六", "visit", "320303")]
+    assert [(e["actor"], e["action"], e["node"]) for e in entries if e["action"] != "users add"] == [
+        ("李四", "stats", "320303"), ("张三", "tickets sign", "320303"), ("os:ops", "calendar import", "320303"),
+        ("zhao", "visit", "320303")]
+    assert [e["by"]["name"] for e in entries if e["action"] == "visit"] == ["赵六"]
     assert auditlog.drain_spool(home.dir, home.ledger()) == 0  # the day is visited: later reads spool nothing
-    assert main(["worklog", str(home.dir), "--actor", "李四"]) == 0
+    assert main(["worklog", str(home.dir), "--actor", "李四", *zhao]) == 0
     assert "李四" in capsys.readouterr().out
     # the supervisor rules, once: a name configured but never seen gets a reminder written
     with home.config.path.open("a", encoding="utf-8") as f:
         f.write('\n[stats.supervisors]\nnames = ["王五"]\n')
-    assert main(["worklog", str(home.dir), "--check", "--json"]) == 0
+    assert main(["worklog", str(home.dir), "--check", "--json", *zhao]) == 0
     written = json.loads(capsys.readouterr().out)["written"]
     assert [(w["kind"], w["subject"]) for w in written] == [("audit.remind", "王五")]
-    assert main(["worklog", str(home.dir), "--check", "--json"]) == 0
+    assert main(["worklog", str(home.dir), "--check", "--json", *zhao]) == 0
     assert json.loads(capsys.readouterr().out)["written"] == []
 
 

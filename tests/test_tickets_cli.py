@@ -22,7 +22,7 @@ from node.features.tickets.desk import TicketDesk, TicketsConfig, held_records, 
 from node.interfaces.cli import main as cli
 from node.link import streams
 from node.runtime import logging as node_logging
-from tests.conftest import Tree
+from tests.conftest import Tree, add_person
 
 
 @pytest.fixture(autouse=True)
@@ -103,10 +103,13 @@ def mixed_tree(tmp_path: Path, store_url: str) -> Any:
 def test_flow_through_cli_with_assignment(mixed_tree: Tree, capsys: pytest.CaptureFixture[str]) -> None:
     tree = mixed_tree
     p, c, k = str(tree.province.dir), str(tree.city.dir), str(tree.county.dir)
+    sheng = add_person(tree.province, "sun", "孙省监", "监察员", session=True)
+    zhang = add_person(tree.county, "zhang", "张三", "部门监察", session=True)
     rc, out = fednode(capsys, "tickets", "issue", p, "--to", "320303", "--subject", "超期办件", "--body",
-                      "请核查并答复", "--case", "C1", "--json")
+                      "请核查并答复", "--case", "C1", "--json", *sheng)
     assert rc == 0 and out["ticket"] == "320000-000001" and out["via"] == "store"
-    rc, out = fednode(capsys, "tickets", "issue", p, "--to", "320303", "--subject", "二", "--body", "b")
+    assert out["by"]["login"] == "sun" and out["by"]["name"] == "孙省监"
+    rc, out = fednode(capsys, "tickets", "issue", p, "--to", "320303", "--subject", "二", "--body", "b", *sheng)
     assert rc == 0 and out.strip() == "320000-000002"  # the bare number is the contract
     t = "320000-000001"
     sync(tree)
@@ -114,22 +117,22 @@ def test_flow_through_cli_with_assignment(mixed_tree: Tree, capsys: pytest.Captu
     assert [r["ticket"] for r in receipts(tree.county)] == [t, "320000-000002"]
     assert receipts(tree.county) == []  # the cursor moved; nothing twice
     assert states(tree.county)[t].state == "delivered"
-    assert fednode(capsys, "tickets", "sign", k, t, "--actor", "张三")[0] == 0
+    assert fednode(capsys, "tickets", "sign", k, t, *zhang)[0] == 0
     assert fednode(capsys, "tickets", "assign", k, t, "--unit", "云龙区市场监管局", "--person", "李四",
-                   "--finding", "窗口未按时受理")[0] == 0
-    assert fednode(capsys, "tickets", "reply", k, t, "已整改")[0] == 0
-    assert fednode(capsys, "tickets", "assign-result", k, t, "1", "诫勉谈话", "--disputed")[0] == 0
+                   "--finding", "窗口未按时受理", *zhang)[0] == 0
+    assert fednode(capsys, "tickets", "reply", k, t, "已整改", *zhang)[0] == 0
+    assert fednode(capsys, "tickets", "assign-result", k, t, "1", "诫勉谈话", "--disputed", *zhang)[0] == 0
     sync(tree)
     rc, rows = fednode(capsys, "tickets", "list", p, "--json")
     assert rc == 0
     row = next(r for r in rows if r["ticket"] == t)
     assert {k2: row[k2] for k2 in ("ticket", "state", "to", "issuer")} == {
         "ticket": t, "state": "replied", "to": "320303", "issuer": "320000"}
-    assert fednode(capsys, "tickets", "return", p, t, "证据不足", "--reply-days", "2")[0] == 0
+    assert fednode(capsys, "tickets", "return", p, t, "证据不足", "--reply-days", "2", *sheng)[0] == 0
     sync(tree)
-    assert fednode(capsys, "tickets", "reply", k, t, "补充证据")[0] == 0
+    assert fednode(capsys, "tickets", "reply", k, t, "补充证据", *zhang)[0] == 0
     sync(tree)
-    assert fednode(capsys, "tickets", "conclude", p, t, "basically", "--text", "基本满意")[0] == 0
+    assert fednode(capsys, "tickets", "conclude", p, t, "basically", "--text", "基本满意", *sheng)[0] == 0
     sync(tree)
     views = [states(h)[t] for h in (tree.province, tree.city, tree.county)]
     assert {v.state for v in views} == {"concluded"}
@@ -139,25 +142,32 @@ def test_flow_through_cli_with_assignment(mixed_tree: Tree, capsys: pytest.Captu
     assert [e["event"] for e in shown["timeline"]] == [
         "issue", "delivered", "sign", "assign", "reply", "assign_result", "return", "reply", "conclude"]
     assert [e["node"] for e in shown["timeline"]][:3] == ["320000", "320303", "320303"]
+    assert [e["actor"] for e in shown["timeline"]] == [
+        "sun", "system", "zhang", "zhang", "zhang", "zhang", "sun", "zhang", "sun"]
+    assert [(e.get("by") or {}).get("name") for e in shown["timeline"]] == [
+        "孙省监", None, "张三", "张三", "张三", "张三", "孙省监", "张三", "孙省监"]
     rc, text = fednode(capsys, "tickets", "show", p, t)
     assert rc == 0 and "张三" in text and "320303" in text and "concluded" in text
 
 
 def test_complaint_becomes_ticket_and_records_satisfaction(tree: Tree, capsys: pytest.CaptureFixture[str]) -> None:
     c, k = str(tree.city.dir), str(tree.county.dir)
+    qian = add_person(tree.city, "qian", "钱七", "监察员", session=True)
+    wang = add_person(tree.county, "wang", "王五", "部门监察", session=True)
     rc, out = fednode(capsys, "complaints", "register", c, "--complainant", "王五", "--respondent-unit", "320303",
                       "--respondent-person", "赵六", "--content", "办事拖延", "--source", "12345热线",
-                      "--due-days", "5", "--json")
+                      "--due-days", "5", "--json", *qian)
     assert rc == 0 and out["to"] == "320303" and out["ticket"] == "320300-000001"
+    assert out["by"]["login"] == "qian" and out["by"]["name"] == "钱七"
     t = out["ticket"]
     sync(tree)
     receipts(tree.county)
     for argv in (("sign", k, t), ("reply", k, t, "已道歉并办结")):
-        assert fednode(capsys, "tickets", *argv)[0] == 0
+        assert fednode(capsys, "tickets", *argv, *wang)[0] == 0
     sync(tree)
-    rc, out = fednode(capsys, "tickets", "conclude", c, t, "satisfactory", "--json")
+    rc, out = fednode(capsys, "tickets", "conclude", c, t, "satisfactory", "--json", *qian)
     assert rc == 1 and out["code"] == "ticket_malformed" and "satisfaction" in out["error"]  # 满意度 needed
-    assert fednode(capsys, "tickets", "conclude", c, t, "satisfactory", "--satisfaction", "2")[0] == 0
+    assert fednode(capsys, "tickets", "conclude", c, t, "satisfactory", "--satisfaction", "2", *qian)[0] == 0
     sync(tree)
     rc, rows = fednode(capsys, "complaints", "list", str(tree.province.dir), "--json")
     assert rc == 0 and rows[0]["state"] == "concluded" and rows[0]["satisfaction"] == "2"
@@ -171,10 +181,17 @@ def _issue(home: Home, to: str = "320303") -> str:
 
 
 def test_forged_ticket_from_a_non_ancestor_is_refused(tree: Tree, capsys: pytest.CaptureFixture[str]) -> None:
-    # through the CLI: 320311 is no ancestor of 320303
+    # through the CLI: 320311 is no ancestor of 320303; no person of 320311 has 320303 in their scope, so the
+    # act is refused (exit 2, recorded) before the ticket rules are asked
+    zhou = add_person(tree.other, "zhou", "周八", "监察员", session=True)
     rc, out = fednode(capsys, "tickets", "issue", str(tree.other.dir), "--to", "320303", "--subject", "x",
-                      "--body", "y", "--json")
-    assert rc == 1 and out["code"] == "ticket_not_authorised"
+                      "--body", "y", "--json", *zhou)
+    assert rc == 2 and out["code"] == "forbidden" and "辖区" in out["error"]
+    # the ticket rules refuse it too, for whoever writes it on 320311's desk
+    with pytest.raises(lc.TicketError) as refused:
+        TicketDesk(tree.other.ledger()).issue(to="320303", subject="x", body="y", actor="zhou")
+    assert refused.value.code == "ticket_not_authorised"
+    assert project_store(tree.other.store())[0].tickets == {}
     # written anyway (a forger bypassing the CLI): it travels up as 320311's record and is refused there
     forged = lc.make_issue("320311", 1, to="320303", subject="伪造", actor="x", at=datetime.now(CST))
     tree.other.ledger().append([NewRecord(lc.ISSUE, forged, dest="320303")])
@@ -199,13 +216,17 @@ def test_reply_from_the_wrong_unit_is_refused(tree: Tree, capsys: pytest.Capture
     t = _issue(tree.province)
     sync(tree)
     receipts(tree.county)
-    assert fednode(capsys, "tickets", "sign", str(tree.county.dir), t)[0] == 0
+    wang = add_person(tree.county, "wang", "王五", "部门监察", session=True)
+    assert fednode(capsys, "tickets", "sign", str(tree.county.dir), t, *wang)[0] == 0
     sync(tree)
-    # the city relays the ticket but is not in the target's subtree
-    rc, out = fednode(capsys, "tickets", "reply", str(tree.city.dir), t, "我来答复", "--json")
+    # the city relays the ticket but is not in the target's subtree (its 监察员 has 320303 in scope: the
+    # person may reply, the node may not)
+    qian = add_person(tree.city, "qian", "钱七", "监察员", session=True)
+    rc, out = fednode(capsys, "tickets", "reply", str(tree.city.dir), t, "我来答复", "--json", *qian)
     assert rc == 1 and out["code"] == "ticket_not_authorised"
     # the issuer may not reply to its own ticket either
-    rc, out = fednode(capsys, "tickets", "reply", str(tree.province.dir), t, "x", "--json")
+    sun = add_person(tree.province, "sun", "孙省监", "监察员", session=True)
+    rc, out = fednode(capsys, "tickets", "reply", str(tree.province.dir), t, "x", "--json", *sun)
     assert rc == 1 and out["code"] == "ticket_not_authorised"
     # a sibling's forged reply arrives upward and is listed as refused, the ticket untouched
     bad = {"ticket": t, "actor": "x", "at": lc.format_time(datetime.now(CST)), "node": "320311", "text": "伪造答复"}
@@ -218,14 +239,17 @@ def test_reply_from_the_wrong_unit_is_refused(tree: Tree, capsys: pytest.Capture
 
 def test_out_of_order_transitions_are_refused(tree: Tree, capsys: pytest.CaptureFixture[str]) -> None:
     t = _issue(tree.province)
-    rc, out = fednode(capsys, "tickets", "conclude", str(tree.province.dir), t, "satisfactory", "--json")
+    sun = add_person(tree.province, "sun", "孙省监", "监察员", session=True)
+    rc, out = fednode(capsys, "tickets", "conclude", str(tree.province.dir), t, "satisfactory", "--json", *sun)
     assert rc == 1 and out["code"] == "ticket_out_of_order" and "issued" in out["error"]
     sync(tree)
     receipts(tree.county)
-    rc, out = fednode(capsys, "tickets", "reply", str(tree.county.dir), t, "先答复", "--json")
+    wang = add_person(tree.county, "wang", "王五", "部门监察", session=True)
+    rc, out = fednode(capsys, "tickets", "reply", str(tree.county.dir), t, "先答复", "--json", *wang)
     assert rc == 1 and out["code"] == "ticket_out_of_order"
     assert "allowed now" in out["error"]
-    rc, out = fednode(capsys, "tickets", "sign", str(tree.city.dir), "320000-000099", "--json")
+    qian = add_person(tree.city, "qian", "钱七", "监察员", session=True)
+    rc, out = fednode(capsys, "tickets", "sign", str(tree.city.dir), "320000-000099", "--json", *qian)
     assert rc == 1 and out["code"] == "ticket_unknown"
     # nothing was written by any refusal
     assert [h.kind for h in held_records(tree.county.store()) if h.origin == "320303"] == [lc.DELIVERED]

@@ -26,6 +26,7 @@ from bench.demo import build_tree, start, stop_all, wait_admin
 from node.core.home import Home
 from node.interfaces.cli import main as cli
 from node.runtime import logging as node_logging
+from tests.conftest import add_person
 
 pytestmark = pytest.mark.slow
 
@@ -79,6 +80,11 @@ def running(homes: dict[str, Home], procs: dict[str, subprocess.Popen[bytes]]) -
 def test_ticket_round_trip_across_a_down_link(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     homes = build_tree(tmp_path, CHAIN)
     dirs = {code: str(h.dir) for code, h in homes.items()}
+    # the people who act, added before the nodes start (the province's 监察员 signs in with a session, the
+    # county's people give their password with each act)
+    jia = add_person(homes[PROVINCE], "jia", "省监察员甲", "监察员", session=True)
+    yi = add_person(homes[COUNTY], "yi", "区经办人乙", "部门监察")
+    bing = add_person(homes[COUNTY], "bing", "区负责人丙", "部门监察")
     procs = {code: start(homes[code].dir) for code in homes}
     with running(homes, procs):
         for code in homes:
@@ -93,9 +99,10 @@ def test_ticket_round_trip_across_a_down_link(tmp_path: Path, capsys: pytest.Cap
             return next((r["state"] for r in rows if r["ticket"] == ticket), None)
 
         out = fednode(capsys, "tickets", "issue", dirs[PROVINCE], "--to", COUNTY, "--subject", "办件超期督办",
-                      "--body", "请于期限内核查答复", "--case", "320303-2026-0001", "--actor", "省监察员甲")
+                      "--body", "请于期限内核查答复", "--case", "320303-2026-0001", *jia)
         ticket = out["ticket"]
         assert out["via"] == "admin" and ticket == "320000-000001"
+        assert out["by"]["login"] == "jia" and out["by"]["name"] == "省监察员甲"
         shown = fednode(capsys, "tickets", "show", dirs[PROVINCE], ticket)
         assert shown["state"] == "issued"
         assert shown["waits"].startswith(f"held at {PROVINCE}, link to {CITY} down since "), shown["waits"]
@@ -106,32 +113,35 @@ def test_ticket_round_trip_across_a_down_link(tmp_path: Path, capsys: pytest.Cap
         wait_admin(homes[CITY])
         wait_for("the receipt at the province", lambda: state_at(PROVINCE, ticket) == "delivered", 60)
 
-        fednode(capsys, "tickets", "sign", dirs[COUNTY], ticket, "--actor", "区经办人乙")
-        fednode(capsys, "tickets", "reply", dirs[COUNTY], ticket, "已核查, 系窗口人员请假所致, 已整改",
-                "--actor", "区经办人乙")
+        fednode(capsys, "tickets", "sign", dirs[COUNTY], ticket, *yi)
+        fednode(capsys, "tickets", "reply", dirs[COUNTY], ticket, "已核查, 系窗口人员请假所致, 已整改", *yi)
+        first_reply = time.time()
         wait_for("the reply at the province", lambda: state_at(PROVINCE, ticket) == "replied")
-        fednode(capsys, "tickets", "return", dirs[PROVINCE], ticket, "整改措施不具体", "--reply-days", "3",
-                "--actor", "省监察员甲")
+        fednode(capsys, "tickets", "return", dirs[PROVINCE], ticket, "整改措施不具体", "--reply-days", "3", *jia)
         wait_for("the return at the county", lambda: state_at(COUNTY, ticket) == "returned")
-        fednode(capsys, "tickets", "reply", dirs[COUNTY], ticket, "已补充整改方案及考核结果", "--actor", "区负责人丙")
+        # records carry whole seconds (desk.system_clock) and the projection orders one second's records by
+        # kind and content, not by when they were written: two replies in the same second could be swapped
+        # (a known product bug, reported separately); this test is about the round trip, so they are not
+        time.sleep(max(0.0, 1.05 - (time.time() - first_reply)))
+        fednode(capsys, "tickets", "reply", dirs[COUNTY], ticket, "已补充整改方案及考核结果", *bing)
         wait_for("the second reply at the province", lambda: state_at(PROVINCE, ticket) == "replied")
-        fednode(capsys, "tickets", "conclude", dirs[PROVINCE], ticket, "satisfactory", "--text", "整改到位",
-                "--actor", "省监察员甲")
+        fednode(capsys, "tickets", "conclude", dirs[PROVINCE], ticket, "satisfactory", "--text", "整改到位", *jia)
         wait_for("the conclusion at the city", lambda: state_at(CITY, ticket) == "concluded")
         wait_for("the conclusion at the county", lambda: state_at(COUNTY, ticket) == "concluded")
 
         views = {code: fednode(capsys, "tickets", "show", dirs[code], ticket) for code in homes}
         timelines = {code: v["timeline"] for code, v in views.items()}
-        steps = [(e["event"], e["node"], e["actor"]) for e in timelines[PROVINCE]]
+        steps = [(e["event"], e["node"], e["actor"], (e.get("by") or {}).get("name")) for e in timelines[PROVINCE]]
         assert steps == [
-            ("issue", PROVINCE, "省监察员甲"),
-            ("delivered", COUNTY, "system"),
-            ("sign", COUNTY, "区经办人乙"),
-            ("reply", COUNTY, "区经办人乙"),
-            ("return", PROVINCE, "省监察员甲"),
-            ("reply", COUNTY, "区负责人丙"),
-            ("conclude", PROVINCE, "省监察员甲"),
-        ]
+            ("issue", PROVINCE, "jia", "省监察员甲"),
+            ("delivered", COUNTY, "system", None),
+            ("sign", COUNTY, "yi", "区经办人乙"),
+            ("reply", COUNTY, "yi", "区经办人乙"),
+            ("return", PROVINCE, "jia", "省监察员甲"),
+            ("reply", COUNTY, "bing", "区负责人丙"),
+            ("conclude", PROVINCE, "jia", "省监察员甲"),
+        ], json.dumps(timelines[PROVINCE], ensure_ascii=False, indent=1)
+        assert {e["by"]["role_label"] for e in timelines[PROVINCE] if e.get("by")} == {"监察员", "部门监察"}
         assert all(e["at"] for e in timelines[PROVINCE])
         assert timelines[CITY] == timelines[PROVINCE] == timelines[COUNTY]  # every node agrees, times too
         for v in views.values():
@@ -142,7 +152,7 @@ def test_ticket_round_trip_across_a_down_link(tmp_path: Path, capsys: pytest.Cap
         # a ticket while the county is down: it waits at the city, and the province can tell
         stop_all({COUNTY: procs.pop(COUNTY)})
         second = fednode(capsys, "tickets", "issue", dirs[PROVINCE], "--to", COUNTY, "--subject", "二",
-                         "--body", "b")["ticket"]
+                         "--body", "b", *jia)["ticket"]
         waits = f"held at {CITY}, link to {COUNTY} down since "
         wait_for("the city's report of its link to the county", lambda: fednode(
             capsys, "tickets", "show", dirs[PROVINCE], second)["waits"].startswith(waits), 30)

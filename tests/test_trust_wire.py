@@ -52,7 +52,7 @@ from node.core.records import CONTROL
 from node.link import transport
 from proto.fednode.v1 import fednode_pb2 as pb
 from proto.fednode.v1 import fednode_pb2_grpc as pbg
-from tests.conftest import Tree
+from tests.conftest import Tree, add_person
 from tests.faultlib import CITY, COUNTY, OTHER, PROVINCE, Cluster, own_heads, wait_for
 
 pytestmark = pytest.mark.slow
@@ -68,12 +68,18 @@ def hier(path: str) -> str:
     return ".".join([*reversed(path.lower().split("/")), "fednode"])
 
 
+# the argv that acts as the 监察员 of each issuing node (`--as jia --password-file F`), set by the fixture
+ISSUERS: dict[str, list[str]] = {}
+
+
 @pytest.fixture(scope="module")
 def cl(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     with Cluster(tmp_path_factory.mktemp("trust"), TRUST_TREE) as cluster:
         cluster.start(PROVINCE, CITY, COUNTY)
         wait_for(lambda: cluster.uplink(COUNTY)["state"] == "connected" and cluster.uplink(CITY)["state"] == "connected",
                  60, "the county and the city are linked")
+        for code in (PROVINCE, CITY):  # through the running node's admin socket
+            ISSUERS[code] = add_person(cluster.homes[code], "jia", "监察员甲", "监察员")
         yield cluster
 
 
@@ -137,7 +143,7 @@ def channel_to(cl: Cluster, node: str, creds: grpc.ChannelCredentials) -> grpc.a
 
 def issue_ticket(cl: Cluster, issuer: str, to: str) -> str:
     p = subprocess.run([*FEDNODE, "tickets", "issue", str(cl.homes[issuer].dir), "--to", to, "--subject", "督办(安全测试)",
-                        "--body", "只给收件人看", "--case", f"{to}-2026-0001", "--actor", "监察员甲", "--json"],
+                        "--body", "只给收件人看", "--case", f"{to}-2026-0001", *ISSUERS[issuer], "--json"],
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stdout + p.stderr
     return str(json.loads(p.stdout)["ticket"])

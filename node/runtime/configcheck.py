@@ -133,6 +133,12 @@ def _check_tickets(cfg: Config) -> list[Problem]:
         kept, source=str(cfg.path), base=cfg.home).calendar())
 
 
+def _check_people(cfg: Config) -> list[Problem]:
+    from node.features.people.accounts import LoginPolicy
+
+    return _with_schema(cfg, "people", lambda kept: LoginPolicy.of_sections({"people": kept}))
+
+
 def _check_adapters(cfg: Config) -> list[Problem]:
     from adapters.base import PUSH_KEYS, check_keys, config_keys, make_adapter
     from adapters.reader import reads_in_process
@@ -183,6 +189,7 @@ CHECKS: dict[str, Check] = {
     "metrics": _check_metrics,
     "stats": _check_stats,
     "tickets": _check_tickets,
+    "people": _check_people,
     "adapters": _check_adapters,
 }
 

@@ -39,7 +39,8 @@ from node.interfaces.cli.base import command, emit, open_home
 
 def add_parsers(sub: Any, add: Callable[..., argparse.ArgumentParser]) -> None:
     sp = add("stats", "indicators (办结率, 按时/提前办结率, 提速率, 报送率, 亮牌, 督办, 满意度) of this subtree")
-    sp.add_argument("--by", choices=query.BY, default="division", help="rows per division, dept, item_type or period")
+    sp.add_argument("--by", dest="group_by", choices=query.BY, default="division",  # args.by: who acts (cli/main.py)
+                    help="rows per division, dept, item_type or period")
     sp.add_argument("--period", choices=("month", "quarter", "year"), default="quarter",
                     help="period granularity (default quarter)")
     sp.add_argument("--at", metavar="PERIOD", help="one period (2025, 2025-Q3, 2025-07): rows for it with 环比/同比")
@@ -64,7 +65,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
             parse_period(args.at)
         except ValueError as e:
             raise UsageError(str(e), fix="--at 2025 | 2025-Q3 | 2025-07") from None
-    q = query.Query(by=args.by, period=args.period, at=args.at, subtree=args.subtree)
+    q = query.Query(by=args.group_by, period=args.period, at=args.at, subtree=args.subtree)
     data = compute(home.store(), home.code, build_calendar(home), cfg, q)
     if args.html:
         Path(args.html).write_text(report.html(data, title=f"{home.config.name} ({home.code}) 电子监察统计分析"),
