@@ -317,6 +317,7 @@ BENCHES = {
     "tickets": _module_bench("bench.bench_tickets"),
     "reconcile": _module_bench("bench.bench_reconcile"),
     "stats": _module_bench("bench.bench_stats"),
+    "cases": _module_bench("bench.bench_cases"),
     "nats": _module_bench("bench.bench_nats"),
     "shaped": _module_bench("bench.bench_shaped"),
     "fanin": _module_bench("bench.bench_fanin"),

@@ -78,7 +78,8 @@ def test_alerts_show_and_not_found(tree: Tree, capsys: pytest.CaptureFixture[str
     d = str(tree.county.dir)
     _, rows = fednode(capsys, "alerts", "list", d, "--json")
     rc, one = fednode(capsys, "alerts", "show", d, rows[0]["alert_id"], "--json")
-    assert rc == 0 and one == rows[0]
+    assert rc == 0 and {k: one[k] for k in rows[0]} == rows[0]  # show: the row, its record and its disposal
+    assert one["state"] == "open" and one["record"] == f"{rows[0]['origin']}/monitor/{rows[0]['seq']}"
     rc, text = fednode(capsys, "alerts", "show", d, rows[0]["alert_id"])
     assert rc == 0 and "fednode proof" in text and rows[0]["message"] in text
     rc, err = fednode(capsys, "alerts", "show", d, "nope:1", "--json")

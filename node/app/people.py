@@ -42,6 +42,10 @@ COMMAND_PERMISSIONS: dict[str, str] = {
     "quarantine list": "node.read", "quarantine show": "node.read", "calendar show": "node.read",
     "worklog": "worklog.read", "stats": "stats.read",
     "alerts list": "alerts.read", "alerts show": "alerts.read", "alerts handle": "alerts.handle",
+    "alerts dispose": "alerts.handle", "alerts reopen": "alerts.handle",
+    "cases show": "cases.read", "cases list": "cases.read",
+    "tickets drafts": "tickets.read", "tickets confirm": "tickets.issue", "tickets drop": "tickets.issue",
+    "directory list": "node.read", "directory show": "node.read", "directory import": "users.manage",
     "tickets list": "tickets.read", "tickets show": "tickets.read", "tickets issue": "tickets.issue",
     "tickets sign": "tickets.sign", "tickets reply": "tickets.reply", "tickets conclude": "tickets.judge",
     "tickets return": "tickets.judge", "tickets extend-grant": "tickets.judge",
@@ -55,7 +59,7 @@ COMMAND_PERMISSIONS: dict[str, str] = {
 }
 # Commands with no person: they build or run the node before it has people (or need none).
 UNGUARDED = frozenset({"init", "run", "demo", "bench", "pki init-root", "pki request", "pki install", "login",
-                       "users roles"})
+                       "users roles", "completion", "check"})
 
 
 class Refused(FednodeError):

@@ -31,7 +31,7 @@ from node.features.tickets.desk import (
 if TYPE_CHECKING:
     from node.core.ledger import Ledger
 
-WRITE_ACTIONS = frozenset({"issue", "act", "complaint"})
+WRITE_ACTIONS = frozenset({"issue", "act", "complaint", "confirm", "drop"})
 
 
 # ---- the one place a request is carried out ----------------------------------------------------------------
@@ -63,10 +63,12 @@ def execute(ledger: Ledger, cfg: TicketsConfig, req: dict[str, Any], *, clock: C
         by = allow("tickets.issue", Target(codes=(str(req["to"]),), what=f"督办单（致 {req['to']}）"))
         p = desk.issue(to=req["to"], subject=req["subject"], body=req.get("body", ""),
                        actor=by["login"], by=by, case_nos=req.get("case_nos") or [],
-                       alert_ids=req.get("alert_ids") or [],
+                       alert_ids=req.get("alert_ids") or [], basis=str(req.get("basis") or ""),
+                       rule_id=str(req.get("rule_id") or ""),
                        sign_days=req.get("sign_days"), reply_days=req.get("reply_days"))
         return {"ticket": p["ticket"], "to": p["to"], "sign_deadline": p["sign_deadline"],
-                "reply_deadline": p["reply_deadline"], "at": p["at"], "by": by}
+                "reply_deadline": p["reply_deadline"], "at": p["at"], "by": by, "subject": p["subject"],
+                "alert_ids": p.get("alert_ids") or [], "case_nos": p.get("case_nos") or []}
     if action == "act":
         kind = VERBS[req["verb"]]
         acted_on = desk._state(desk.projection(), req["ticket"])
@@ -78,6 +80,8 @@ def execute(ledger: Ledger, cfg: TicketsConfig, req: dict[str, Any], *, clock: C
                 fields["reply_deadline"] = lc.format_time(desk.deadline_fn(desk.clock(), float(days)))
         p = desk.act(req["ticket"], kind, fields, actor=by["login"], by=by)
         return {"ticket": p["ticket"], "event": kind, "at": p["at"], "node": p["node"], "by": by}
+    if action in ("confirm", "drop"):
+        return _draft_act(ledger, desk, req, allow)
     if action == "complaint":
         complaint = dict(req["complaint"])
         if "due_days" in req:
@@ -121,7 +125,7 @@ def execute(ledger: Ledger, cfg: TicketsConfig, req: dict[str, Any], *, clock: C
                           and h.payload.get("ticket") == ticket and h.origin == st.issuer), 0)
         data = st.as_dict()
         data.update(timeline=timeline_rows(st), rejected=rejected, here=ledger.code,
-                    waits=where_waits(st, issue_seq, ledger.code, status))
+                    waits=where_waits(st, issue_seq, ledger.code, status), alerts=_alert_states(ledger, st.alert_ids))
         return data
     if action == "complaints":
         out = []
@@ -196,3 +200,131 @@ def run_request(home: Home, req: dict[str, Any]) -> tuple[Any, str]:
     return via_node_or_store(home, {"op": "tickets", **req}, lambda: execute(
         home.ledger(), TicketsConfig.of_home(home), req, clock=system_clock, status=None,
         policy=people.policy_of(home)))
+
+
+# ---- tickets and alerts: prefilled from the alerts they cite, drafted from red cards --------------------------
+
+
+def _alert_states(ledger: Ledger, alert_ids: list[str]) -> list[dict[str, Any]]:
+    """The alerts a ticket cites, with their disposal state as held here."""
+    if not alert_ids:
+        return []
+    from node.app.alerts import disposals
+    from node.features.cases import index as cix
+
+    cix.fold_all(ledger.store)
+    with ledger.store.read() as conn:
+        states = disposals(conn, alert_ids)
+        held = {str(h.payload.get("alert_id")): h for h in cix.fetch(conn, cix.seqs_of(conn, refs=alert_ids,
+                                                                                       kinds=("alert",)))
+                if isinstance(h.payload, dict)}
+    out = []
+    for a in alert_ids:
+        d, h = states.get(a), held.get(a)
+        out.append({"alert_id": a, "held": h is not None, "level": h.payload.get("level") if h else None,
+                    "message": h.payload.get("message") if h else None, "record": h.ref if h else None,
+                    "state": d.state if d else "open", "state_label": d.label if d else "待处置"})
+    return out
+
+
+def issue(home: Home, req: dict[str, Any]) -> tuple[Any, str]:
+    """`tickets issue`: with ``alert_ids``, what the person left out (to, subject, body, case numbers, basis,
+    rule) is filled in from the first alert cited (node/features/alerts/disposal.py ``prefill``)."""
+    req = dict(req)
+    if req.get("alert_ids"):
+        from node.app.alerts import find_alert
+        from node.core.errors import NotFound
+        from node.features.alerts.disposal import prefill
+
+        alerts = []
+        for a in req["alert_ids"]:  # an alert not held here may still be cited; it fills nothing in
+            try:
+                alerts.append(find_alert(home, a)[0].payload)
+            except NotFound:
+                if not all(req.get(k) for k in ("to", "subject", "body")):
+                    raise
+        if alerts:
+            fill = prefill(alerts[0], home.code)
+            for k in ("to", "subject", "body"):
+                if not req.get(k):
+                    req[k] = fill[k]
+            cases = list(req.get("case_nos") or [])
+            for a in alerts:
+                if a.get("case_no") and a["case_no"] not in cases:
+                    cases.append(str(a["case_no"]))
+            req.update(case_nos=cases, basis=req.get("basis") or fill["basis"],
+                       rule_id=req.get("rule_id") or fill["rule_id"])
+    missing = [k for k in ("to", "subject", "body") if not req.get(k)]
+    if missing:
+        raise UsageError(f"--{missing[0]} is missing" + (" (the alert's unit is not below this node)"
+                                                           if req.get("alert_ids") and missing[0] == "to" else ""),
+                         fix="give --to, --subject and --body, or --alert ALERT_ID to fill them in from the alert")
+    return run_request(home, req)
+
+
+def list_drafts(home: Home, person: Any = None, *, pending_only: bool = True) -> list[dict[str, Any]]:
+    """`tickets drafts`: the 督办单 drafted from red cards here (``[tickets] auto_from_red = "draft"``), waiting for a
+    监察员 to confirm or drop them (all of them with ``pending_only=False``)."""
+    from node.app.alerts import all_disposals, catch_up
+
+    store = home.store()
+    catch_up(home, store)
+    with store.read() as conn:
+        states = all_disposals(conn)
+    out = []
+    for alert_id, d in sorted(states.items(), key=lambda kv: str((kv[1].draft or {}).get("at", ""))):
+        dr = d.draft
+        if dr is None or (pending_only and dr["state"] != "pending"):
+            continue
+        if person is not None and not may(person, "tickets.read", Target(codes=(str(dr.get("to") or ""),
+                                                                              str(dr.get("node") or "")))):
+            continue
+        out.append({"alert_id": alert_id, "alert_state": d.state, **dr})
+    return out
+
+
+def confirm_draft(home: Home, auth: dict[str, Any], alert_id: str) -> tuple[Any, str]:
+    """`tickets confirm`: issue the drafted 督办单 of ``alert_id`` in the name of the person (tickets.issue)."""
+    return run_request(home, {"action": "confirm", "alert_id": alert_id, "auth": auth})
+
+
+def drop_draft(home: Home, auth: dict[str, Any], alert_id: str, note: str) -> tuple[Any, str]:
+    """`tickets drop`: the drafted 督办单 of ``alert_id`` is not issued (the alert stays 待处置)."""
+    if not note.strip():
+        raise UsageError("--note is empty", fix="say why no ticket is issued, e.g. --note 已电话督促，无需督办")
+    return run_request(home, {"action": "drop", "alert_id": alert_id, "note": note.strip(), "auth": auth})
+
+
+def _draft_act(ledger: Ledger, desk: TicketDesk, req: dict[str, Any], allow: Any) -> dict[str, Any]:
+    from node.app.alerts import disposals
+    from node.core.ledger import NewRecord
+    from node.features.alerts import disposal as dsp
+    from node.features.cases import index as cix
+    from node.features.worklog import ACTION, action_payload
+
+    alert_id = str(req.get("alert_id") or "")
+    cix.fold_all(ledger.store)  # what this node wrote a moment ago counts (one confirmation, never two)
+    with ledger.store.read() as conn:
+        d = disposals(conn, [alert_id]).get(alert_id)
+    dr = d.draft if d else None
+    if dr is None or dr["state"] != "pending" or dr.get("node") != ledger.code:
+        what = "no draft" if dr is None else f"its draft is {dr['state']}" if dr["state"] != "pending" \
+            else f"its draft is {dr.get('node')}'s"
+        raise dsp.DisposalRefused(f"alert {alert_id}: {what} at {ledger.code}",
+                                  fix="`fednode tickets drafts DIR` lists the drafts waiting here")
+    target = Target(codes=(str(dr["to"]),), what=f"督办单草稿（预警 {alert_id}，致 {dr['to']}）")
+    by = allow("tickets.issue", target)
+    if req["action"] == "confirm":
+        p = desk.issue(to=str(dr["to"]), subject=str(dr["subject"]), body=str(dr.get("body") or ""), actor=by["login"],
+                       by=by, case_nos=list(dr.get("case_nos") or []), alert_ids=[alert_id],
+                       basis=str(dr.get("basis") or ""), rule_id=str(dr.get("rule_id") or ""))
+        return {"ticket": p["ticket"], "to": p["to"], "alert_id": alert_id, "reply_deadline": p["reply_deadline"],
+                "at": p["at"], "by": by}
+    at = lc.format_time(desk.clock())
+    payload = {"alert_id": alert_id, "note": req["note"], "actor": by["login"], "by": by, "at": at,
+               "node": ledger.code, **({"case_no": d.case_no} if d and d.case_no else {})}
+    audit = action_payload(by["login"], "tickets drop", alert_id, {"note": req["note"], "to": dr["to"]},
+                           desk.clock())
+    audit["by"] = by
+    ledger.append([NewRecord(dsp.DRAFT_DROP, payload), NewRecord(ACTION, audit)])
+    return {**payload, "dropped": True}

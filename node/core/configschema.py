@@ -498,6 +498,11 @@ TICKETS = Section("tickets", "督办", "Supervision tickets (督办单) between 
     Key("calendar_overrides", "string", "", "A CSV or TOML file of holidays and 调休 days for the years the "
         "`chinese-calendar` package lacks (relative to the node home); \"\" = none.",
         example="holidays-2027.csv"),
+    Key("auto_from_red", "string", "off", "On a red card (红牌 or 严重违规) about a case, the node whose subtree "
+        "directly holds the responsible unit `draft`s a ticket citing the alert (a 监察员 confirms or drops it: "
+        "`tickets drafts|confirm|drop`) or `issue`s it at once, signed by the node (by = system); one per alert, "
+        "and one open ticket per case (a later red card on it is linked to that ticket); the alert becomes "
+        "已转督办 when the ticket is issued.", zh="红牌自动督办", choices=("off", "draft", "issue")),
 ))
 
 # -- [people] (node.features.people.accounts)

@@ -38,11 +38,12 @@ Supervisor rules (thresholds in ``[stats.supervisors]``, ``node.stats.config.Sup
 |-----------------|---------------|-------------------------------------------------|---------------------------------------|
 | login           | actor         | last action + login_days                        | any later action or visit by that     |
 |                 |               |                                                 | actor                                 |
-| alert_unhandled | alert_id      | alert ``at`` + alert_days                       | an act targets the alert (`alerts     |
-|                 |               |                                                 | handle`), or a ticket names it in     |
-|                 |               |                                                 | ``alert_ids`` (`tickets issue         |
-|                 |               |                                                 | --alert`); looking at it (`alerts     |
-|                 |               |                                                 | show`, also old records of it) is not |
+| alert_unhandled | alert_id      | alert ``at`` (or its reopening) + alert_days    | it is disposed of (``alert.dispose``, |
+|                 |               |                                                 | or a ticket names it in               |
+|                 |               |                                                 | ``alert_ids``: `alerts dispose`,      |
+|                 |               |                                                 | `tickets issue --alert`); a reopened  |
+|                 |               |                                                 | one is open again; looking at it      |
+|                 |               |                                                 | (`alerts show`) is not handling it    |
 | ticket_inactive | ticket number | issue + ticket_days (ticket sent to this node)  | signed for (sign) and replied (reply) |
 
 Per (rule, subject, due) at most one reminder, written when ``now >= due``; then at most one
@@ -199,21 +200,24 @@ def drain_spool(directory: Any, ledger: Any) -> int:
 # Reads: nothing, ever (DESIGN §10: reads are never records).
 READS = frozenset({"users list", "users roles", "whoami",
                    "status", "health", "metrics", "verify", "proof", "quarantine list", "quarantine show",
-                   "calendar show", "adapters list", "pki keys", "check"})
+                   "calendar show", "adapters list", "pki keys", "check", "directory list", "directory show"})
 # The supervisor's desk reads: nothing either, except the first of the day per person (one `visit`).
 VISIT_READS = frozenset({"alerts list", "alerts show", "tickets list", "tickets show", "complaints list",
-                         "complaints show", "stats", "worklog"})
+                         "complaints show", "stats", "worklog", "cases show", "cases list", "tickets drafts"})
 # Acts whose own transaction writes the attributed audit.action (node/features/tickets/desk.py, `alerts handle`).
 SELF_RECORDED = frozenset({"tickets issue", "tickets sign", "tickets reply", "tickets conclude", "tickets return",
                            "tickets extend-request", "tickets extend-grant", "tickets assign",
-                           "tickets assign-result", "complaints register", "alerts handle",
+                           "tickets assign-result", "complaints register", "alerts handle", "alerts dispose",
+                           "alerts reopen", "tickets confirm", "tickets drop",
                            "users add", "users lock", "users unlock", "users disable", "users enable", "users passwd",
                            "login", "logout"})
 # Running the node, or building its home before it has a log of its own to write to.
 NOT_LOGGED = frozenset({"run", "demo", "bench", "completion", "init", "pki init-root", "pki request", "pki install"})
 # Acts recorded by audit_command after they succeed: one audit.action each.
 ACTIONS = frozenset({"ingest", "reconcile", "store copy", "migrate", "export", "quarantine replay", "adapters reset",
-                     "adapters push-token", "calendar import", "pki sign", "pki rotate", "pki revoke"})
+                     "adapters push-token", "calendar import", "pki sign", "pki rotate", "pki revoke",
+                     "directory import"})
+DISPOSAL_ACTIONS = frozenset({"alerts dispose", "alerts reopen"})  # the alert.* records decide, not these
 CLI_SKIP = READS | VISIT_READS | SELF_RECORDED | NOT_LOGGED  # kept for callers of the old name
 _ARG_SKIP = frozenset({"dir", "command", "json", "csv", "func", "actor", "auth", "by", "acting", "person_kind",
                        "as_login", "password_file", "new_password_file"})
@@ -346,6 +350,10 @@ class Facts:
     tickets: dict[str, tuple[datetime, bool]] = field(default_factory=dict)  # to this node: issued, done?
     reminders: dict[tuple[str, str, str], datetime] = field(default_factory=dict)  # (rule, subject, due) -> at
     escalated: set[str] = field(default_factory=set)  # alert_ids of escalations written
+    # disposal (node/features/alerts/disposal.py): disposed alerts are handled; a reopened one is open again,
+    # its time counted from the reopening, whatever was done before
+    disposed_alerts: set[str] = field(default_factory=set)
+    reopened_alerts: dict[str, datetime] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -384,7 +392,11 @@ def _open_items(f: Facts, rules: Any, names: Iterable[str], now: datetime,
     # lists every alert that fell due that day, so a backlog of old alerts cannot flood the control log
     by_day: dict[str, list[tuple[datetime, str]]] = {}
     for alert_id, (at, _div) in sorted(f.alerts.items()):
-        if alert_id in f.acted_targets or alert_id in f.ticketed_alerts:
+        if alert_id in f.disposed_alerts:
+            continue
+        if alert_id in f.reopened_alerts:
+            at = max(at, f.reopened_alerts[alert_id])
+        elif alert_id in f.acted_targets or alert_id in f.ticketed_alerts:
             continue
         due = at + timedelta(days=rules.alert_days)
         by_day.setdefault(due.date().isoformat(), []).append((due, alert_id))
@@ -454,10 +466,12 @@ def _time(v: Any) -> datetime | None:
 def facts_from_records(node: str, records: Iterable[tuple[str, str, Mapping[str, Any]]]) -> Facts:
     """Facts from (kind, writer, payload) of audit.*, alert and ticket.* records held here (pure)."""
     from node.core import codes
+    from node.features.alerts import disposal
     from node.features.tickets import lifecycle
 
     f = Facts(node)
     ticket_events = []
+    disposal_events: list[tuple[str, Mapping[str, Any], str]] = []
     for kind, writer, p in records:
         if kind == ACTION and writer == node:
             at = _time(p.get("at"))
@@ -466,7 +480,7 @@ def facts_from_records(node: str, records: Iterable[tuple[str, str, Mapping[str,
                 f.last_action[actor] = max(at, f.last_action.get(actor, at))
             # looking is not handling: a read recorded by an older version (`alerts show` with its target) does
             # not close an alert; its time still counts as presence above
-            if p.get("target") and str(p.get("action", "")) not in READS | VISIT_READS:
+            if p.get("target") and str(p.get("action", "")) not in READS | VISIT_READS | DISPOSAL_ACTIONS:
                 f.acted_targets.add(str(p["target"]))
         elif kind == REMIND and writer == node:
             at = _time(p.get("at"))
@@ -485,9 +499,19 @@ def facts_from_records(node: str, records: Iterable[tuple[str, str, Mapping[str,
             ticket_events.append((kind, dict(p), writer))
             if kind == "ticket.issue":
                 f.ticketed_alerts.update(str(a) for a in p.get("alert_ids", []) or [])
+                disposal_events.append((kind, p, writer))
+        elif kind.startswith("alert."):
+            disposal_events.append((kind, p, writer))
     for st in lifecycle.project(ticket_events).values():
         if st.to == node and st.issuer != node:
             issued = _time(st.issued_at)
             if issued:
                 f.tickets[st.ticket] = (issued, st.signed_at is not None and st.first_reply_at is not None)
+    for alert_id, d in disposal.project(disposal_events).items():
+        if d.state in disposal.DISPOSED:
+            f.disposed_alerts.add(alert_id)
+        elif d.at and any(h.get("reopened") for h in d.history):
+            reopened = _time(d.at)
+            if reopened:
+                f.reopened_alerts[alert_id] = reopened
     return f

@@ -118,6 +118,7 @@ def ticket_from_complaint(
         sign_days=sign_days,
         reply_deadline=due,
         complaint_no=no,
+        case_nos=[str(complaint["case_no"])] if complaint.get("case_no") else [],
         deadline_fn=deadline_fn,
     )
 

@@ -69,7 +69,9 @@ _CONFIG_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "escalate_after_days": ((int, float), "working days after a reminder before escalating, e.g. 1"),
     "check_interval_s": ((int, float), "seconds between deadline checks, e.g. 60"),
     "calendar_overrides": (str, "a CSV or TOML file of holidays/调休 for years chinese-calendar lacks"),
+    "auto_from_red": (str, 'what a red card does: "off", "draft" or "issue"'),
 }
+AUTO_FROM_RED = ("off", "draft", "issue")
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,7 @@ class TicketsConfig:
     escalate_after_days: float = lc.DEFAULT_ESCALATE_AFTER_DAYS
     check_interval_s: float = 60.0
     calendar_overrides: str = ""
+    auto_from_red: str = "off"  # off | draft | issue (node/runtime/services/alerts.py)
 
     @classmethod
     def from_section(cls, section: dict[str, Any], *, source: str, base: Path) -> TicketsConfig:
@@ -92,6 +95,8 @@ class TicketsConfig:
             if not isinstance(value, typ) or isinstance(value, bool) or (
                     isinstance(value, int | float) and value <= 0):
                 raise ConfigError(f"{source}: [tickets] {key} = {value!r} is invalid", fix=fix)
+            if key == "auto_from_red" and value not in AUTO_FROM_RED:
+                raise ConfigError(f"{source}: [tickets] auto_from_red = {value!r} is invalid", fix=fix)
             values[key] = value
         if values.get("calendar_overrides"):
             p = Path(values["calendar_overrides"])
@@ -254,7 +259,10 @@ class TicketDesk:
     def issue(self, *, to: str, subject: str, body: str = "", actor: str = "operator", by: dict[str, Any] | None = None,
               case_nos: list[str] | None = None, alert_ids: list[str] | None = None,
               sign_days: float | None = None,
-              reply_days: float | None = None, basis: str = "", rule_id: str = "") -> dict[str, Any]:
+              reply_days: float | None = None, basis: str = "", rule_id: str = "",
+              audit_entry: bool = True) -> dict[str, Any]:
+        """Issue a ticket (and its work-log entry; ``audit_entry=False`` for the node's own tickets, which are
+        no person's act)."""
         proj = self.projection()
         payload = lc.make_issue(
             self.code, self._next_seq(proj), to=to, subject=subject, actor=actor, at=self.clock(),
@@ -266,7 +274,7 @@ class TicketDesk:
         if by:
             payload["by"] = by
         lc.apply(None, lc.ISSUE, payload, writer_code=self.code)  # refusals before anything is written
-        self.ledger.append([NewRecord(lc.ISSUE, payload, dest=to), audit(lc.ISSUE, payload)])
+        self.ledger.append([NewRecord(lc.ISSUE, payload, dest=to)] + ([audit(lc.ISSUE, payload)] if audit_entry else []))
         return payload
 
     def register_complaint(self, complaint: dict[str, Any], *, actor: str = "operator",

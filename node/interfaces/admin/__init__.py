@@ -3,6 +3,7 @@ unpacks the request and calls one function (node.app, or a running service); nod
 imports this package, so every `fednode run` serves them all."""
 
 from node.interfaces.admin import (  # noqa: F401
+    alerts,
     export,
     keys,
     metrics,

@@ -316,8 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
     from node.interfaces.cli import (
         adapters,
         alerts,
+        cases,
         check,
         completion,
+        directory,
         export,
         metrics,
         migrate,
@@ -329,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
         tickets,
     )
 
-    for module in (adapters, alerts, check, completion, export, metrics, migrate, people, pki, reconcile, stats, store, tickets):
+    for module in (adapters, alerts, cases, check, completion, directory, export, metrics, migrate, people, pki, reconcile, stats, store, tickets):
         if hasattr(module, "add_parsers"):
             module.add_parsers(sub, add)
 
@@ -342,35 +344,6 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--markdown", metavar="FILE", help="also write the results page (docs/benchmarks.md)")
     return p
 
-
-
-def _who_acts(args: argparse.Namespace, name: str) -> None:
-    """Set ``args.auth``, ``args.by``, ``args.person_kind`` and ``args.acting`` (a Person): the person acting and whether their roles
-    hold the command's permission (node/app/people.py; the use case checks its target again). The OS
-    operator's own decision needs no store; a refusal is recorded by the node and exits 2."""
-    import os
-
-    from node.app import people
-    from node.features.people.roles import may
-
-    args.auth, args.by, args.person_kind, args.acting = None, None, None, None
-    if name in people.UNGUARDED or not (getattr(args, "dir", None) or os.environ.get("FEDNODE_HOME")):
-        return
-    from node.interfaces.cli.base import auth_of
-
-    home = open_home(args)
-    if not home.enrolled:
-        return  # nothing acts on a home without keys; the command itself says what is missing
-    args.auth = auth_of(args, home)
-    if "os_user" in args.auth:
-        person = people.os_person(home.code, args.auth["os_user"])
-        decision = may(person, people.command_permission(name), None)
-        if decision:
-            args.by, args.person_kind, args.acting = people.stamp(person, decision.role), "os", person
-            return
-    result = people.check_command(home, args.auth, name)
-    args.by, args.person_kind = result["person"], result["kind"]
-    args.acting = people.person_of(result["person"], result["roles"], result["kind"], home.code)
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
@@ -396,3 +369,34 @@ def main(argv: list[str] | None = None) -> int:
     audit_command(args, name, rc)  # the 监察日志 (supervisor work log); never fails the command
     return rc
 
+
+
+def _who_acts(args: argparse.Namespace, name: str) -> None:
+    """Set ``args.auth``, ``args.by``, ``args.person_kind`` and ``args.acting`` (a Person): the person acting and whether their roles
+    hold the command's permission (node/app/people.py; the use case checks its target again). The OS
+    operator's own decision needs no store; a refusal is recorded by the node and exits 2."""
+    import os
+
+    from node.app import people
+    from node.features.people.roles import may
+
+    args.auth, args.by, args.person_kind, args.acting = None, None, None, None
+    if name in people.UNGUARDED or not (getattr(args, "dir", None) or os.environ.get("FEDNODE_HOME")):
+        return
+    if name == "check":  # it validates a node.toml that may not load (or a file given by path): no home to open
+        return
+    from node.interfaces.cli.base import auth_of
+
+    home = open_home(args)
+    if not home.enrolled:
+        return  # nothing acts on a home without keys; the command itself says what is missing
+    args.auth = auth_of(args, home)
+    if "os_user" in args.auth:
+        person = people.os_person(home.code, args.auth["os_user"])
+        decision = may(person, people.command_permission(name), None)
+        if decision:
+            args.by, args.person_kind, args.acting = people.stamp(person, decision.role), "os", person
+            return
+    result = people.check_command(home, args.auth, name)
+    args.by, args.person_kind = result["person"], result["kind"]
+    args.acting = people.person_of(result["person"], result["roles"], result["kind"], home.code)

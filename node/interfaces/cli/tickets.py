@@ -27,7 +27,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from node.app.tickets import act, run_request
+from node.app.tickets import act, confirm_draft, drop_draft, issue, list_drafts, run_request
 from node.features.tickets import lifecycle as lc
 from node.features.tickets.desk import VERBS
 from node.interfaces.cli.base import command, emit, open_home
@@ -39,14 +39,21 @@ def add_parsers(sub: Any, add: Callable[..., argparse.ArgumentParser]) -> None:
     tp = sub.add_parser("tickets", help="supervision tickets (督办): issue, list, show, sign, reply, conclude, return")
     ts = tp.add_subparsers(dest="tickets_command", required=True)
     sp = add("issue", "issue a ticket to a descendant jurisdiction; prints its number", ts)
-    sp.add_argument("--to", required=True, help="target node code, inside this node's subtree")
-    sp.add_argument("--subject", required=True)
-    sp.add_argument("--body", required=True)
+    sp.add_argument("--to", help="target node code, inside this node's subtree (default with --alert: its unit)")
+    sp.add_argument("--subject", help="(default with --alert: the rule and the case)")
+    sp.add_argument("--body", help="(default with --alert: the alert's message)")
     sp.add_argument("--case", action="append", default=[], dest="cases", help="related case number (repeatable)")
     sp.add_argument("--alert", action="append", default=[], dest="alerts",
-                    help="the alert this ticket deals with (repeatable; it counts as handled in the work log)")
+                    help="the alert this ticket deals with (repeatable; it becomes 已转督办; the first one fills in "
+                         "--to, --subject, --body, the case numbers and the basis left out)")
     sp.add_argument("--sign-days", type=float, help="working days to sign for it (default [tickets] sign_days)")
     sp.add_argument("--reply-days", type=float, help="working days to reply (default [tickets] reply_days)")
+    add("drafts", "the tickets drafted from red cards ([tickets] auto_from_red = \"draft\") waiting here", ts)
+    sp = add("confirm", "issue a drafted ticket, in your name (the alert becomes 已转督办)", ts)
+    sp.add_argument("alert_id", help="the alert the draft was made for (`tickets drafts` lists them)")
+    sp = add("drop", "drop a drafted ticket: it is not issued, the alert stays 待处置", ts)
+    sp.add_argument("alert_id")
+    sp.add_argument("--note", required=True, help="why no ticket is issued")
     sp = add("list", "the tickets this node holds, and the records it refused", ts)
     sp.add_argument("--state", choices=list(lc.STATES))
     sp.add_argument("--rejected", action="store_true", help="only the ticket records refused here")
@@ -102,6 +109,7 @@ def add_parsers(sub: Any, add: Callable[..., argparse.ArgumentParser]) -> None:
     sp.add_argument("--to", help="responsible node (default: respondent unit if a code, else this node's division)")
     sp.add_argument("--division", help="division of the complaint (default: this node)")
     sp.add_argument("--no", help="complaint number (default: generated)")
+    sp.add_argument("--case", default="", help="the case (办件编号) the complaint is about: `cases show` lists it")
     add("list", "complaints held here, with their ticket, state and satisfaction", cs)
     sp = add("show", "one complaint and its ticket's timeline", cs)
     sp.add_argument("no")
@@ -110,12 +118,38 @@ def add_parsers(sub: Any, add: Callable[..., argparse.ArgumentParser]) -> None:
 @command("tickets issue")
 def cmd_issue(args: argparse.Namespace) -> int:
     home = open_home(args)
-    result, via = run_request(home, {
+    result, via = issue(home, {
         "action": "issue", "to": args.to, "subject": args.subject, "body": args.body, "case_nos": args.cases,
         "sign_days": args.sign_days, "reply_days": args.reply_days, "auth": args.auth,
         "alert_ids": args.alerts})
     result["via"] = via
     emit(args, result, result["ticket"])
+    return 0
+
+
+@command("tickets drafts")
+def cmd_drafts(args: argparse.Namespace) -> int:
+    rows = list_drafts(open_home(args), args.acting)
+    emit(args, rows, lambda: "\n".join(
+        [f"{'alert':<52}{'to':<12}{'drafted':<27}subject"]
+        + [f"{r['alert_id']:<52}{r.get('to') or '':<12}{r.get('at') or '':<27}{r.get('subject') or ''}" for r in rows]
+        + [f"({len(rows)} draft(s) waiting; `fednode tickets confirm DIR ALERT_ID` issues one)"]))
+    return 0
+
+
+@command("tickets confirm")
+def cmd_confirm(args: argparse.Namespace) -> int:
+    result, via = confirm_draft(open_home(args), args.auth, args.alert_id)
+    result["via"] = via
+    emit(args, result, f"{result['ticket']} (to {result['to']}, for alert {args.alert_id})")
+    return 0
+
+
+@command("tickets drop")
+def cmd_drop(args: argparse.Namespace) -> int:
+    result, via = drop_draft(open_home(args), args.auth, args.alert_id, args.note)
+    result["via"] = via
+    emit(args, result, f"draft for {args.alert_id} dropped by {result['by']['name']} at {result['at']}")
     return 0
 
 
@@ -189,6 +223,8 @@ def show_text(d: dict[str, Any]) -> str:
                          + (f"  ({detail})" if detail and e["event"] != "issue" else ""))
         if d.get("verdict"):
             lines.append(f"  conclusion: {d['verdict']} (score {d['score']}) {d.get('conclusion') or ''}")
+        for a in d.get("alerts") or []:
+            lines.append(f"  alert {a['alert_id']} [{a['state_label']}] {a['message'] or '(not held here)'}")
     for r in d.get("rejected", []):
         lines.append(f"  REFUSED {r['kind']} from {r['writer']}: [{r['code']}] {r['error']}")
     return "\n".join(lines)
@@ -205,6 +241,8 @@ def cmd_complaint_register(args: argparse.Namespace) -> int:
         complaint["complaint_no"] = args.no
     if args.division:
         complaint["division"] = args.division
+    if args.case:
+        complaint["case_no"] = args.case
     req: dict[str, Any] = {"action": "complaint", "complaint": complaint, "to": args.to, "auth": args.auth}
     if args.due:
         complaint["due_at"] = args.due

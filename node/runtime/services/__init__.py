@@ -4,8 +4,20 @@ Rules: a service is an asyncio shell around node.features / node.app work; it ge
 uses rt.db / rt.bg for store work. Imports node.app, node.features, node.link, node.core, adapters.
 """
 
-from node.runtime.services import adapters, desk, exporters, keys, metrics, reconcile, rules, stats, tickets
+from node.runtime.services import (
+    adapters,
+    alerts,
+    cases,
+    desk,
+    exporters,
+    keys,
+    metrics,
+    reconcile,
+    rules,
+    stats,
+    tickets,
+)
 
 # the order node/commands loaded them; the desk last (its pages read what the others keep)
-MODULES = (adapters, rules, metrics, keys, reconcile, stats, tickets, exporters, desk)
+MODULES = (adapters, rules, metrics, keys, reconcile, stats, tickets, cases, alerts, exporters, desk)
 SERVICES = [cls for m in MODULES for cls in m.SERVICES]
