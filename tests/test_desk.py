@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -33,10 +34,10 @@ from tests.faultlib import wait_for
 pytestmark = pytest.mark.slow
 
 XSS = "<script>alert('x')</script><img src=x onerror=alert(1)>整改\"'"
-PAGES = ["/", "/alerts", "/tickets", "/tickets/new", "/complaints", "/stats", "/stats.csv", "/worklog", "/status",
+PAGES = ["/", "/alerts", "/tickets", "/tickets/new", "/complaints", "/cases", "/cases/3203032026", "/stats", "/stats.csv", "/worklog", "/status",
          "/tickets/320300-000001", "/alerts/anything"]
 APIS = ["/api/v1/whoami", "/api/v1/overview", "/api/v1/alerts", "/api/v1/tickets", "/api/v1/tickets/320300-000001",
-        "/api/v1/complaints", "/api/v1/stats", "/api/v1/worklog", "/api/v1/status"]
+        "/api/v1/complaints", "/api/v1/cases", "/api/v1/cases/3203032026", "/api/v1/stats", "/api/v1/worklog", "/api/v1/status"]
 
 
 @pytest.fixture(scope="module")
@@ -240,24 +241,53 @@ def test_desk_settings_refuse_plain_http_off_loopback(tmp_path: Path) -> None:
     assert tls.tls and tls.url == "https://127.0.0.1:8443/"
 
 
-def test_handling_an_alert_is_recorded_under_the_person_and_refused_out_of_scope(tree: Tree) -> None:
+def test_disposing_of_an_alert_is_recorded_under_the_person_and_refused_out_of_scope(tree: Tree) -> None:
     api = Http(tree.urls["320300"])
     api.api_login("zhang")
-    alert_id = api.get("/api/v1/alerts?level=3&division=320303").json()[0]["alert_id"]
-    path = "/api/v1/alerts/" + alert_id + "/handle"
+    alert_id = api.get("/api/v1/alerts?level=3&division=320303&state=open").json()[0]["alert_id"]
+    base = "/api/v1/alerts/" + alert_id
     other = Http(tree.urls["320300"])
     other.api_login("qian")
-    r = other.post_json(path, {"note": "越权处置"})
+    r = other.post_json(base + "/dispose", {"result": "corrected", "note": "越权处置"})
     assert r.status == 403 and r.json()["code"] == "forbidden"
-    assert other.get("/api/v1/alerts/" + alert_id).status == 403
-    r = api.post_json(path, {"note": "已核实，责成整改"})
+    assert other.get(base).status == 403
+    r = api.post_json(base + "/handle", {"note": "已核实，责成整改"})  # `alerts handle`: 已纠正
     assert r.status == 200 and r.json()["by"]["name"] == "张三", r.text
+    assert api.get(base).json()["state"] == "corrected"
+    time.sleep(1.1)  # acts are ordered by their time in seconds (node/features/alerts/disposal.py rule 4)
     page = signed_in(tree, "320300", "zhang")
-    r = page.post(f"/alerts/{alert_id}/handle", {"note": "页面处置", "csrf": page.csrf("/alerts")})
-    assert r.status == 303 and r.header("Location").endswith("?done=handle")
+    r = page.post(f"/alerts/{alert_id}/reopen", {"note": "复查发现仍未整改", "csrf": page.csrf("/alerts")})
+    assert r.status == 303 and r.header("Location").endswith("?done=reopen"), r.text[:300]
+    time.sleep(1.1)
+    r = page.post(f"/alerts/{alert_id}/dispose", {"result": "false-alarm", "note": "系统时钟误差，核销",
+                                                  "csrf": page.csrf("/alerts")})
+    assert r.status == 303, r.text[:300]
+    assert api.get(base).json()["state"] == "false-alarm"
+    shown = page.get(f"/alerts/{alert_id}").text
+    assert "误报核销" in shown and "张三（监察员，320300）" in shown and "系统时钟误差，核销" in shown
+    assert quote(alert_id) in page.get("/alerts?state=false-alarm&level=3").text
+    assert quote(alert_id) not in page.get("/alerts?state=open&level=3").text
 
     def recorded() -> bool:
         entries = api.get("/api/v1/worklog").json()["entries"]
-        return sum(1 for e in entries if e.get("action") == "alerts handle" and e.get("target") == alert_id
-                   and (e.get("by") or {}).get("name") == "张三") == 2
-    wait_for(recorded, 30, "both handlings are in the work log under 张三")
+        return sum(1 for e in entries if str(e.get("action", "")).startswith("alerts") and e.get("target") == alert_id
+                   and (e.get("by") or {}).get("name") == "张三") == 3
+    wait_for(recorded, 30, "the three acts are in the work log under 张三")
+
+
+def test_cases_of_another_unit_are_refused_and_an_unknown_case_is_404(tree: Tree) -> None:
+    api = Http(tree.urls["320300"])
+    api.api_login("zhang")
+    listed = api.get("/api/v1/cases?limit=5").json()
+    assert listed["total"] > 0 and len(listed["cases"]) == 5
+    case_no = listed["cases"][0]["case_no"]
+    shown = api.get(f"/api/v1/cases/{case_no}").json()
+    assert shown["case_no"] == case_no and shown["division"] == "320303"
+    other = Http(tree.urls["320300"])
+    other.api_login("qian")
+    assert other.get("/api/v1/cases").json()["total"] == 0
+    assert other.get(f"/api/v1/cases/{case_no}").status == 403
+    page = signed_in(tree, "320300", "qian")
+    assert page.get(f"/cases/{case_no}").status == 403
+    assert page.get("/cases/320303209912310000000").status == 404
+    assert api.get("/api/v1/cases/NO-SUCH-CASE").status == 404

@@ -105,6 +105,10 @@ def test_red_card_to_ticket_to_conclusion_seen_by_the_province(tree: Tree) -> No
             ticket = re.search(r"/tickets/([^?]+)", zhang.url).group(1)  # type: ignore[union-attr]
             assert zhang.inner_text("[data-testid=ticket-state]") == "已签发"
             b.shot(zhang, "05-city-ticket-issued")
+            alert_id = zhang.locator("a[href^='/alerts/']").first.inner_text()
+            zhang.goto(f"{city}/alerts/{alert_id}")
+            assert zhang.inner_text("[data-testid=alert-state]") == "已转督办"  # the ticket cites it
+            assert ticket in zhang.inner_text("main")
 
             # -- the county's 部门监察 signs for it and replies ---------------------------------------------
             wang_api = api_as(tree, "320303", "wang")
@@ -146,6 +150,17 @@ def test_red_card_to_ticket_to_conclusion_seen_by_the_province(tree: Tree) -> No
             assert zhao.inner_text("[data-testid=ticket-state]") == "已办结"
             assert not zhao.locator("[data-testid=actions]").count(), "the province may not act on the city's ticket"
             b.shot(zhao, "09-province-history")
+
+            # -- the case seen whole, with its alerts and the ticket ---------------------------------------
+            case_no = zhao_api.get(f"/api/v1/tickets/{ticket}").json()["case_nos"][0]
+            zhao.goto(province + "/cases")
+            zhao.fill("[data-testid=case-search] input[name=no]", case_no)
+            zhao.click("[data-testid=case-search] button[type=submit]")
+            zhao.wait_for_selector("[data-testid=case-timeline]")
+            assert ticket in zhao.inner_text("main") and "受理" in zhao.inner_text("[data-testid=case-timeline]")
+            b.shot(zhao, "17-province-case")
+            zhao.goto(province + "/cases?state=超期办结")
+            b.shot(zhao, "18-province-cases")
 
             # -- the other pages, as the province sees them ---------------------------------------------
             zhao.goto(province + "/")

@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from node.app import alerts as app_alerts
+from node.app import cases as app_cases
 from node.app import desk as app_desk
 from node.app import tickets as app_tickets
 from node.app.people import stamp
@@ -78,26 +79,34 @@ async def alerts(request: Request, s: Session) -> Response:
     q = request.query_params
     app_desk.require(s.person, "alerts.read")
     level = q.get("level")
-    rows = await desk.read(app_alerts.list_alerts, desk.home, level=int(level) if level and level.isdigit() else None,
-                           rule=q.get("rule") or None, division=q.get("division") or None, case=q.get("case") or None,
-                           limit=int(q.get("limit") or 500) if (q.get("limit") or "500").isdigit() else 500,
-                           person=s.person)
-    return ok([a.as_dict() for a in rows])
+    return ok(await desk.read(app_alerts.list_alert_rows, desk.home,
+                              level=int(level) if level and level.isdigit() else None, rule=q.get("rule") or None,
+                              division=q.get("division") or None, case=q.get("case") or None,
+                              limit=int(q.get("limit") or 500) if (q.get("limit") or "500").isdigit() else 500,
+                              person=s.person, state=q.get("state") or None))
 
 
 @api
 async def alert(request: Request, s: Session) -> Response:
     desk = desk_of(request)
-    copies = await desk.read(app_alerts.find_alert, desk.home, request.path_params["alert_id"], s.person)
-    return ok([a.as_dict() for a in copies])
+    return ok(await desk.read(app_alerts.show_alert, desk.home, request.path_params["alert_id"], s.person))
 
 
 @api
-async def alert_handle(request: Request, s: Session) -> Response:
+async def alert_act(request: Request, s: Session) -> Response:
+    """POST .../dispose {result: corrected|false-alarm|ticket, note, ticket?}, .../reopen {note},
+    .../handle {note} (已纠正)."""
     desk = desk_of(request)
     body = await _body(request)
-    return ok(await desk.read(app_alerts.handle_alert, desk.home, s.auth, request.path_params["alert_id"],
-                              str(body.get("note", ""))))
+    alert_id, act, note = request.path_params["alert_id"], request.path_params["act"], str(body.get("note", ""))
+    if act == "reopen":
+        return ok(await desk.read(app_alerts.reopen_alert, desk.home, s.auth, alert_id, note))
+    if act == "handle":
+        return ok(await desk.read(app_alerts.handle_alert, desk.home, s.auth, alert_id, note))
+    if act == "dispose":
+        return ok(await desk.read(app_alerts.dispose_alert, desk.home, s.auth, alert_id, str(body.get("result", "")),
+                                  note, ticket=str(body.get("ticket", ""))))
+    raise UsageError(f"unknown alert act {act!r}", fix="dispose, reopen or handle")
 
 
 @api
@@ -143,6 +152,28 @@ async def complaints(request: Request, s: Session) -> Response:
 
 
 @api
+async def cases(request: Request, s: Session) -> Response:
+    desk = desk_of(request)
+    q = request.query_params
+    app_desk.require(s.person, "cases.read")
+
+    def number(name: str, default: int) -> int:
+        v = q.get(name) or ""
+        return int(v) if v.isdigit() else default
+
+    return ok(await desk.read(app_cases.list_cases, desk.home, dept=q.get("dept") or "", item=q.get("item") or "",
+                              state=q.get("state") or "", handler=q.get("handler") or "",
+                              since=q.get("since") or "", offset=number("offset", 0), limit=number("limit", 50),
+                              person=s.person))
+
+
+@api
+async def case(request: Request, s: Session) -> Response:
+    desk = desk_of(request)
+    return ok(await desk.read(app_cases.show_case, desk.home, request.path_params["case_no"], s.person))
+
+
+@api
 async def stats(request: Request, s: Session) -> Response:
     desk = desk_of(request)
     q = request.query_params
@@ -174,13 +205,15 @@ def routes() -> list[Route]:
         Route(f"{p}/whoami", whoami, methods=["GET"]),
         Route(f"{p}/overview", overview, methods=["GET"]),
         Route(f"{p}/alerts", alerts, methods=["GET"]),
-        Route(f"{p}/alerts/{{alert_id:path}}/handle", alert_handle, methods=["POST"]),
+        Route(f"{p}/alerts/{{alert_id:path}}/{{act:str}}", alert_act, methods=["POST"]),
         Route(f"{p}/alerts/{{alert_id:path}}", alert, methods=["GET"]),
         Route(f"{p}/tickets", tickets, methods=["GET"]),
         Route(f"{p}/tickets", ticket_issue, methods=["POST"]),
         Route(f"{p}/tickets/{{ticket}}", ticket, methods=["GET"]),
         Route(f"{p}/tickets/{{ticket}}/{{verb}}", ticket_act, methods=["POST"]),
         Route(f"{p}/complaints", complaints, methods=["GET"]),
+        Route(f"{p}/cases", cases, methods=["GET"]),
+        Route(f"{p}/cases/{{case_no}}", case, methods=["GET"]),
         Route(f"{p}/stats", stats, methods=["GET"]),
         Route(f"{p}/worklog", worklog, methods=["GET"]),
         Route(f"{p}/status", status, methods=["GET"]),

@@ -27,6 +27,9 @@ RULES = {"case_time": "办件超时", "step_time": "环节超时", "special_time
          "risk_evidence": "风险点未采取预控措施", "major": "重大事项", "calendar_year_missing": "工作日历缺年份",
          "ticket.escalate": "督办逾期上报", "alert_unhandled": "预警未处置", "login": "未定期登录",
          "ticket_inactive": "督办未落实"}
+ALERT_STATES = {"open": "待处置", "disposed": "已处置", "corrected": "已纠正", "false-alarm": "误报核销",
+                "ticket": "已转督办"}
+DISPOSALS = {"corrected": "已纠正", "false-alarm": "误报核销（须说明理由）"}
 ERROR_TITLES = {400: "操作未完成", 403: "无权操作", 404: "未找到", 409: "当前状态不允许此操作", 503: "节点暂不可用"}
 ACTIONS = {"login": "登录", "logout": "退出", "login failed": "登录失败", "refused": "越权被拒", "visit": "查看",
            "alerts handle": "处置预警", "quarantine replay": "隔离区重放", "ticket.issue": "签发督办",
@@ -35,7 +38,7 @@ ACTIONS = {"login": "登录", "logout": "退出", "login failed": "登录失败"
            "ticket.extend_request": "申请延期", "ticket.extend_grant": "批准延期",
            "complaint.register": "登记投诉", "users add": "添加用户", "users lock": "锁定用户",
            "users unlock": "解锁用户", "users disable": "停用用户", "users enable": "启用用户",
-           "users passwd": "修改口令"}
+           "users passwd": "修改口令", "alerts dispose": "处置预警", "alerts reopen": "重新打开预警"}
 
 
 def when(text: Any) -> str:
@@ -97,18 +100,51 @@ def detail(d: Any, event: str = "") -> list[tuple[str, str]]:
     return out
 
 
+CASE_FIELDS = {"applicant_type": "申请人类型", "applicant_name": "申请人", "applicant_id": "证件号码", "materials": "材料",
+               "channel_code": "渠道", "assigned": "市政府交办", "accepted": "受理", "case_kind": "办件类型",
+               "promised_at": "承诺办结", "notice_no": "通知序号", "issuer": "通知人", "at": "时间", "reason": "理由",
+               "result_code": "办结结果", "kind": "种类", "approver": "批准人", "start": "开始", "end": "结束",
+               "approved_days": "批准天数", "fee": "收费", "certificate_name": "证照", "certificate_no": "证照号",
+               "satisfaction": "满意度", "refuse_reason": "不予受理理由", "accepted_at": "补正受理", "amount": "金额",
+               "department": "部门", "how": "方式", "who": "领取人"}
+_CASE_VALUES = {"channel_code": {"1": "窗口", "2": "网上", "3": "移动端", "4": "快递", "9": "其他"},
+                "case_kind": {"1": "即办件", "2": "承诺件"},
+                "result_code": {"0": "出证办结", "1": "退回", "2": "作废", "3": "删除", "5": "补正不来办结", "6": "准予许可",
+                                "7": "不予许可"},
+                "satisfaction": SATISFACTION, "kind": {"1": "延长审批", "2": "其他特别程序"}}
+
+
+def case_fields(d: Any, skip: Any = ()) -> list[tuple[str, str]]:
+    """A case event's fields as (label, text) in Chinese."""
+    out = []
+    for k, v in (d or {}).items():
+        if k in skip or v in (None, "", [], {}):
+            continue
+        if isinstance(v, bool):
+            v = "是" if v else "否"
+        elif isinstance(v, list | tuple):
+            v = "、".join(str(x) for x in v)
+        elif k in _CASE_VALUES:
+            v = _CASE_VALUES[k].get(str(v), v)
+        elif isinstance(v, str) and len(v) >= 19 and v[4] == "-" and "T" in v:
+            v = when(v)
+        out.append((CASE_FIELDS.get(k) or str(k), str(v)))
+    return out
+
+
 def who_or_system(by: Any, actor: Any = "") -> str:
     return "系统（自动）" if actor == "system" and not by else who(by, actor)
 
 
 def install(env: jinja2.Environment) -> None:
     env.filters.update(
-        when=when, when_us=when_us, who=who_or_system, detail=detail,
+        when=when, when_us=when_us, who=who_or_system, detail=detail, case_fields=case_fields,
         ticket_state=lambda s: TICKET_STATES.get(s, s),
         event=lambda e: EVENTS.get(e, e),
         verb=lambda v: VERBS.get(v, v),
         verdict=lambda v: VERDICTS.get(v, v or "—"),
         satisfaction=lambda v: SATISFACTION.get(str(v), v or "—"),
+        alert_state=lambda v: ALERT_STATES.get(v, v or "待处置"),
         level=lambda n: LEVEL_NAMES.get(int(n or 0), str(n)),
         rule=lambda r: RULES.get(r, r),
         link_state=lambda s: LINK_STATES.get(s, s),

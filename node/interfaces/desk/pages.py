@@ -6,16 +6,18 @@ the use cases (and by ``app.desk.require`` before a page that only lists); nothi
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from node.app import alerts as app_alerts
+from node.app import cases as app_cases
 from node.app import desk as app_desk
 from node.app import tickets as app_tickets
 from node.core.errors import FednodeError, UsageError
+from node.features.cases.view import STATES as CASE_STATES
 from node.features.people.roles import may
 from node.features.stats import report
 from node.interfaces.desk import labels
@@ -118,33 +120,37 @@ async def alerts(request: Request, s: Session) -> Response:
     desk = desk_of(request)
     q = request.query_params
     app_desk.require(s.person, "alerts.read")
-    rows = await desk.read(app_alerts.list_alerts, desk.home, level=_int(q.get("level"), "级别"),
+    rows = await desk.read(app_alerts.list_alert_rows, desk.home, level=_int(q.get("level"), "级别"),
                            rule=q.get("rule") or None, division=(q.get("division") or "").strip() or None,
-                           case=(q.get("case") or "").strip() or None, limit=500, person=s.person)
+                           case=(q.get("case") or "").strip() or None, limit=500, person=s.person,
+                           state=q.get("state") or None)
     return await render(request, "alerts.html", {"title": "预警纠错", "rows": list(reversed(rows)), "q": q,
-                                                 "rules": labels.RULES}, session=s)
+                                                 "rules": labels.RULES, "states": labels.ALERT_STATES}, session=s)
 
 
 @page
 async def alert(request: Request, s: Session) -> Response:
     desk = desk_of(request)
     alert_id = request.path_params["alert_id"]
-    copies = await desk.read(app_alerts.find_alert, desk.home, alert_id, s.person)
-    a = copies[0]
+    data = await desk.read(app_alerts.show_alert, desk.home, alert_id, s.person)
     return await render(request, "alert.html", {
-        "title": f"预警 {alert_id}", "a": a, "p": a.payload, "copies": copies,
-        "may_handle": bool(may(s.person, "alerts.handle", app_alerts.alert_target(a))),
-        "may_issue": bool(may(s.person, "tickets.issue")), "done": request.query_params.get("done"),
+        "title": f"预警 {alert_id}", "d": data, "results": labels.DISPOSALS,
+        "may_handle": bool(may(s.person, "alerts.handle")), "may_issue": bool(may(s.person, "tickets.issue")),
+        "done": request.query_params.get("done"),
     }, session=s)
 
 
 @page
-async def alert_handle(request: Request, s: Session) -> Response:
+async def alert_dispose(request: Request, s: Session) -> Response:
     desk = desk_of(request)
     alert_id = request.path_params["alert_id"]
     form = await request.form()
-    await desk.read(app_alerts.handle_alert, desk.home, s.auth, alert_id, str(form.get("note") or ""))
-    return RedirectResponse(f"/alerts/{quote(alert_id)}?done=handle", status_code=303)
+    note = str(form.get("note") or "").strip()
+    if request.path_params["act"] == "reopen":
+        await desk.read(app_alerts.reopen_alert, desk.home, s.auth, alert_id, note)
+    else:
+        await desk.read(app_alerts.dispose_alert, desk.home, s.auth, alert_id, str(form.get("result") or ""), note)
+    return RedirectResponse(f"/alerts/{quote(alert_id)}?done={request.path_params['act']}", status_code=303)
 
 
 # ---- 督查督办 ----------------------------------------------------------------------------------------------------------
@@ -267,6 +273,36 @@ async def complaint_register(request: Request, s: Session) -> Response:
     return RedirectResponse(f"/tickets/{quote(result['ticket'])}?done=complaint", status_code=303)
 
 
+# ---- 办件查询 ------------------------------------------------------------------------------------------------------------
+
+
+@page
+async def cases(request: Request, s: Session) -> Response:
+    desk = desk_of(request)
+    q = request.query_params
+    no = (q.get("no") or "").strip()
+    if no:
+        return RedirectResponse(f"/cases/{quote(no)}", status_code=303)
+    app_desk.require(s.person, "cases.read")
+    offset = _int(q.get("offset"), "起始") or 0
+    data = await desk.read(app_cases.list_cases, desk.home, dept=q.get("dept") or "", item=q.get("item") or "",
+                           state=q.get("state") or "", handler=q.get("handler") or "", since=q.get("since") or "",
+                           offset=max(offset, 0), limit=50, person=s.person)
+    more = {k: v for k, v in q.items() if k != "offset" and v}
+    return await render(request, "cases.html", {
+        "title": "办件查询", "data": data, "q": q, "states": CASE_STATES,
+        "next": f"/cases?{urlencode({**more, 'offset': offset + 50})}" if offset + 50 < data["total"] else "",
+        "prev": f"/cases?{urlencode({**more, 'offset': max(offset - 50, 0)})}" if offset > 0 else "",
+    }, session=s)
+
+
+@page
+async def case(request: Request, s: Session) -> Response:
+    desk = desk_of(request)
+    data = await desk.read(app_cases.show_case, desk.home, request.path_params["case_no"], s.person)
+    return await render(request, "case.html", {"title": f"办件 {data['case_no']}", "c": data}, session=s)
+
+
 # ---- 统计与绩效 ---------------------------------------------------------------------------------------------------------
 
 
@@ -359,7 +395,7 @@ def routes() -> list[Route]:
         Route("/logout", logout, methods=["POST"]),
         Route("/", overview, methods=["GET"]),
         Route("/alerts", alerts, methods=["GET"]),
-        Route("/alerts/{alert_id:path}/handle", alert_handle, methods=["POST"]),
+        Route("/alerts/{alert_id:path}/{act:str}", alert_dispose, methods=["POST"]),
         Route("/alerts/{alert_id:path}", alert, methods=["GET"]),
         Route("/tickets", tickets, methods=["GET"]),
         Route("/tickets", ticket_issue, methods=["POST"]),
@@ -368,6 +404,8 @@ def routes() -> list[Route]:
         Route("/tickets/{ticket}/{verb}", ticket_act, methods=["POST"]),
         Route("/complaints", complaints, methods=["GET"]),
         Route("/complaints", complaint_register, methods=["POST"]),
+        Route("/cases", cases, methods=["GET"]),
+        Route("/cases/{case_no}", case, methods=["GET"]),
         Route("/stats", stats, methods=["GET"]),
         Route("/stats.csv", stats_csv, methods=["GET"]),
         Route("/stats/report.html", stats_html, methods=["GET"]),

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib.util
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -156,14 +155,10 @@ NAV = (
 )
 
 
-# the case pages need node/app/cases.py (issue 25); without it the menu does not offer them
-CASES = importlib.util.find_spec("node.app.cases") is not None
-
-
 def nav_of(person: Person, path: str) -> list[dict[str, Any]]:
     out = []
     for href, label, permission in NAV:
-        if (permission and not may(person, permission)) or (href == "/cases" and not CASES):
+        if (permission and not may(person, permission)):
             continue
         active = path == href if href == "/" else path.startswith(href)
         out.append({"href": href, "label": label, "active": active})
