@@ -542,10 +542,12 @@ def test_background_services_give_way_only_to_links_that_are_moving_records() ->
     up = LinkState("320300", "up", state="connected")
     rt = SimpleNamespace(links={"320300": up})
     busy = [NodeRuntime.links_busy(rt)]  # type: ignore[arg-type]  # connected, nothing moved yet
-    up.last_out_us = now_us()
+    up.last_records_us = now_us()  # a batch sent or applied
     busy.append(NodeRuntime.links_busy(rt))  # type: ignore[arg-type]
-    up.last_out_us = now_us() - 5_000_000
+    up.last_records_us = now_us() - 5_000_000
     busy.append(NodeRuntime.links_busy(rt))  # type: ignore[arg-type]
-    up.last_in_us = now_us()
+    up.last_in_us = up.last_out_us = now_us()  # a child's report and its ack: not records moving
     busy.append(NodeRuntime.links_busy(rt))  # type: ignore[arg-type]
-    assert busy == [False, True, False, True]
+    up.last_records_us = now_us()
+    busy.append(NodeRuntime.links_busy(rt))  # type: ignore[arg-type]
+    assert busy == [False, True, False, False, True]
