@@ -15,23 +15,26 @@ Rules of this module:
 
 from __future__ import annotations
 
-from collections import defaultdict
+import weakref
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import func, select
+
 from node.app import people
 from node.app import stats as app_stats
-from node.app.alerts import alert_target
 from node.app.quarantine import quarantine_request
 from node.app.tickets import ticket_target
+from node.core import schema as t
 from node.core.calendar import CST
 from node.core.codes import is_code, strictly_within, within
 from node.core.home import Home
 from node.core.ledger import Ledger, NewRecord
+from node.core.schema import cases as ci
+from node.core.schema import stats as sts
 from node.core.store import Store
 from node.features.people.accounts import LoginPolicy
 from node.features.people.roles import Person, Target, may
-from node.features.rules.alerts import read_alerts
 from node.features.stats import query
 from node.features.stats.config import StatsConfig
 from node.features.tickets import lifecycle as lc
@@ -109,42 +112,106 @@ def _overdue(st: lc.TicketState, now: datetime) -> str:
 
 def overview(store: Store, code: str, person: Person, status: dict[str, Any] | None,
              now: datetime | None = None, index: HeldIndex | None = None) -> dict[str, Any]:
-    """总览: alerts by unit and level (today's and all), open and overdue tickets, the subtree's links;
-    each part only when the person may read it, and only inside their scope."""
+    """总览: alerts by unit and level (today's and all), open and overdue tickets (the first
+    ``OVERDUE_LIMIT`` overdue, oldest first, and ``overdue_total``), the subtree's links; each part only
+    when the person may read it, and only inside their scope.
+
+    Bounded work per request, whatever the number of alerts held: the alerts are the counters the
+    statistics projection keeps (stats_alert_counts: one row per day, division and level, and per
+    division and level in all), read for today and in all, plus the alerts of the person's own cases
+    (the case index by handler), for ``may()``'s rule that nobody reads their own case's alert unless the
+    table grants it as their own. The tickets are the desk's HeldIndex, projected again only when a
+    ticket record arrived."""
     now = now or people.now_cst()
     today = now.astimezone(CST).date().isoformat()
     out: dict[str, Any] = {"node": code, "today": today, "person": people.stamp(person)}
     if may(person, "alerts.read"):
-        units: dict[str, dict[str, Any]] = defaultdict(lambda: {"today": [0, 0, 0, 0], "all": [0, 0, 0, 0]})
-        for a in read_alerts(store):
-            if not may(person, "alerts.read", alert_target(a)):
-                continue
-            level = int(a.payload.get("level", 0) or 0)
-            if not 1 <= level <= 4:
-                continue
-            u = units[str(a.payload.get("division") or a.origin)]
-            u["all"][level - 1] += 1
-            if _day_of_us(a.time_us) == today:
-                u["today"][level - 1] += 1
-        out["alerts"] = [{"division": d, **v} for d, v in sorted(units.items())]
+        out["alerts"] = _alerts_by_unit(store, person, today)
     if may(person, "tickets.read"):
-        proj, _held = project_store(store, index)
+        proj = _projection(store, index)
         visible = [st for st in proj.tickets.values() if may(person, "tickets.read", ticket_target(st, ""))]
         overdue = []
-        for st in sorted(visible, key=lambda s: s.issued_at):
+        for st in visible:
             which = _overdue(st, now)
             if which:
-                overdue.append({**summary(st), "overdue": which})
+                overdue.append((st, which))
+        overdue.sort(key=lambda x: x[0].issued_at)
         out["tickets"] = {
             "open": sum(1 for st in visible if st.state in OPEN),
             "inbox": sum(1 for st in visible if st.state in OPEN and within(st.to, person.scope)
                          and not within(st.issuer, person.scope)),
             "outbox": sum(1 for st in visible if st.state in OPEN and within(st.issuer, person.scope)),
-            "overdue": overdue,
+            "overdue": [{**summary(st), "overdue": which} for st, which in overdue[:OVERDUE_LIMIT]],
+            "overdue_total": len(overdue),
         }
     if may(person, "node.read"):
         out["links"] = [r for r in links_of(status) if within(r["node"], person.scope) or within(person.scope, r["node"])]
     return out
+
+
+OVERDUE_LIMIT = 50  # overdue tickets listed on the overview (``overdue_total`` counts them all)
+
+
+def _alerts_by_unit(store: Store, person: Person, today: str) -> list[dict[str, Any]]:
+    """[{division, today: [4 levels], all: [4 levels]}] of the alerts the person may read."""
+    ac = sts.alert_counts.c
+    counts: dict[str, dict[str, list[int]]] = {}  # division -> {"today"|"all": [n per level]}
+    mine: dict[str, dict[str, list[int]]] = {}  # the same, of the alerts on the person's own cases
+    handlers = [h[:128] for h in {person.login, person.name} if h]
+    with store.read() as conn:
+        for day, division, level, n in conn.execute(
+                select(ac.day, ac.division, ac.level, ac.n).where(ac.day.in_(("", today)))):
+            if 1 <= int(level) <= 4:
+                _bump(counts, str(division), "all" if day == "" else "today", int(level), int(n))
+        if handlers:
+            h, a, al = ci.index.alias("h"), ci.index.alias("a"), sts.alerts
+            own_cases = select(h.c.case_no).where(h.c.handler.in_(handlers))  # ix_cases_index_handler
+            q = (select(al.c.division, al.c.level, func.min(t.records.c.time_us))
+                 .select_from(a.join(al, al.c.alert_id == a.c.ref)
+                              .outerjoin(t.records, t.records.c.local_seq == a.c.local_seq))
+                 # no condition on a.kind: SQLite would then walk every alert by ix_cases_index_kind; the
+                 # join keeps the alerts (and alert.* records, the alert record being the earliest)
+                 .where(a.c.case_no.in_(own_cases))
+                 .group_by(al.c.alert_id, al.c.division, al.c.level))
+            for division, level, time_us in conn.execute(q):
+                if 1 <= int(level) <= 4:
+                    _bump(mine, str(division), "all", int(level), 1)
+                    if time_us is not None and _day_of_us(int(time_us)) == today:
+                        _bump(mine, str(division), "today", int(level), 1)
+    out = []
+    for division in sorted(counts):
+        others = may(person, "alerts.read", Target(codes=(division,), what=f"{division} 的预警"))
+        own = may(person, "alerts.read", Target(codes=(division,), handler=person.login, what=f"{division} 的预警"))
+        row: dict[str, Any] = {"division": division}
+        for part in ("today", "all"):
+            total = counts[division].get(part, [0, 0, 0, 0])
+            m = mine.get(division, {}).get(part, [0, 0, 0, 0])
+            row[part] = [(max(n - k, 0) if others else 0) + (min(k, n) if own else 0) for n, k in zip(total, m, strict=True)]
+        if any(row["all"]) or any(row["today"]):
+            out.append(row)
+    return out
+
+
+def _bump(into: dict[str, dict[str, list[int]]], division: str, part: str, level: int, n: int) -> None:
+    into.setdefault(division, {}).setdefault(part, [0, 0, 0, 0])[level - 1] += n
+
+
+_PROJECTED: weakref.WeakKeyDictionary[HeldIndex, tuple[int, lc.Projection]] = weakref.WeakKeyDictionary()
+
+
+def _projection(store: Store, index: HeldIndex | None) -> lc.Projection:
+    """The tickets held here, projected; with the desk's index, again only when a ticket record arrived
+    (the caller holds the index's lock)."""
+    if index is None:
+        return project_store(store)[0]
+    index.refresh(store)
+    seen = len(index.held)
+    cached = _PROJECTED.get(index)
+    if cached is not None and cached[0] == seen:
+        return cached[1]
+    proj, _held = project_store(store, index)
+    _PROJECTED[index] = (len(index.held), proj)
+    return proj
 
 
 # ---- the units a ticket may go to ------------------------------------------------------------------------------

@@ -226,6 +226,7 @@ def fold_once(store: Store, scope: str, clock: Clock, *, timely_hours: float = 2
 
     items: dict[tuple[str, str], dict[str, Any]] = {}
     alerts: dict[str, dict[str, Any]] = {}
+    alert_days: dict[str, str] = {}  # alert_id -> day of its record (stats_alert_counts)
     tickets: list[dict[str, Any]] = []
     reporting: dict[tuple[str, str, str, str], list[int]] = {}
     case_events: list[tuple[str, dict[str, Any]]] = []
@@ -259,6 +260,8 @@ def fold_once(store: Store, scope: str, clock: Clock, *, timely_hours: float = 2
                     "alert_id": str(p["alert_id"])[:256], "division": division, "dept": dept,
                     "item_code": str(p.get("item_code") or ""), "object": str(p.get("object", ""))[:16],
                     "level": int(p["level"]), "period": month_of(p.get("at")) or "0000-00"}
+                alert_days.setdefault(str(p["alert_id"])[:256],
+                                      datetime.fromtimestamp(c.time_us / 1e6, CST).date().isoformat())
             elif c.kind.startswith("ticket.") and isinstance(p.get("ticket"), str):
                 tickets.append({"ticket": p["ticket"][:128], "kind": c.kind, "writer": c.origin,
                                 "payload": json.dumps(p, ensure_ascii=False, sort_keys=True)})
@@ -293,6 +296,7 @@ def fold_once(store: Store, scope: str, clock: Clock, *, timely_hours: float = 2
             fresh = [a for k, a in alerts.items() if k not in have_ids]
             if fresh:
                 conn.execute(st.alerts.insert(), fresh)
+                _count_alerts(conn, fresh, alert_days)
         if tickets:
             conn.execute(st.ticket_events.insert(), tickets)
         for (division, dept, item_code, month), (n, ok) in reporting.items():
@@ -306,6 +310,21 @@ def fold_once(store: Store, scope: str, clock: Clock, *, timely_hours: float = 2
     res.folded = len(changes)
     res.cursor = changes[-1].local_seq
     return res
+
+
+def _count_alerts(conn: Any, fresh: list[dict[str, Any]], days: dict[str, str]) -> None:
+    """Add alerts new here to stats_alert_counts: per (day, division, level) and in all (day "")."""
+    add: dict[tuple[str, str, int], int] = {}
+    for a in fresh:
+        for day in {"", days.get(a["alert_id"], "")}:
+            key = (day, a["division"], a["level"])
+            add[key] = add.get(key, 0) + 1
+    ac = st.alert_counts.c
+    for (day, division, level), n in add.items():
+        updated = conn.execute(st.alert_counts.update().where(and_(ac.day == day, ac.division == division,
+                                                                    ac.level == level)).values(n=ac.n + n)).rowcount
+        if not updated:
+            conn.execute(st.alert_counts.insert().values(day=day, division=division, level=level, n=n))
 
 
 def _claim(conn: Any, after: int, new: int) -> None:
