@@ -20,6 +20,7 @@ Rules of this module:
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
@@ -53,13 +54,32 @@ def _open_store(home: Home) -> Store:
     return home.store()
 
 
+_THREAD = threading.local()
+
+
+def fold_on_read_at_most(records: int | None) -> None:
+    """On this thread, ``catch_up`` folds only when at most ``records`` of the feed wait to be folded
+    (None: always). The desk's reader threads in a running node set it (node/interfaces/desk/backend.py):
+    the node's services fold a drain's records gently beside the links, and a page must not fold them at
+    full speed in their place (a case search during a 150k-record drain took 9 s folding them, and the
+    drain slowed); a page after a person's own act still sees it, folding those few records."""
+    _THREAD.fold_limit = records
+
+
 def catch_up(home: Home, store: Store) -> None:
     """Bring the projections a read uses up to the change feed: the case index and the statistics tables
     (their copy of the ticket records, indexed by ticket). Each moves its cursor with its rows; a
-    concurrent fold (the running node) is detected and retried."""
+    concurrent fold (the running node) is detected and retried. Bounded on a thread that asked for it
+    (``fold_on_read_at_most``)."""
     from node.app.stats import build_calendar, fold
+    from node.features.stats import projection
     from node.features.stats.config import StatsConfig
 
+    limit = getattr(_THREAD, "fold_limit", None)
+    if limit is not None:
+        high = int(store.get_meta("local_seq", "0") or 0)
+        if high - min(cix.cursor(store), projection.cursor(store)) > limit:
+            return
     cix.fold_all(store)
     fold(store, home.code, build_calendar(home), StatsConfig.of_home(home))
 

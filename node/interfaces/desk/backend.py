@@ -27,6 +27,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from node.app import alerts as app_alerts
 from node.app import people
 from node.app import tickets as app_tickets
 from node.core.errors import FednodeError
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from node.runtime.process import NodeRuntime
 
 T = TypeVar("T")
+FOLD_ON_READ = 2000  # records of the feed a desk read folds itself; more: the node's services fold them
 
 
 class Sessions:
@@ -151,7 +153,9 @@ class Desk:
         self.code = rt.code
         self.name = rt.home.config.name
         self.policy = people.policy_of(rt.home)
-        self.readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="fednode-desk")
+        # reads never fold a drain: the node's services do, gently (node/app/alerts.py fold_on_read_at_most)
+        self.readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="fednode-desk",
+                                          initializer=app_alerts.fold_on_read_at_most, initargs=(FOLD_ON_READ,))
         self.sessions = Sessions(idle_s=settings.idle_minutes * 60)
         self.login_forms = FormTokens()
         self.login_rate = RateLimit()
