@@ -69,7 +69,7 @@ def changed(before: dict[str, Any], after: dict[str, Any]) -> dict[str, list[str
 def reads(d: str, ticket: str, complaint: str, alert_id: str, quarantine_id: int) -> list[list[str]]:
     """Every read command of the issue (and the later read-only ones where this tree has them)."""
     argvs = [
-        ["status", d, "--json"], ["status", d, "--tree"], ["health", d, "--json"], ["metrics", d],
+        ["status", d, "--json"], ["status", d, "--tree"], ["status", d, "--logs"], ["health", d, "--json"], ["metrics", d],
         ["alerts", "list", d, "--json"], ["alerts", "show", d, alert_id],
         ["tickets", "list", d, "--json"], ["tickets", "show", d, ticket],
         ["complaints", "list", d, "--json"], ["complaints", "show", d, complaint],
@@ -261,7 +261,7 @@ def test_reads_at_a_running_county_leave_every_log_unchanged(tmp_path: Path) -> 
         wait_for(quiet, 90, "the tree settled", every=1.0)
         day = datetime.now(auditlog.CST).date()
         before = heads_of(homes)
-        status_before = {c: json.loads(run("status", str(cl.homes[c].dir), "--json")[1]) for c in (COUNTY, CITY)}
+        status_before = {c: json.loads(run("status", str(cl.homes[c].dir), "--json", "--logs")[1]) for c in (COUNTY, CITY)}
         assert logs_of(status_before[COUNTY], COUNTY) == logs_of(status_before[CITY], COUNTY)
         assert {lg["channel"] for lg in logs_of(status_before[COUNTY], COUNTY)} >= {"control", "monitor", "bulk"}
 
@@ -284,7 +284,7 @@ def test_reads_at_a_running_county_leave_every_log_unchanged(tmp_path: Path) -> 
             pytest.skip("the run crossed midnight: the new day's first read is a visit (by design)")
         print(f"\n{len(argvs)} reads x {calls} in-process calls in {took:.1f}s, {calls} scrapes, 4 subprocesses")
         assert changed(before, after) == {}
-        status_after = {c: json.loads(run("status", str(cl.homes[c].dir), "--json")[1]) for c in (COUNTY, CITY)}
+        status_after = {c: json.loads(run("status", str(cl.homes[c].dir), "--json", "--logs")[1]) for c in (COUNTY, CITY)}
         assert logs_of(status_after[COUNTY], COUNTY) == logs_of(status_after[CITY], COUNTY) \
             == logs_of(status_before[COUNTY], COUNTY)
         assert not (cl.homes[COUNTY].dir / auditlog.SPOOL).exists()

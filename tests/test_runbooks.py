@@ -114,7 +114,7 @@ def test_runbooks_1_2_3(tmp_path: Path, procs: Procs) -> None:
     assert js("ingest", county, "--synthetic", "100")["ingested"] == 100  # the smoke test
 
     def synced() -> bool:  # 6. status on both sides: connected, nothing waiting, same seq and head
-        mine, theirs = js("status", county), js("status", city)
+        mine, theirs = js("status", county, "--logs"), js("status", city, "--logs")
         up = [ln for ln in mine["links"] if ln["direction"] == "up"]
         return (bool(up) and up[0]["state"] == "connected" and not up[0]["backlog"]
                 and logs_of(mine, "320303") == logs_of(theirs, "320303"))
@@ -148,7 +148,7 @@ def test_runbooks_1_2_3(tmp_path: Path, procs: Procs) -> None:
             tar.add(county / name, arcname=name)
     assert js("ingest", county, "--synthetic", "200")["ingested"] == 200  # written after the backup
     wait(synced, 60, "the records after the backup at the city")
-    held_by_city = logs_of(js("status", city), "320303")
+    held_by_city = logs_of(js("status", city, "--logs"), "320303")
     procs.stop("320303")
     shutil.rmtree(county)  # the server is lost
 
@@ -159,12 +159,12 @@ def test_runbooks_1_2_3(tmp_path: Path, procs: Procs) -> None:
     shutil.copy(backup / "store.db", restored / "store.db")  # install -m 0600 BACKUP store.db
     os.chmod(restored / "store.db", 0o600)
     (restored / "own-heads.json").unlink(missing_ok=True)
-    behind = logs_of(js("status", restored), "320303")
-    assert behind != held_by_city and js("status", restored)["running"] is False
+    behind = logs_of(js("status", restored, "--logs"), "320303")
+    assert behind != held_by_city and js("status", restored, "--logs")["running"] is False
     procs.start("320303", restored)  # 4.
     # 5. it takes back what it wrote after the backup before it appends anything
-    wait(lambda: js("status", restored).get("recovered") is True, 60, "recovered: true")
-    assert logs_of(js("status", restored), "320303") == held_by_city
+    wait(lambda: js("status", restored, "--logs").get("recovered") is True, 60, "recovered: true")
+    assert logs_of(js("status", restored, "--logs"), "320303") == held_by_city
     p = ok("health", restored, "--wait", "30")
     assert "recovered" in p.stdout
     assert js("ingest", restored, "--synthetic", "10")["ingested"] == 10
@@ -176,5 +176,5 @@ def test_runbooks_1_2_3(tmp_path: Path, procs: Procs) -> None:
 
 def synced_with(county: Path, city: Path) -> Any:
     def check() -> bool:
-        return logs_of(js("status", county), "320303") == logs_of(js("status", city), "320303")
+        return logs_of(js("status", county, "--logs"), "320303") == logs_of(js("status", city, "--logs"), "320303")
     return check

@@ -16,16 +16,70 @@ from node.core.times import iso, iso_us
 # ---- status ---------------------------------------------------------------------------------------------
 
 
-def status(home: Home, *, tree: bool = False, depth: int | None = None, code: str | None = None) -> dict[str, Any]:
+def status(home: Home, *, tree: bool = False, depth: int | None = None, code: str | None = None,
+           logs: bool = False) -> dict[str, Any]:
     """The running node's status (its own links, adapters, services) through its admin socket, else the
-    store's. ``tree``: also the link reports of its subtree, ``depth`` levels down, only ``code``'s branch."""
-    req: dict[str, Any] = {"op": "status", "tree": tree or depth is not None or code is not None}
+    store's. ``tree``: also the link reports of its subtree, ``depth`` levels down, only ``code``'s branch.
+    Per-origin detail (every log held, every acked cursor of a link) only with ``logs`` or ``tree``;
+    otherwise its summary (``shape``), so the answer does not grow with the subtree."""
+    tree = tree or depth is not None or code is not None
+    req: dict[str, Any] = {"op": "status", "tree": tree, "logs": logs}
     if depth is not None:
         req["depth"] = depth
     if code is not None:
         req["code"] = code
-    data: dict[str, Any] = via_node_or_store(home, req, lambda: status_data(home))[0]
+    data: dict[str, Any] = via_node_or_store(home, req, lambda: shape(status_data(home), detail=logs or tree))[0]
     return data
+
+
+# ---- the summary without --logs -------------------------------------------------------------------------
+
+MOST_BEHIND = 5  # streams listed by name in a summary of acked cursors
+
+
+def logs_summary(logs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Counts and totals of the logs held (``status_data``'s ``logs``): origins, logs, records, per channel."""
+    by_channel: dict[str, dict[str, int]] = {}
+    for lg in logs:
+        c = by_channel.setdefault(lg["channel"], {"logs": 0, "records": 0})
+        c["logs"] += 1
+        c["records"] += lg["seq"]
+    return {"origins": len({lg["origin"] for lg in logs}), "logs": len(logs),
+            "records": sum(lg["seq"] for lg in logs), "by_channel": dict(sorted(by_channel.items()))}
+
+
+def acked_summary(acked: list[dict[str, Any]]) -> dict[str, Any]:
+    """A link's acked cursors (each ``{kind, origin, channel, seq, behind}``, ``behind``: records held here
+    the peer has not acknowledged) in a few numbers: streams, acked and behind in all, the worst lag and
+    the ``MOST_BEHIND`` streams most behind."""
+    behind = sorted((a for a in acked if a.get("behind", 0) > 0),
+                    key=lambda a: (-a["behind"], a["origin"], a["channel"], a["kind"]))
+    return {"streams": len(acked), "origins": len({a["origin"] for a in acked}),
+            "acked": sum(a["seq"] for a in acked), "behind": sum(a.get("behind", 0) for a in acked),
+            "streams_behind": len(behind), "worst_behind": behind[0]["behind"] if behind else 0,
+            "most_behind": behind[:MOST_BEHIND]}
+
+
+def shape(data: dict[str, Any], *, detail: bool) -> dict[str, Any]:
+    """``data`` as asked: with ``detail`` as it is; without, ``logs`` keeps this node's own logs and
+    ``logs_summary`` counts every log held, and each link's ``acked`` list becomes ``acked_summary``
+    (the full lists: ``status --logs`` or ``--tree``). Sizes then stay flat however big the subtree."""
+    if detail:
+        return data
+    out = dict(data)
+    own = out["node"]["code"]
+    out["logs_summary"] = logs_summary(out["logs"])
+    out["logs"] = [lg for lg in out["logs"] if lg["origin"] == own]
+    out["links"] = [_link_summary(ln) for ln in out.get("links", [])]
+    return out
+
+
+def _link_summary(link: dict[str, Any]) -> dict[str, Any]:
+    if "acked" not in link:
+        return link
+    out = {k: v for k, v in link.items() if k != "acked"}
+    out["acked_summary"] = acked_summary(link["acked"])
+    return out
 
 
 def subtree(reports: dict[str, Any], depth: int | None = None, code: str | None = None) -> dict[str, Any]:

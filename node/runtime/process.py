@@ -282,7 +282,8 @@ class NodeRuntime:
                 t = streams.oldest_pending_time(self.ledger, stream, st.outbox.cursor(stream).acked)
                 if t:
                     b["oldest_age_s"] = max(b["oldest_age_s"], round((now_us() - t) / 1e6, 1))
-            acked = [{"kind": k, "origin": o, "channel": channel_name(c), "seq": cur.acked}
+            acked = [{"kind": k, "origin": o, "channel": channel_name(c), "seq": cur.acked,
+                      "behind": pending.get((k, o, c), 0)}
                      for (k, o, c), cur in sorted(st.outbox.cursors.items())]
         out = {
             "peer": st.peer, "direction": st.direction, "state": st.state, "since_us": st.since_us,
@@ -295,10 +296,12 @@ class NodeRuntime:
             out["relayed_segments"] = self.relay.hits  # forwarded from children without reading the store
         return out
 
-    def status_sync(self, tree: bool = True, depth: int | None = None, code: str | None = None) -> dict[str, Any]:
+    def status_sync(self, tree: bool = True, depth: int | None = None, code: str | None = None,
+                    logs: bool = True) -> dict[str, Any]:
         """The node's status with its own links; ``tree``: also its subtree's link reports, to ``depth``
-        levels below it, only the branch of ``code`` when given (node.app.status.subtree)."""
-        from node.app.status import status_data, subtree
+        levels below it, only the branch of ``code`` when given (node.app.status.subtree). Without
+        ``logs`` nor ``tree``, per-origin lists summarised (node.app.status.shape)."""
+        from node.app.status import shape, status_data, subtree
 
         data = status_data(self.home)
         data["running"] = True
@@ -313,10 +316,11 @@ class NodeRuntime:
             section = svc.status()
             if section is not None:
                 data[svc.name] = section
-        return data
+        return shape(data, detail=logs or tree)
 
-    async def status(self, tree: bool = True, depth: int | None = None, code: str | None = None) -> dict[str, Any]:
-        return await self.db(self.status_sync, tree, depth, code)
+    async def status(self, tree: bool = True, depth: int | None = None, code: str | None = None,
+                     logs: bool = True) -> dict[str, Any]:
+        return await self.db(self.status_sync, tree, depth, code, logs)
 
     async def link_report(self) -> dict[str, Any]:
         """What we send up: our links, and our children's reports beneath them."""

@@ -12,10 +12,11 @@ if TYPE_CHECKING:
 
 @op("status")
 async def _status(rt: NodeRuntime, req: dict[str, Any]) -> Any:
-    """Own links only unless ``tree`` (then ``depth`` and ``code`` narrow the subtree)."""
+    """Own links only unless ``tree`` (then ``depth`` and ``code`` narrow the subtree); per-origin lists
+    summarised unless ``logs`` or ``tree``."""
     depth = req.get("depth")
     return await rt.status(tree=bool(req.get("tree")), depth=int(depth) if depth is not None else None,
-                           code=str(req["code"]) if req.get("code") else None)
+                           code=str(req["code"]) if req.get("code") else None, logs=bool(req.get("logs")))
 
 
 @op("ingest")

@@ -146,7 +146,7 @@ def cmd_proof(args: argparse.Namespace) -> int:
 
 @command("status")
 def cmd_status(args: argparse.Namespace) -> int:
-    data = status(open_home(args), tree=args.tree, depth=args.depth, code=args.code)
+    data = status(open_home(args), tree=args.tree, depth=args.depth, code=args.code, logs=args.logs)
 
     def human() -> str:
         n = data["node"]
@@ -154,6 +154,9 @@ def cmd_status(args: argparse.Namespace) -> int:
                  f"incidents: {data['incidents']}   quarantine: {data['quarantine']}", "", "logs:"]
         for lg in data["logs"]:
             lines.append(f"  {lg['origin']:<12} {lg['channel']:<8} seq {lg['seq']:>9}  head {lg['head'][:16]}")
+        if "logs_summary" in data:
+            sm = data["logs_summary"]
+            lines.append(f"  共 {sm['origins']} 个来源、{sm['logs']} 条日志、{sm['records']} 条记录（逐条列出：--logs）")
         if data.get("running"):
             lines.append("")
             lines.append(f"{'link':<14}{'dir':<6}{'state':<11}{'since':<26}{'rtt ms':>8}  backlog (records, oldest s)")
@@ -300,6 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--tree", action="store_true", help="every link of the subtree (when running)")
     sp.add_argument("--depth", type=int, metavar="N", help="with the subtree: N levels below this node (implies --tree)")
     sp.add_argument("--code", metavar="CODE", help="with the subtree: only the branch of this node (implies --tree)")
+    sp.add_argument("--logs", action="store_true",
+                    help="every log held and every acked cursor of a link, one by one (default: their summary)")
     sp = add("run", "run the node in the foreground (systemd runs this)")
 
     sp = add("ingest", "append records: files, or --synthetic N generated case events", dir_arg=False)
