@@ -872,3 +872,32 @@ def test_make_issue_defaults() -> None:
         "sign": p["sign_deadline"],
         "reply": p["reply_deadline"],
     }
+
+
+def test_one_writers_records_of_one_kind_in_the_same_instant_keep_their_log_order() -> None:
+    """Two replies around a return, all in the same second (records written before the clock kept
+    microseconds): the writer's seq decides, not the payload's text. Without the seq tie-break the reply
+    whose text sorts first ("A…") would be applied first and the final answer would be the old one."""
+    same = T0 + timedelta(hours=2)
+    history = [
+        (*issue_event(), 1),
+        (*ev("ticket.delivered", T0 + timedelta(minutes=1), TARGET), 1),
+        (*ev("ticket.sign", T0 + timedelta(minutes=2), TARGET), 2),
+        (*ev("ticket.reply", same, TARGET, text="B 第一次答复"), 3),
+        (*ev("ticket.return", same, PROVINCE, reason="不具体"), 2),
+        (*ev("ticket.reply", same, TARGET, text="A 第二次答复"), 4),
+    ]
+    for order in (history, list(reversed(history))):
+        result = project_all(order)
+        assert result.rejected == []
+        st_ = result.tickets[TICKET]
+        assert st_.state == "replied" and st_.reply_text == "A 第二次答复", st_.reply_text
+        assert [e["detail"].get("text") for e in st_.timeline if e["event"] == "ticket.reply"] == \
+            ["B 第一次答复", "A 第二次答复"]
+
+
+def test_the_system_clock_keeps_microseconds() -> None:
+    from node.features.tickets.desk import system_clock
+
+    seen = {system_clock().microsecond for _ in range(50)}
+    assert seen != {0}, "ticket records must carry sub-second times (rule 7)"

@@ -164,9 +164,10 @@ def _item(conn: Any, division: str, item_code: str) -> dict[str, Any] | None:
 def _tickets(conn: Any, tickets: list[str]) -> dict[str, lc.TicketState]:
     if not tickets:
         return {}
-    rows = conn.execute(select(st.ticket_events.c.kind, st.ticket_events.c.payload, st.ticket_events.c.writer)
-                        .where(st.ticket_events.c.ticket.in_(tickets))).all()
-    return lc.project_all([(k, json.loads(p), w) for k, p, w in rows if k in lc.EVENTS]).tickets
+    te = st.ticket_events
+    rows = conn.execute(select(te.c.kind, te.c.payload, te.c.writer, te.c.id).where(te.c.ticket.in_(tickets))).all()
+    # the row id is the arrival order here, which for one writer's records is their order in its log (rule 7)
+    return lc.project_all([(k, json.loads(p), w, int(i)) for k, p, w, i in rows if k in lc.EVENTS]).tickets
 
 
 def _not_held(home: Home, case_no: str, alerts: dict[str, Any]) -> NotHeld:

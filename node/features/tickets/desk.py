@@ -54,7 +54,9 @@ Clock = Callable[[], datetime]
 
 
 def system_clock() -> datetime:
-    return datetime.now(CST).replace(microsecond=0)
+    """Now, in +08:00, with microseconds: two acts on a ticket in the same second keep their order (the
+    projection orders by ``at`` first; lifecycle.py rule 7)."""
+    return datetime.now(CST)
 
 
 class TicketCalendarError(lc.TicketError):
@@ -195,20 +197,20 @@ def project_store(store: Store, index: HeldIndex | None = None) -> tuple[lc.Proj
     index = index or HeldIndex()
     index.refresh(store)
     held = index.of_kind(TICKET_PREFIX)
-    events = [(h.kind, h.payload if isinstance(h.payload, dict) else {"_raw": h.payload}, h.origin)
+    events = [(h.kind, h.payload if isinstance(h.payload, dict) else {"_raw": h.payload}, h.origin, h.seq)
               for h in held]
     return _project_safe(events), held
 
 
-def _project_safe(events: list[lc.Event]) -> lc.Projection:
-    good: list[lc.Event] = []
+def _project_safe(events: list[lc.SeqEvent]) -> lc.Projection:
+    good: list[lc.SeqEvent] = []
     bad: list[lc.Rejection] = []
-    for kind, payload, writer in events:
+    for kind, payload, writer, seq in events:
         if kind not in lc.EVENTS:
             bad.append(lc.Rejection(kind, payload, writer, lc.MalformedTicketEvent.code,
                                     f"unknown ticket event kind {kind!r}"))
         else:
-            good.append((kind, payload, writer))
+            good.append((kind, payload, writer, seq))
     proj = lc.project_all(good)
     proj.rejected[:0] = bad
     return proj

@@ -47,8 +47,11 @@ Rules of this module
    the issuer, so they are accepted even if the target has meanwhile signed or replied (the issuer
    may not have received that yet); ``due_actions`` is the policy that decides when to write them.
 7. Applying the very same record twice is a no-op (``apply`` remembers a fingerprint of every record it
-   applied). ``project`` drops duplicates, orders records deterministically by ``at``, then by the
-   lifecycle rank of the kind, the writer and the canonical payload, and applies them. Clocks of
+   applied). ``project`` drops duplicates, orders records deterministically by ``at`` (written with
+   microseconds), then by the lifecycle rank of the kind, the writer, the record's seq in the writer's log
+   when the caller gives it (``SeqEvent``: two records of one kind by one writer in the same instant keep
+   their write order, e.g. two replies around a return written within one second), and the canonical
+   payload, and applies them. Clocks of
    different nodes disagree, so a record refused as out of order is kept aside and retried after each
    later success: the outcome depends only on the set of records, never on their arrival order.
    Records still refused at the end are returned as ``Rejection``s, never raised: a node's projection
@@ -235,6 +238,7 @@ _TICKET_RE = re.compile(r"^(?P<issuer>.+)-(?P<seq>\d{6,})$")
 
 DeadlineFn = Callable[[datetime, float], datetime]
 Event = tuple[str, dict[str, Any], str]  # (kind, payload, writer_code)
+SeqEvent = tuple[str, dict[str, Any], str, int]  # the same + the record's seq in the writer's log (rule 7)
 
 
 def calendar_days(start: datetime, days: float) -> datetime:
@@ -860,15 +864,22 @@ class Projection:
     rejected: list[Rejection]
 
 
-def _sort_key(kind: str, payload: dict[str, Any], writer: str) -> tuple[datetime, int, str, str]:
-    return (parse_time(payload["at"]), _RANK[kind], writer, canonical(payload))
+SortKey = tuple[datetime, int, str, int, str]
 
 
-def project_all(events: Iterable[Event]) -> Projection:
-    """Every ticket's state from the records held, plus the records refused (rule 7)."""
-    unique: dict[str, Event] = {}
+def _sort_key(kind: str, payload: dict[str, Any], writer: str, seq: int = 0) -> SortKey:
+    return (parse_time(payload["at"]), _RANK[kind], writer, seq, canonical(payload))
+
+
+def project_all(events: Iterable[Event | SeqEvent]) -> Projection:
+    """Every ticket's state from the records held, plus the records refused (rule 7). An event may carry
+    the record's seq in its writer's log as a fourth element: the tie-break of one writer's records of one
+    kind at the same ``at``."""
+    unique: dict[str, tuple[Event, int]] = {}
     rejected: list[Rejection] = []
-    for kind, payload, writer in events:
+    for ev in events:
+        kind, payload, writer = ev[0], ev[1], ev[2]
+        seq = int(ev[3]) if len(ev) > 3 else 0  # type: ignore[misc]
         try:
             fp = fingerprint(kind, payload, writer)
         except (TypeError, ValueError) as e:
@@ -876,17 +887,17 @@ def project_all(events: Iterable[Event]) -> Projection:
                 Rejection(kind, payload, writer, MalformedTicketEvent.code, f"unserialisable: {e}")
             )
             continue
-        unique.setdefault(fp, (kind, payload, writer))
+        unique.setdefault(fp, ((kind, payload, writer), seq))
 
-    by_ticket: dict[str, list[tuple[tuple[datetime, int, str, str], str, Event]]] = {}
-    for fp, (kind, payload, writer) in unique.items():
+    by_ticket: dict[str, list[tuple[SortKey, str, Event]]] = {}
+    for fp, ((kind, payload, writer), seq) in unique.items():
         try:
             _validate(kind, payload)
         except TicketError as e:
             rejected.append(Rejection(kind, payload, writer, e.code, e.message))
             continue
         by_ticket.setdefault(payload["ticket"], []).append(
-            (_sort_key(kind, payload, writer), fp, (kind, payload, writer))
+            (_sort_key(kind, payload, writer, seq), fp, (kind, payload, writer))
         )
 
     tickets: dict[str, TicketState] = {}
