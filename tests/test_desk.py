@@ -291,3 +291,53 @@ def test_cases_of_another_unit_are_refused_and_an_unknown_case_is_404(tree: Tree
     assert page.get(f"/cases/{case_no}").status == 403
     assert page.get("/cases/320303209912310000000").status == 404
     assert api.get("/api/v1/cases/NO-SUCH-CASE").status == 404
+
+
+def test_case_verify_badge_turns_to_failure_when_a_stored_record_is_altered(tree: Tree) -> None:
+    """The 办件 page's badge: every record of the case proved back to its origin's signed checkpoint. One byte
+    of one stored record changed in the city's database (the store itself, behind the node's back) turns it
+    to 验证失败 naming that record; put back, it is 已验证 again."""
+    from sqlalchemy import and_, select, update
+
+    from node.core import schema
+    from node.core.records import channel_number
+    from tests.faultlib import open_store
+
+    api = Http(tree.urls["320300"])
+    api.api_login("zhang")
+    page = signed_in(tree, "320300", "zhang")
+    for listed in api.get("/api/v1/cases?limit=50").json()["cases"]:  # one past 受理, several records
+        case_no = listed["case_no"]
+        v = api.get(f"/api/v1/cases/{case_no}/verify").json()
+        if any(r["kind"] == "case.accept" for r in v["records"]):
+            break
+    assert v["ok"] is True and v["checked"] >= 2 and v["failed"] == 0 and v["origins"] == ["320303"], v
+    assert all(r["ok"] and r["signer"] == "320303" for r in v["records"])
+    shown = page.get(f"/cases/{case_no}").text
+    assert 'data-testid="case-verify">已验证<' in shown and "验证失败" not in shown
+    target = next(r for r in v["records"] if r["kind"] == "case.accept")
+    origin, channel, seq = target["record"].split("/")
+    t = schema.records
+    where = and_(t.c.origin == origin, t.c.channel == channel_number(channel), t.c.seq == int(seq))
+    store = open_store(tree.cl.homes["320300"])
+    try:
+        with store.engine.begin() as c:
+            body = bytes(c.execute(select(t.c.body).where(where)).scalar_one())
+            i = body.index(b'"handler":"') + len(b'"handler":"')
+            c.execute(update(t).where(where).values(body=body[:i] + bytes([body[i] ^ 1]) + body[i + 1:]))
+        bad = api.get(f"/api/v1/cases/{case_no}/verify").json()
+        assert bad["ok"] is False and bad["failed"] >= 1, bad
+        hit = next(r for r in bad["records"] if r["record"] == target["record"])
+        assert hit["ok"] is False and hit["code"] == "altered" and "altered at rest" in hit["reason"], hit
+        shown = page.get(f"/cases/{case_no}").text
+        assert 'data-testid="case-verify">验证失败<' in shown and "已验证<" not in shown
+        assert target["record"] in shown and "存储的记录内容已被改动" in shown
+    finally:
+        with store.engine.begin() as c:
+            c.execute(update(t).where(where).values(body=body))
+        store.close()
+    assert api.get(f"/api/v1/cases/{case_no}/verify").json()["ok"] is True
+    # another unit's supervisor may not verify it either (the same may() as the case)
+    other = Http(tree.urls["320300"])
+    other.api_login("qian")
+    assert other.get(f"/api/v1/cases/{case_no}/verify").status == 403

@@ -9,6 +9,12 @@ Rules of this module:
 - A person sees the cases of their scope (``cases.read``: the case's division or department inside it),
   a 承办人 only the cases he handles. A case not held here is answered "not held here" (``NotHeld``),
   naming the node whose subtree it belongs to when the case number or an alert tells.
+- ``verify_case`` (the desk's 已验证 badge, /api/v1/cases/NO/verify) checks the case's records held here back to
+  the node that wrote them: each record's stored body must chain, through the following bodies of its
+  log, to a checkpoint signed by its origin's key, that key chaining to this tree's root (and the
+  record's own signature on a signed channel). The checks are node/core/integrity.py's proofs
+  (``export_proof`` + ``verify_proof``), one proof per run of records up to a checkpoint; when a run
+  fails each record of it is proved alone, so the failure names the record.
 - Times are counted on the node's calendar (``stats.build_calendar``: office hours and the imported
   holidays); ``now`` closes the working time of an open case.
 """
@@ -24,9 +30,12 @@ from sqlalchemy import select
 from node.app import people
 from node.app.alerts import catch_up, disposals
 from node.app.stats import build_calendar
+from node.core import integrity
 from node.core.codes import is_code, within
-from node.core.errors import NotFound, UsageError
+from node.core.crypto import chain_step
+from node.core.errors import FednodeError, NotFound, UsageError
 from node.core.home import Home
+from node.core.records import SIGNED_CHANNELS
 from node.core.schema import stats as st
 from node.features.cases import index as cix
 from node.features.cases import query, view
@@ -103,11 +112,7 @@ def show_case(home: Home, case_no: str, person: Person | None = None, now: datet
         base = case_recs[0][1]
         division, dept = str(base.get("division") or ""), str(base.get("dept") or "")
         handlers = cix.handlers_of(conn, case_no)
-        if person is not None:
-            decision = may(person, "cases.read", Target(codes=(division, dept), owners=frozenset(handlers),
-                                                        what=f"办件 {case_no}"))
-            if not decision:
-                raise people.Refused(decision.reason, fix="ask someone whose jurisdiction holds the case")
+        _may_read(person, case_no, division, dept, handlers)
         item = _item(conn, division, str(base.get("item_code") or ""))
         data = view.case_view(case_no, case_recs, item, clock, now)
         states = disposals(conn, list(alerts), {a: o for a, (_p, o, _h) in alerts.items()})
@@ -149,6 +154,89 @@ def show_case(home: Home, case_no: str, person: Person | None = None, now: datet
                             for c in complaints],
                 findings=findings)
     return data
+
+
+def _may_read(person: Person | None, case_no: str, division: str, dept: str, handlers: list[str]) -> None:
+    if person is None:
+        return
+    decision = may(person, "cases.read", Target(codes=(division, dept), owners=frozenset(handlers),
+                                                what=f"办件 {case_no}"))
+    if not decision:
+        raise people.Refused(decision.reason, fix="ask someone whose jurisdiction holds the case")
+
+
+VERIFIED_KINDS = ("case.", "alert")  # the case's own events and the alerts raised on it
+
+
+def verify_case(home: Home, case_no: str, person: Person | None = None) -> dict[str, Any]:
+    """`cases verify`: every record of the case held here (its ``case.*`` events and the alerts on it)
+    proved back to the node that wrote it (module rules). Reads only.
+
+    Returns ``{"case_no", "here", "ok", "checked", "failed", "origins": [...], "records": [{"record",
+    "kind", "origin", "ok", "signer", "checkpoint_seq", "reason", "code"}]}``; a record not yet covered
+    by a checkpoint of its origin is ``ok: false`` with ``code: "missing_checkpoint"``."""
+    case_no = case_no.strip()
+    if not case_no:
+        raise UsageError("no case number", fix="fednode cases verify DIR CASE_NO")
+    store = home.store()
+    catch_up(home, store)
+    with store.read() as conn:
+        held = cix.fetch(conn, cix.seqs_of(conn, case_no=case_no))
+        case_recs = [h for h in held if h.kind.startswith("case.") and isinstance(h.payload, dict)]
+        if not case_recs:
+            raise _not_held(home, case_no, {str(h.payload.get("alert_id")): (h.payload, h.origin, h) for h in held
+                                            if h.kind == "alert" and isinstance(h.payload, dict)})
+        base = case_recs[0].payload
+        _may_read(person, case_no, str(base.get("division") or ""), str(base.get("dept") or ""),
+                  cix.handlers_of(conn, case_no))
+    root = home.root()
+    if root is None:
+        raise UsageError(f"{home.code} is not enrolled: there is no root to verify against",
+                         fix="install the node's bundle first (`fednode pki install`)")
+    keyring = home.ledger().keyring
+    wanted = [h for h in held if h.kind.startswith(VERIFIED_KINDS) and not h.down]
+    results: dict[tuple[str, int, int], dict[str, Any]] = {}
+    by_log: dict[tuple[str, int], list[cix.Held]] = {}
+    for h in wanted:
+        by_log.setdefault((h.origin, h.channel), []).append(h)
+    for (origin, channel), hs in sorted(by_log.items()):
+        todo = sorted(hs, key=lambda x: x.seq)
+        while todo:
+            first, rest = todo[0], todo[1:]
+            r = _prove_one(store, keyring, root, first)
+            results[(origin, channel, first.seq)] = r
+            if r["ok"] and channel not in SIGNED_CHANNELS:
+                # the proof of ``first`` carried the stored bodies of the records after it up to the checkpoint
+                # and chained them to the origin's signature: those of the case are proved by it too
+                for h in rest:
+                    if h.seq <= r["checkpoint_seq"]:
+                        results[(origin, channel, h.seq)] = dict(r)
+            todo = [h for h in rest if (origin, channel, h.seq) not in results]
+    rows = []
+    for h in wanted:
+        r = results[(h.origin, h.channel, h.seq)]
+        rows.append({"record": h.ref, "kind": h.kind, "origin": h.origin, **r})
+    failed = sum(1 for r in rows if not r["ok"])
+    return {"case_no": case_no, "here": home.code, "ok": failed == 0 and bool(rows), "checked": len(rows),
+            "failed": failed, "origins": sorted({r["origin"] for r in rows}), "records": rows}
+
+
+def _failure(e: FednodeError) -> dict[str, Any]:
+    return {"ok": False, "signer": None, "checkpoint_seq": None, "reason": e.message, "code": e.code}
+
+
+def _prove_one(store: Any, keyring: Any, root: Any, h: cix.Held) -> dict[str, Any]:
+    try:
+        done = integrity.verify_proof(integrity.export_proof(store, keyring, root, h.origin, h.channel, h.seq), root)
+    except FednodeError as e:
+        out = _failure(e)
+        chains = store.chains_at(h.origin, h.channel, [h.seq - 1, h.seq])
+        body = next((bytes(r.body) for r in store.records(h.origin, h.channel, h.seq, h.seq)), None)
+        if body is not None and len(chains) == 2 and chain_step(chains[h.seq - 1], body) != chains[h.seq]:
+            out.update(code="altered", reason=f"{h.ref}: the stored record does not hash to its chain value: "
+                                              "it was altered at rest (" + e.message + ")")
+        return out
+    return {"ok": True, "signer": done["signer"], "checkpoint_seq": done["checkpoint_seq"], "reason": "", "code": ""}
 
 
 def _item(conn: Any, division: str, item_code: str) -> dict[str, Any] | None:

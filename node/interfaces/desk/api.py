@@ -174,6 +174,13 @@ async def case(request: Request, s: Session) -> Response:
 
 
 @api
+async def case_verify(request: Request, s: Session) -> Response:
+    """The case's records proved back to the nodes that wrote them (node/app/cases.py ``verify_case``)."""
+    desk = desk_of(request)
+    return ok(await desk.read(app_cases.verify_case, desk.home, request.path_params["case_no"], s.person))
+
+
+@api
 async def stats(request: Request, s: Session) -> Response:
     desk = desk_of(request)
     q = request.query_params
@@ -214,6 +221,7 @@ def routes() -> list[Route]:
         Route(f"{p}/complaints", complaints, methods=["GET"]),
         Route(f"{p}/cases", cases, methods=["GET"]),
         Route(f"{p}/cases/{{case_no}}", case, methods=["GET"]),
+        Route(f"{p}/cases/{{case_no}}/verify", case_verify, methods=["GET"]),
         Route(f"{p}/stats", stats, methods=["GET"]),
         Route(f"{p}/worklog", worklog, methods=["GET"]),
         Route(f"{p}/status", status, methods=["GET"]),

@@ -41,6 +41,20 @@ ACTIONS = {"login": "登录", "logout": "退出", "login failed": "登录失败"
            "users passwd": "修改口令", "alerts dispose": "处置预警", "alerts reopen": "重新打开预警"}
 
 
+VERIFY_FAILURES = {"altered": "存储的记录内容已被改动，与其链值不符", "chain_mismatch": "无法链接到来源节点签名的检查点",
+                   "bad_signature": "签名无效", "missing_checkpoint": "来源节点尚未签署覆盖该记录的检查点（稍后再验）",
+                   "missing_record": "链上的记录缺失", "malformed_record": "记录已损坏，无法解析",
+                   "unknown_key": "签名密钥不在本树的密钥环中", "revoked_key": "签名密钥已被吊销",
+                   "key_not_for_origin": "签名密钥不属于来源节点", "certificate": "证书不属于本树的根证书"}
+
+
+def verify_failure(r: Any) -> str:
+    """Why a record of a case failed verification, in Chinese (the engineer's message stays in the API)."""
+    if not isinstance(r, dict):
+        return ""
+    return VERIFY_FAILURES.get(str(r.get("code") or ""), "验证未通过")
+
+
 def when(text: Any) -> str:
     """ISO-8601 → ``2026-11-28 10:00`` (in the writer's offset, which is +08:00)."""
     if not text:
@@ -151,4 +165,5 @@ def install(env: jinja2.Environment) -> None:
         direction=lambda d: DIRECTIONS.get(d, d),
         role=lambda r: ROLES.get(r, r),
         action=lambda a: ACTIONS.get(a, a),
+        verify_failure=verify_failure,
     )

@@ -300,7 +300,9 @@ async def cases(request: Request, s: Session) -> Response:
 async def case(request: Request, s: Session) -> Response:
     desk = desk_of(request)
     data = await desk.read(app_cases.show_case, desk.home, request.path_params["case_no"], s.person)
-    return await render(request, "case.html", {"title": f"办件 {data['case_no']}", "c": data}, session=s)
+    verified = await desk.read(app_cases.verify_case, desk.home, data["case_no"], s.person)
+    return await render(request, "case.html", {"title": f"办件 {data['case_no']}", "c": data, "v": verified},
+                        session=s)
 
 
 # ---- 统计与绩效 ---------------------------------------------------------------------------------------------------------
