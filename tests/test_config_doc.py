@@ -307,6 +307,8 @@ def _owners() -> dict[str, Callable[[dict[str, Any], Path], Any]]:
         "rules.anomaly_levels": lambda b, t: rules({"rules": {"anomaly_levels": b}}),
         "calendar": lambda b, t: rules({"calendar": b}),
         "notify": lambda b, t: NotifyConfig.from_section({"webhook_url": "http://127.0.0.1:1/", "command": ["true"],
+                                                          "smtp_host": "127.0.0.1", "smtp_sender": "a@b.cn",
+                                                          "sms_url": "http://127.0.0.1:1/",
                                                           **b}),  # what a level that uses them needs
         "tickets": lambda b, t: TicketsConfig.from_section(b, source="t", base=t).calendar(),
         "stats": lambda b, t: StatsConfig.from_section(b),

@@ -141,7 +141,10 @@ def test_levels_choose_the_notifiers(http_server: Any, tmp_path: Path) -> None:
     [
         ({"red": ["webhook"]}, "webhook_url"),
         ({"red": ["command"]}, "command"),
-        ({"red": ["sms"]}, "red"),
+        ({"red": ["fax"]}, "red"),
+        ({"red": ["sms"]}, "sms_url"),
+        ({"serious": "smtp", "smtp_host": "mail"}, "smtp_sender"),
+        ({"smtp_user": "u"}, "smtp_password_file"),
         ({"webhook_url": "ftp://x"}, "webhook_url"),
         ({"retries": -1}, "retries"),
         ({"colour": "red"}, "colour"),

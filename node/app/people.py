@@ -46,6 +46,7 @@ COMMAND_PERMISSIONS: dict[str, str] = {
     "cases show": "cases.read", "cases list": "cases.read",
     "tickets drafts": "tickets.read", "tickets confirm": "tickets.issue", "tickets drop": "tickets.issue",
     "directory list": "node.read", "directory show": "node.read", "directory import": "users.manage",
+    "notify dead-letters": "node.read", "notify retry": "node.operate",
     "tickets list": "tickets.read", "tickets show": "tickets.read", "tickets issue": "tickets.issue",
     "tickets sign": "tickets.sign", "tickets reply": "tickets.reply", "tickets conclude": "tickets.judge",
     "tickets return": "tickets.judge", "tickets extend-grant": "tickets.judge",

@@ -465,7 +465,37 @@ CALENDAR = Section("calendar", "工作日历", "The working-day calendar the rul
 
 # -- [notify] (node.notify)
 
-NOTIFIERS = ("log", "webhook", "command")
+NOTIFIERS = ("log", "webhook", "command", "smtp", "sms")
+# what the SMS gateway's template parameters and body may name (node/features/notify_channels.py fills them)
+SMS_FIELDS = ("unit", "case_no", "rule", "rule_id", "level", "alert_id", "message", "why", "name", "at")
+SMS_PLACEHOLDERS = ("${phones}", "${phones_list}", "${sign_name}", "${template_code}", "${params}", "${params_json}",
+                    "${text}")
+SMS_BODY_ALIYUN = {"PhoneNumbers": "${phones}", "SignName": "${sign_name}", "TemplateCode": "${template_code}",
+                   "TemplateParam": "${params_json}"}
+
+
+def _sms_body_ok(v: Any) -> bool:
+    """A JSON body template: strings (a placeholder, or text with ${...} placeholders of SMS_PLACEHOLDERS),
+    numbers, booleans, lists and tables of them; it must name the phones somewhere."""
+    import re
+
+    def leaves(x: Any) -> list[Any]:
+        if isinstance(x, dict):
+            return [y for k in x.values() for y in leaves(k)]
+        if isinstance(x, list):
+            return [y for k in x for y in leaves(k)]
+        return [x]
+
+    strings = [x for x in leaves(v) if isinstance(x, str)]
+    used = {m for x in strings for m in re.findall(r"\$\{[a-z_]+\}", x)}
+    return (isinstance(v, dict) and bool(v) and used <= set(SMS_PLACEHOLDERS)
+            and bool(used & {"${phones}", "${phones_list}"}))
+
+
+def _sms_params_ok(v: Any) -> bool:
+    return isinstance(v, dict) and all(isinstance(k, str) and k and x in SMS_FIELDS for k, x in v.items())
+
+
 NOTIFY = Section(
     "notify", "告警通知", "Who hears of an alert, per level. The alert record is the truth; a notification is a "
     "courtesy copy (a failed one is logged and retried, never blocks the rules).", "node.features.notify", (
@@ -483,6 +513,52 @@ NOTIFY = Section(
             example=["/usr/local/bin/sms-gateway", "--to", "13800000000"]),
         Key("command_timeout_s", "number", 10, "Seconds the command may run.", lo=0),
         Key("retries", "integer", 2, "Further attempts after a notification fails.", lo=0),
+        Key("retry_backoff_s", "number", 1.0, "Seconds before the first retry; each further retry waits twice as "
+            "long. A notification to a person that still fails is kept in the dead-letter list (`fednode notify "
+            "dead-letters`, `fednode notify retry`).", lo=0, hi=3600),
+        # smtp: mail to the person (their 邮箱 in the directory or their user entry)
+        Key("smtp_host", "string", "", "The mail server the smtp notifier sends through. Required when a level "
+            "uses `smtp`.", example="mail.example.gov.cn"),
+        Key("smtp_port", "integer", 0, "Its port; 0 = by smtp_security: 587 (starttls), 465 (ssl), 25 (none).",
+            lo=0, hi=65535),
+        Key("smtp_security", "string", "starttls", "`starttls` (plain connection upgraded to TLS, refused if the "
+            "server cannot), `ssl` (TLS from the start, SMTPS) or `none` (loopback relays only).",
+            choices=("starttls", "ssl", "none")),
+        Key("smtp_ca_file", "string", "", "CA certificates (PEM) the server's certificate is checked against; \"\" "
+            "= the system's.", example="mail-ca.pem"),
+        Key("smtp_user", "string", "", "Login name at the mail server; \"\" = no login.",
+            example="jiancha@example.gov.cn"),
+        Key("smtp_password_file", "string", "", "File holding the mail password (first line), mode 0600; never "
+            "the password itself in node.toml. Required with smtp_user.", example="smtp.password"),
+        Key("smtp_sender", "string", "", "The From address. Required when a level uses `smtp`.",
+            valid=lambda v: v == "" or ("@" in v and not v.strip().startswith("@")), rule="a mail address, or \"\"",
+            example="电子监察 <jiancha@example.gov.cn>"),
+        Key("smtp_timeout_s", "number", 10, "Seconds to wait for the mail server.", lo=0, open_lo=True),
+        # sms: an HTTP SMS gateway (the person's 电话)
+        Key("sms_url", "string", "", "The SMS gateway's HTTP(S) endpoint; the sms notifier POSTs `sms_body` to it "
+            "as JSON. Required when a level uses `sms`.",
+            valid=lambda v: v == "" or v.startswith(("http://", "https://")), rule="an http(s) URL, or \"\"",
+            example="https://sms.example.gov.cn/api/send"),
+        Key("sms_sign_name", "string", "", "短信签名: the signature registered at the gateway (`${sign_name}`).",
+            example="电子监察"),
+        Key("sms_template_code", "string", "", "短信模板: the template registered at the gateway "
+            "(`${template_code}`).", example="SMS_000001"),
+        Key("sms_params", "table", {"unit": "unit", "case": "case_no", "rule": "rule", "level": "level"},
+            "The template's parameters (`${params}`, `${params_json}`): its variable name = the alert field "
+            "filled in.", valid=_sms_params_ok, rule="name = one of " + ", ".join(SMS_FIELDS)),
+        Key("sms_body", "table", SMS_BODY_ALIYUN, "The JSON body POSTed, with placeholders: `${phones}` (numbers "
+            "joined by commas), `${phones_list}` (a list), `${sign_name}`, `${template_code}`, `${params}` (a "
+            "table), `${params_json}` (it as a JSON string), `${text}` (the message in Chinese, for gateways that "
+            "take free text). The default is the shape of Alibaba Cloud's SendSms.", valid=_sms_body_ok,
+            rule="a table whose strings use only those placeholders, ${phones} or ${phones_list} among them"),
+        Key("sms_success_field", "string", "Code", "The field of the gateway's JSON answer that says it was "
+            "accepted (dotted path, list items by number: `Response.SendStatusSet.0.Code`); \"\" = any 2xx "
+            "answer is success."),
+        Key("sms_success_value", "string", "OK", "The value of sms_success_field when it was accepted."),
+        Key("sms_token_file", "string", "", "File (mode 0600) holding the value of sms_token_header sent with "
+            "every request (e.g. `APPCODE 0123...`, `Bearer ...`); \"\" = none.", example="sms.token"),
+        Key("sms_token_header", "string", "Authorization", "The header that carries the token.", nonempty=True),
+        Key("sms_timeout_s", "number", 5, "Seconds to wait for the gateway's answer.", lo=0, open_lo=True),
     ))
 
 # -- [tickets] (node.tickets.desk)

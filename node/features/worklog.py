@@ -200,7 +200,8 @@ def drain_spool(directory: Any, ledger: Any) -> int:
 # Reads: nothing, ever (DESIGN §10: reads are never records).
 READS = frozenset({"users list", "users roles", "whoami",
                    "status", "health", "metrics", "verify", "proof", "quarantine list", "quarantine show",
-                   "calendar show", "adapters list", "pki keys", "check", "directory list", "directory show"})
+                   "calendar show", "adapters list", "pki keys", "check", "directory list", "directory show",
+                   "notify dead-letters"})
 # The supervisor's desk reads: nothing either, except the first of the day per person (one `visit`).
 VISIT_READS = frozenset({"alerts list", "alerts show", "tickets list", "tickets show", "complaints list",
                          "complaints show", "stats", "worklog", "cases show", "cases list", "tickets drafts"})
@@ -216,7 +217,7 @@ NOT_LOGGED = frozenset({"run", "demo", "bench", "completion", "init", "pki init-
 # Acts recorded by audit_command after they succeed: one audit.action each.
 ACTIONS = frozenset({"ingest", "reconcile", "store copy", "migrate", "export", "quarantine replay", "adapters reset",
                      "adapters push-token", "calendar import", "pki sign", "pki rotate", "pki revoke",
-                     "directory import"})
+                     "directory import", "notify retry"})
 DISPOSAL_ACTIONS = frozenset({"alerts dispose", "alerts reopen"})  # the alert.* records decide, not these
 CLI_SKIP = READS | VISIT_READS | SELF_RECORDED | NOT_LOGGED  # kept for callers of the old name
 _ARG_SKIP = frozenset({"dir", "command", "json", "csv", "func", "actor", "auth", "by", "acting", "person_kind",

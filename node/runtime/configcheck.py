@@ -111,7 +111,10 @@ def _check_calendar(cfg: Config) -> list[Problem]:
 def _check_notify(cfg: Config) -> list[Problem]:
     from node.features.notify import NotifyConfig
 
-    return _with_schema(cfg, "notify", lambda kept: NotifyConfig.from_section(kept, where=f"{cfg.path} [notify]"))
+    def load(kept: dict[str, Any]) -> None:  # the secret files too: present, and mode 0600
+        NotifyConfig.from_section(kept, where=f"{cfg.path} [notify]", base=cfg.home).check_secrets()
+
+    return _with_schema(cfg, "notify", load)
 
 
 def _check_metrics(cfg: Config) -> list[Problem]:

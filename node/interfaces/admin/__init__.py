@@ -8,6 +8,7 @@ from node.interfaces.admin import (  # noqa: F401
     keys,
     metrics,
     node,
+    notify,
     people,
     quarantine,
     reconcile,

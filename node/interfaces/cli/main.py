@@ -328,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
         export,
         metrics,
         migrate,
+        notify,
         people,
         pki,
         reconcile,
@@ -336,7 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
         tickets,
     )
 
-    for module in (adapters, alerts, cases, check, completion, directory, export, metrics, migrate, people, pki, reconcile, stats, store, tickets):
+    for module in (adapters, alerts, cases, check, completion, directory, export, metrics, migrate, notify, people, pki, reconcile,
+                   stats, store, tickets):
         if hasattr(module, "add_parsers"):
             module.add_parsers(sub, add)
 

@@ -34,21 +34,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from node.app import directory as app_directory
+from node.app import notify as app_notify
 from node.app.alerts import disposals
 from node.core.errors import FednodeError
 from node.core.ledger import Ledger, NewRecord
+from node.features import notify_dead
 from node.features.alerts import disposal as dsp
 from node.features.alerts import routing
 from node.features.cases import index as cix
 from node.features.notify import Dispatcher
 from node.features.notify import load as load_dispatcher
+from node.features.notify_channels import mask_address
 from node.features.rules.processor import alert_record
 from node.features.tickets import lifecycle as lc
 from node.features.tickets.desk import Clock, TicketDesk, TicketsConfig, project_store
@@ -173,10 +175,9 @@ def route_plan(ledger: Ledger, clock: Clock, limit: int = 200) -> tuple[list[Pla
     after = int(store.get_meta(ROUTE_CURSOR_KEY, "0") or 0)
     batch, mark = store.feed(after, limit, kinds=("alert",), origin=ledger.code)
     batch = [c for c in batch if c.kind == "alert" and c.origin == ledger.code]
-    directory = app_directory.load(store)
-    if not directory or not batch:  # nobody to tell yet: alerts raised before the directory stay as they were
+    if not app_directory.load(store) or not batch:  # nobody to tell yet: alerts raised before the directory stay
         return [], mark, len(batch)
-    supervisors = app_directory.node_supervisors(store)
+    directory, supervisors = app_notify.ladder_people(store)  # addresses from the directory, else the users
     cix.fold_all(store)
     plans: list[Plan] = []
     missing: dict[str, dict[str, Any]] = {}
@@ -208,9 +209,12 @@ def _missing_id(node: str, handler: str) -> str:
     return f"{MISSING_RULE}:{node}:{handler}"[:200]
 
 
-def send(dispatcher: Dispatcher, plans: list[Plan], clock: Clock) -> list[dict[str, Any]]:
+def send(dispatcher: Dispatcher, plans: list[Plan], clock: Clock,
+         dead: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Tell every person of every plan through the notifiers the alert's level names (blocking I/O: off the
-    database thread). One ``alert.notified`` payload per alert, with every attempt and its outcome."""
+    database thread), each with the configured retries and backoff (node/features/notify.py ``deliver``).
+    One ``alert.notified`` payload per alert, with every attempt and its outcome; a notification that still
+    failed is added to ``dead`` as a dead-letter row (``record_told`` stores them)."""
     out = []
     for a, told in plans:
         attempts = []
@@ -218,40 +222,29 @@ def send(dispatcher: Dispatcher, plans: list[Plan], clock: Clock) -> list[dict[s
             message = {**a, "to": {"name": e.name, "login": e.login, "dept": e.dept, "phone": e.phone, "mail": e.mail},
                        "why": why}
             for channel in dispatcher.config.plan(a):
-                notifier = dispatcher.notifiers.get(channel)
-                error = "notifier not configured" if notifier is None else _attempt(notifier, message,
-                                                                                    dispatcher.config.retries)
+                error, tries = dispatcher.deliver(channel, message)
+                at = lc.format_time(clock())
                 attempts.append({"person": e.key, "name": e.name, "channel": channel,
-                                 "outcome": "failed" if error else "sent", "error": error, "why": why,
-                                 "at": lc.format_time(clock())})
+                                 "outcome": "failed" if error else "sent", "error": error, "why": why, "at": at,
+                                 "tries": tries})
                 if error:
                     log.error("notify_person_failed", alert_id=a.get("alert_id"), person=e.key, channel=channel,
-                              error=error)
+                              address=mask_address(channel, notify_dead.address_of(channel, message)), error=error,
+                              tries=tries, note="kept in the dead-letter list: `fednode notify dead-letters`")
+                    if dead is not None:
+                        dead.append(notify_dead.new_row(message, channel, e.key, tries, error, at))
         out.append({"alert_id": a.get("alert_id"), "at": lc.format_time(clock()), "actor": dsp.SYSTEM,
                     **({"case_no": a["case_no"]} if a.get("case_no") else {}), "attempts": attempts})
     return out
 
 
-def _attempt(notifier: Any, message: dict[str, Any], retries: int) -> str:
-    error = ""
-    for attempt in range(retries + 1):
-        try:
-            notifier.send(message)
-            return ""
-        except FednodeError as e:
-            error = e.message
-        except Exception as e:  # noqa: BLE001 — a notifier never takes the service down
-            error = f"{type(e).__name__}: {e}"
-        if attempt < retries:
-            time.sleep(0.2 * (attempt + 1))
-    return error
-
-
-def record_told(ledger: Ledger, payloads: list[dict[str, Any]], mark: int) -> None:
-    """The attempts, and the cursor past the alerts they are for, in one transaction."""
+def record_told(ledger: Ledger, payloads: list[dict[str, Any]], mark: int,
+                dead: Sequence[dict[str, Any]] = ()) -> None:
+    """The attempts, the dead letters and the cursor past the alerts they are for, in one transaction."""
     items = [NewRecord(NOTIFIED, dict(p, node=ledger.code)) for p in payloads]
 
     def move(tx: Any) -> None:
+        notify_dead.add(tx, dead)
         tx.set_meta(ROUTE_CURSOR_KEY, str(mark))
 
     if items:
@@ -266,8 +259,9 @@ def route_once(ledger: Ledger, dispatcher: Dispatcher, clock: Clock) -> list[dic
     out: list[dict[str, Any]] = []
     while True:
         plans, mark, n = route_plan(ledger, clock)
-        payloads = send(dispatcher, plans, clock)
-        record_told(ledger, payloads, mark)
+        dead: list[dict[str, Any]] = []
+        payloads = send(dispatcher, plans, clock, dead)
+        record_told(ledger, payloads, mark, dead)
         out.extend(payloads)
         if n == 0:
             return out
@@ -298,7 +292,7 @@ class AutoTicketService(Service):
 
     def _dispatcher(self) -> Dispatcher | None:
         try:
-            return load_dispatcher(self.rt.home.config.sections)
+            return load_dispatcher(self.rt.home.config.sections, self.rt.home.dir)
         except FednodeError as e:  # the rules service reports a bad [notify]; routing waits for a good one
             log.error("alert_routing_disabled", error=e.message, fix=e.fix)
             return None
@@ -317,8 +311,9 @@ class AutoTicketService(Service):
             return
         while True:
             plans, mark, n = await self.rt.db(route_plan, self.rt.ledger, clock)
-            payloads = await asyncio.to_thread(send, self.dispatcher, plans, clock) if plans else []
-            await self.rt.db(record_told, self.rt.ledger, payloads, mark)
+            dead: list[dict[str, Any]] = []
+            payloads = await asyncio.to_thread(send, self.dispatcher, plans, clock, dead) if plans else []
+            await self.rt.db(record_told, self.rt.ledger, payloads, mark, dead)
             self.told += sum(len(p["attempts"]) for p in payloads)
             if payloads:
                 self.rt.notify()

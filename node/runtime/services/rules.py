@@ -122,7 +122,7 @@ class RulesService(Service):
         cfg = self.rt.home.config
         try:
             self.settings = RulesSettings.from_sections(cfg.sections, where=str(cfg.path))
-            self.dispatcher = load_dispatcher(cfg.sections)
+            self.dispatcher = load_dispatcher(cfg.sections, cfg.home)
             self.error = ""
             return True
         except FednodeError as e:
