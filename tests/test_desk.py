@@ -341,3 +341,53 @@ def test_case_verify_badge_turns_to_failure_when_a_stored_record_is_altered(tree
     other = Http(tree.urls["320300"])
     other.api_login("qian")
     assert other.get(f"/api/v1/cases/{case_no}/verify").status == 403
+
+
+def test_a_reply_with_attachments_metadata_is_signed_and_shown_escaped_at_every_level(tree: Tree) -> None:
+    """The county replies from its desk with two files' metadata (the files stay in the department); the
+    reply's record carries them; the county, the city (issuer) and the province show them, as text."""
+    import hashlib
+
+    ticket = issue_via_api(tree, "附件登记")
+    county = Http(tree.urls["320303"])
+    county.api_login("wang")
+
+    def state(h: Http) -> str | None:
+        r = h.get(f"/api/v1/tickets/{ticket}")
+        return r.json().get("state") if r.status == 200 else None
+
+    wait_for(lambda: state(county) == "delivered", 60, "the ticket reaches the county")
+    assert county.post_json(f"/api/v1/tickets/{ticket}/sign", {}).status == 200
+    evil = "<img src=x onerror=alert(1)>整改\"'.pdf"
+    sha1, sha2 = hashlib.sha256(b"report").hexdigest(), hashlib.sha256(b"photo").hexdigest()
+    page = signed_in(tree, "320303", "wang")
+    csrf = page.csrf(f"/tickets/{ticket}")
+    form = page.get(f"/tickets/{ticket}").text
+    assert 'name="attachments"' in form and "不上传" in form and 'type="file"' in form
+    # a wrong line is refused in Chinese, nothing is written
+    r = page.post(f"/tickets/{ticket}/reply", {"text": "答复", "attachments": f"a.pdf | 十二 | {sha1}", "csrf": csrf})
+    assert r.status == 400 and "附件第 1 行的大小须为字节数" in r.text, r.text[:500]
+    r = page.post(f"/tickets/{ticket}/reply", {"text": "答复", "attachments": "a.pdf | 12 | abc", "csrf": csrf})
+    assert r.status == 400 and "sha256" in r.text
+    assert state(county) == "signed_for"
+    lines = f"{evil} | 1536 | {sha1} | application/pdf\nphoto.jpg | 5 | {sha2.upper()}"
+    r = page.post(f"/tickets/{ticket}/reply", {"text": "已整改，见附件。", "attachments": lines, "csrf": csrf})
+    assert r.status == 303, r.text[:500]
+    want = [{"name": evil, "size": 1536, "sha256": sha1, "media_type": "application/pdf"},
+            {"name": "photo.jpg", "size": 5, "sha256": sha2, "media_type": "image/jpeg"}]
+    escaped = "&lt;img src=x onerror=alert(1)&gt;整改&#34;&#39;.pdf"
+    zhang = Http(tree.urls["320300"])
+    zhang.api_login("zhang")
+    wait_for(lambda: state(zhang) == "replied", 60, "the reply reaches the city")
+    zhao = Http(tree.urls["320000"])
+    zhao.api_login("zhao")
+    wait_for(lambda: state(zhao) == "replied", 60, "the reply reaches the province")
+    for node, login in (("320303", "wang"), ("320300", "zhang"), ("320000", "zhao")):
+        api = county if node == "320303" else zhang if node == "320300" else zhao
+        data = api.get(f"/api/v1/tickets/{ticket}").json()
+        assert data["reply_attachments"] == want, node
+        assert [e["detail"].get("attachments") for e in data["timeline"] if e["event"] == "reply"] == [want], node
+        html = signed_in(tree, node, login).get(f"/tickets/{ticket}").text
+        assert "<img src=x" not in html and escaped in html, node
+        assert sha1 in html and sha2 in html and "1.5 KB" in html and "5 字节" in html, node
+        assert "文件由被督办单位留存于本部门业务系统" in html, node

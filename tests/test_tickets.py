@@ -901,3 +901,35 @@ def test_the_system_clock_keeps_microseconds() -> None:
 
     seen = {system_clock().microsecond for _ in range(50)}
     assert seen != {0}, "ticket records must carry sub-second times (rule 7)"
+
+
+ATTACHMENT = {"name": "整改报告.pdf", "size": 2048, "sha256": "ab" * 32, "media_type": "application/pdf"}
+
+
+@pytest.mark.parametrize("bad", [
+    {**ATTACHMENT, "sha256": "AB" * 32},
+    {**ATTACHMENT, "sha256": "ab" * 31},
+    {**ATTACHMENT, "size": -1},
+    {**ATTACHMENT, "size": True},
+    {**ATTACHMENT, "name": "../../etc/passwd"},
+    {**ATTACHMENT, "name": "a\x1b[31m.pdf"},
+    {**ATTACHMENT, "name": ""},
+    {**ATTACHMENT, "media_type": "pdf"},
+    {**ATTACHMENT, "path": "/srv/files/a.pdf"},
+    {k: v for k, v in ATTACHMENT.items() if k != "sha256"},
+    "整改报告.pdf",
+])
+def test_reply_attachments_are_metadata_of_the_right_shape(bad: Any) -> None:
+    st_ = project([issue_event(), ev("ticket.delivered", T0 + timedelta(minutes=1), TARGET),
+                   ev("ticket.sign", T0 + timedelta(minutes=2), TARGET)])[TICKET]
+    good = ev("ticket.reply", T0 + timedelta(hours=1), TARGET, text="已整改", attachments=[ATTACHMENT])
+    replied = apply(st_, good[0], good[1], writer_code=TARGET)
+    assert replied.reply_attachments == [ATTACHMENT]
+    assert replied.timeline[-1]["detail"]["attachments"] == [ATTACHMENT]
+    with pytest.raises(lc.MalformedTicketEvent):
+        rec = ev("ticket.reply", T0 + timedelta(hours=1), TARGET, text="已整改", attachments=[bad])
+        apply(st_, rec[0], rec[1], writer_code=TARGET)
+    with pytest.raises(lc.MalformedTicketEvent):
+        rec = ev("ticket.reply", T0 + timedelta(hours=1), TARGET, text="已整改",
+                 attachments=[ATTACHMENT] * (lc.MAX_ATTACHMENTS + 1))
+        apply(st_, rec[0], rec[1], writer_code=TARGET)

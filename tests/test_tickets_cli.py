@@ -4,6 +4,7 @@ automatic receipt, reminders and escalations on a fake clock across a restart, a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from collections.abc import Iterator
@@ -100,7 +101,7 @@ def mixed_tree(tmp_path: Path, store_url: str) -> Any:
     t.close()
 
 
-def test_flow_through_cli_with_assignment(mixed_tree: Tree, capsys: pytest.CaptureFixture[str]) -> None:
+def test_flow_through_cli_with_assignment(mixed_tree: Tree, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     tree = mixed_tree
     p, c, k = str(tree.province.dir), str(tree.city.dir), str(tree.county.dir)
     sheng = add_person(tree.province, "sun", "孙省监", "监察员", session=True)
@@ -130,7 +131,14 @@ def test_flow_through_cli_with_assignment(mixed_tree: Tree, capsys: pytest.Captu
         "ticket": t, "state": "replied", "to": "320303", "issuer": "320000"}
     assert fednode(capsys, "tickets", "return", p, t, "证据不足", "--reply-days", "2", *sheng)[0] == 0
     sync(tree)
-    assert fednode(capsys, "tickets", "reply", k, t, "补充证据", *zhang)[0] == 0
+    evidence = tmp_path / "整改报告<1>.pdf"
+    evidence.write_bytes(b"%PDF-1.4 report" * 1000)
+    photos = tmp_path / "photos.zip"
+    photos.write_bytes(b"PK\x03\x04" + bytes(range(256)))
+    assert fednode(capsys, "tickets", "reply", k, t, "补充证据", "--attach", str(evidence), "--attach", str(photos),
+                   *zhang)[0] == 0
+    rc, _out = fednode(capsys, "tickets", "reply", k, t, "x", "--attach", str(tmp_path / "missing.pdf"), *zhang)
+    assert rc != 0
     sync(tree)
     assert fednode(capsys, "tickets", "conclude", p, t, "basically", "--text", "基本满意", *sheng)[0] == 0
     sync(tree)
@@ -148,6 +156,17 @@ def test_flow_through_cli_with_assignment(mixed_tree: Tree, capsys: pytest.Captu
         "孙省监", None, "张三", "张三", "张三", "张三", "孙省监", "张三", "孙省监"]
     rc, text = fednode(capsys, "tickets", "show", p, t)
     assert rc == 0 and "张三" in text and "320303" in text and "concluded" in text
+    # the second reply's attachments: metadata computed from the files, in the signed record, at every level
+    want = [{"name": "整改报告<1>.pdf", "size": 15000, "sha256": hashlib.sha256(evidence.read_bytes()).hexdigest(),
+             "media_type": "application/pdf"},
+            {"name": "photos.zip", "size": 260, "sha256": hashlib.sha256(photos.read_bytes()).hexdigest(),
+             "media_type": "application/zip"}]
+    for home in (p, c, k):
+        rc, shown = fednode(capsys, "tickets", "show", home, t, "--json")
+        replies = [e for e in shown["timeline"] if e["event"] == "reply"]
+        assert "attachments" not in replies[0]["detail"] and replies[1]["detail"]["attachments"] == want, home
+        assert shown["reply_attachments"] == want
+    assert want[0]["sha256"] in text and "整改报告<1>.pdf (15000 bytes, application/pdf)" in text
 
 
 def test_complaint_becomes_ticket_and_records_satisfaction(tree: Tree, capsys: pytest.CaptureFixture[str]) -> None:

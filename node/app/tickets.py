@@ -4,7 +4,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import mimetypes
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from node.app import people
@@ -167,7 +170,7 @@ def _positive(name: str, value: Any) -> None:
 
 # the fields of each verb's record, by name; a field marked "?" is left out when not given (None or "")
 VERB_FIELDS: dict[str, tuple[str, ...]] = {
-    "reply": ("text",),
+    "reply": ("text", "attachments?"),
     "conclude": ("verdict", "text", "score?", "satisfaction?"),
     "return": ("reason", "reply_days?"),
     "extend-request": ("days", "reason"),
@@ -187,6 +190,29 @@ def act_fields(verb: str, given: Mapping[str, Any]) -> dict[str, Any]:
             continue
         out[name] = value
     return out
+
+
+def attachment_of_file(path: str | Path) -> dict[str, Any]:
+    """A reply's attachment (``tickets reply --attach FILE``): its name, size, SHA-256 and media type, read from
+    the file, which stays where it is (only this metadata goes into the signed ticket.reply record)."""
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"--attach {path}: no such file", fix="give the path of a file the reply rests on")
+    h = hashlib.sha256()
+    size = 0
+    try:
+        with p.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+                size += len(chunk)
+    except OSError as e:
+        raise UsageError(f"--attach {path}: cannot read it ({e.strerror})", fix="check the file's permissions") from None
+    media = mimetypes.guess_type(p.name)[0] or "application/octet-stream"
+    a = {"name": p.name, "size": size, "sha256": h.hexdigest(), "media_type": media}
+    problem = lc.check_attachment(a)
+    if problem:
+        raise UsageError(f"--attach {path}: {problem}", fix="rename the file")
+    return a
 
 
 def act(home: Home, verb: str, ticket: str, given: Mapping[str, Any], auth: dict[str, Any]) -> tuple[Any, str]:

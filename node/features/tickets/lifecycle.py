@@ -79,7 +79,12 @@ kind                        who              per-event fields
                                              ``at < sign_deadline <= reply_deadline``.
 ``ticket.delivered``        target           — (the receipt, written automatically on storing the ticket)
 ``ticket.sign``             target subtree   — (签收)
-``ticket.reply``            target subtree   ``text``
+``ticket.reply``            target subtree   ``text``; ``attachments`` (optional): the metadata of the files
+                                             the reply rests on, ``[{name, size, sha256, media_type}]``
+                                             (``ATTACHMENT_FIELDS``; at most ``MAX_ATTACHMENTS``). The files
+                                             stay in the department's own system: the record carries only
+                                             what identifies them, so a supervisor can ask for a file and
+                                             check that what he is given is the one the reply cited.
 ``ticket.conclude``         issuer           ``verdict`` (``satisfactory`` 满意 | ``basically`` 基本满意 |
                                              ``unsatisfactory`` 不满意), ``text``; ``score`` (int 0..100,
                                              optional, default by verdict: 100 / 70 / 40; it feeds the
@@ -229,6 +234,12 @@ SATISFACTION_CODES = ("1", "2", "3", "4", "5")  # 非常满意 满意 基本满�
 DEADLINE_KINDS = ("sign", "reply")
 COMMON_FIELDS = ("ticket", "actor", "at", "node", "by")
 
+ATTACHMENT_FIELDS = ("name", "size", "sha256", "media_type")
+MAX_ATTACHMENTS = 20
+MAX_ATTACHMENT_NAME = 255
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_MEDIA_TYPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}$")
+
 DEFAULT_SIGN_DAYS = 1.0
 DEFAULT_REPLY_DAYS = 10.0
 DEFAULT_ESCALATE_AFTER_DAYS = 1.0
@@ -318,6 +329,7 @@ class TicketState:
     signed_at: str | None = None
     replied_at: str | None = None  # the latest reply
     reply_text: str | None = None
+    reply_attachments: list[dict[str, Any]] = field(default_factory=list)  # of the latest reply
     first_reply_at: str | None = None
     replied_on_time: bool | None = None  # first reply against the reply deadline then in force
     returns: int = 0
@@ -500,6 +512,38 @@ def _need_int(kind: str, p: dict[str, Any], name: str, lo: int, hi: int | None =
         raise _malformed(kind, p, f"field {name!r} must be an integer {bound}, got {v!r}", f"fix {name!r}")
 
 
+def check_attachment(a: Any) -> str:
+    """What is wrong with one attachment's metadata, or "" (``ATTACHMENT_FIELDS``, exactly)."""
+    if not isinstance(a, dict):
+        return f"an attachment must be an object with {', '.join(ATTACHMENT_FIELDS)}, got {a!r}"
+    if set(a) != set(ATTACHMENT_FIELDS):
+        return f"an attachment has exactly the fields {', '.join(ATTACHMENT_FIELDS)}, got {', '.join(sorted(a))}"
+    name = a["name"]
+    if not isinstance(name, str) or not name.strip() or len(name) > MAX_ATTACHMENT_NAME or "/" in name \
+            or "\\" in name or any(ord(c) < 32 for c in name):
+        return f"attachment name {name!r} must be a file name (1..{MAX_ATTACHMENT_NAME} characters, no path, " \
+               "no control characters)"
+    size = a["size"]
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        return f"attachment {name}: size must be a whole number of bytes >= 0, got {size!r}"
+    if not isinstance(a["sha256"], str) or not _SHA256_RE.match(a["sha256"]):
+        return f"attachment {name}: sha256 must be 64 lowercase hex digits, got {a['sha256']!r}"
+    if not isinstance(a["media_type"], str) or not _MEDIA_TYPE_RE.match(a["media_type"]):
+        return f"attachment {name}: media_type must look like application/pdf, got {a['media_type']!r}"
+    return ""
+
+
+def _need_attachments(kind: str, p: dict[str, Any]) -> None:
+    v = p["attachments"]
+    if not isinstance(v, list) or len(v) > MAX_ATTACHMENTS:
+        raise _malformed(kind, p, f"attachments must be a list of at most {MAX_ATTACHMENTS}, got {v!r}"[:300],
+                         "fix 'attachments'")
+    for a in v:
+        problem = check_attachment(a)
+        if problem:
+            raise _malformed(kind, p, problem, "give name, size, sha256 and media_type of each file")
+
+
 def _validate(kind: str, p: dict[str, Any]) -> datetime:
     """Shape checks that need no state. Returns ``at``."""
     if kind not in _RANK:
@@ -538,6 +582,8 @@ def _validate(kind: str, p: dict[str, Any]) -> datetime:
             )
     elif kind == REPLY:
         _need_str(kind, p, "text")
+        if "attachments" in p:
+            _need_attachments(kind, p)
     elif kind == CONCLUDE:
         if p.get("verdict") not in VERDICTS:
             raise _malformed(
@@ -722,6 +768,7 @@ def _mutate(st: TicketState, kind: str, p: dict[str, Any], new_state: str) -> No
     elif kind == REPLY:
         st.replied_at = at
         st.reply_text = p["text"]
+        st.reply_attachments = copy.deepcopy(p.get("attachments", []))
         if st.first_reply_at is None:
             st.first_reply_at = at
             st.replied_on_time = parse_time(at) <= parse_time(st.deadlines["reply"])

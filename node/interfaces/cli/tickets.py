@@ -27,7 +27,15 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from node.app.tickets import act, confirm_draft, drop_draft, issue, list_drafts, run_request
+from node.app.tickets import (
+    act,
+    attachment_of_file,
+    confirm_draft,
+    drop_draft,
+    issue,
+    list_drafts,
+    run_request,
+)
 from node.features.tickets import lifecycle as lc
 from node.features.tickets.desk import VERBS
 from node.interfaces.cli.base import command, emit, open_home
@@ -64,6 +72,9 @@ def add_parsers(sub: Any, add: Callable[..., argparse.ArgumentParser]) -> None:
     sp = add("reply", "reply to a ticket (答复)", ts)
     sp.add_argument("ticket")
     sp.add_argument("text")
+    sp.add_argument("--attach", action="append", default=[], metavar="FILE",
+                    help="a file the reply rests on (repeatable): its name, size, SHA-256 and media type go into the "
+                         "signed reply; the file itself stays in the department's system")
     sp = add("conclude", "conclude a replied ticket (办结) with a verdict; issuer only", ts)
     sp.add_argument("ticket")
     sp.add_argument("verdict", choices=list(lc.VERDICTS))
@@ -157,6 +168,8 @@ def _cmd_act(args: argparse.Namespace) -> int:
     home = open_home(args)
     given = {**vars(args), "responsible_unit": getattr(args, "unit", None),
              "responsible_person": getattr(args, "person", None)}
+    if getattr(args, "attach", None):
+        given["attachments"] = [attachment_of_file(f) for f in args.attach]
     result, via = act(home, args.tickets_command, args.ticket, given, args.auth)
     result["via"] = via
     emit(args, result, f"{result['ticket']}: {result['event'].removeprefix('ticket.')} recorded at "
@@ -217,10 +230,14 @@ def show_text(d: dict[str, Any]) -> str:
             f"  {'when':<27}{'node':<11}{'who':<14}what",
         ]
         for e in d["timeline"]:
-            detail = ", ".join(f"{k}={v}" for k, v in e["detail"].items() if v not in ("", [], None))
+            detail = ", ".join(f"{k}={v}" for k, v in e["detail"].items()
+                               if v not in ("", [], None) and k != "attachments")
             who = f"{e['by']['name']}({e['by']['role_label']})" if e.get("by") else e["actor"]
             lines.append(f"  {e['at']:<27}{e['node']:<11}{who:<14}{e['event']}"
                          + (f"  ({detail})" if detail and e["event"] != "issue" else ""))
+            for a in e["detail"].get("attachments") or []:
+                lines.append(f"  {'':<27}{'':<11}{'':<14}  attachment {a['name']} ({a['size']} bytes, "
+                             f"{a['media_type']}) sha256 {a['sha256']}")
         if d.get("verdict"):
             lines.append(f"  conclusion: {d['verdict']} (score {d['score']}) {d.get('conclusion') or ''}")
         for a in d.get("alerts") or []:

@@ -96,8 +96,8 @@ def detail(d: Any, event: str = "") -> list[tuple[str, str]]:
         return []
     out = []
     for k, v in d.items():
-        if v in (None, "", [], {}) or (event == "issue" and k in _SHOWN_ABOVE):
-            continue
+        if v in (None, "", [], {}) or (event == "issue" and k in _SHOWN_ABOVE) or k == "attachments":
+            continue  # attachments: a list of their own (ticket.html)
         if k == "verdict":
             v = VERDICTS.get(v, v)
         elif k == "satisfaction":
@@ -150,6 +150,18 @@ def who_or_system(by: Any, actor: Any = "") -> str:
     return "系统（自动）" if actor == "system" and not by else who(by, actor)
 
 
+def size(n: Any) -> str:
+    """Bytes as people read them: 1.2 MB, 34 KB, 512 字节."""
+    try:
+        b = int(n)
+    except (TypeError, ValueError):
+        return str(n)
+    for unit, step in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
+        if b >= step:
+            return f"{b / step:.1f} {unit}"
+    return f"{b} 字节"
+
+
 def install(env: jinja2.Environment) -> None:
     env.filters.update(
         when=when, when_us=when_us, who=who_or_system, detail=detail, case_fields=case_fields,
@@ -165,5 +177,5 @@ def install(env: jinja2.Environment) -> None:
         direction=lambda d: DIRECTIONS.get(d, d),
         role=lambda r: ROLES.get(r, r),
         action=lambda a: ACTIONS.get(a, a),
-        verify_failure=verify_failure,
+        verify_failure=verify_failure, size=size,
     )

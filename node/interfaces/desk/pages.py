@@ -224,6 +224,37 @@ async def ticket(request: Request, s: Session) -> Response:
     }, session=s)
 
 
+def _attachments(text: str) -> list[dict[str, Any]]:
+    """The reply form's attachments: one file a line, ``文件名 | 大小 | SHA-256 | 类型`` (类型 may be left out).
+    The desk never receives the files: desk.js fills these lines in from files picked in the browser (hashed
+    there), or the person types them (e.g. from `sha256sum`); the department keeps the files."""
+    import mimetypes
+
+    from node.features.tickets import lifecycle as lc
+
+    out = []
+    lines = [ln.strip() for ln in text.replace("｜", "|").splitlines() if ln.strip()]
+    if len(lines) > lc.MAX_ATTACHMENTS:
+        raise UsageError(f"附件最多 {lc.MAX_ATTACHMENTS} 个，填写了 {len(lines)} 个", fix="请删去多余的行")
+    fmt = "每行一个文件：文件名 | 大小（字节） | SHA-256 | 类型（可省）"
+    for i, line in enumerate(lines, start=1):
+        parts = [x.strip() for x in line.rsplit("|", 3)]
+        if len(parts) == 3 or (len(parts) == 4 and "/" not in parts[3]):
+            parts = [x.strip() for x in line.rsplit("|", 2)] + [""]
+        if len(parts) != 4:
+            raise UsageError(f"附件第 {i} 行格式不对：{line}", fix=fmt)
+        name, size, sha, media = parts
+        if not size.isdigit():
+            raise UsageError(f"附件第 {i} 行的大小须为字节数：{size}", fix=fmt)
+        a = {"name": name, "size": int(size), "sha256": sha.lower(),
+             "media_type": media or mimetypes.guess_type(name)[0] or "application/octet-stream"}
+        problem = lc.check_attachment(a)
+        if problem:
+            raise UsageError(f"附件第 {i} 行有误：{problem}", fix=fmt)
+        out.append(a)
+    return out
+
+
 _NUMBERS = {"days": ("延期天数", float), "reply_days": ("答复时限", float), "score": ("评分", int),
             "assign_no": ("认定序号", int)}
 
@@ -240,6 +271,8 @@ async def ticket_act(request: Request, s: Session) -> Response:
         if given.get(name):
             given[name] = _int(given[name], label) if kind is int else _num(given[name], label)
     given["disputed"] = given.get("disputed") == "1"
+    if verb == "reply":
+        given["attachments"] = _attachments(given.get("attachments") or "") or None
     await desk.op("tickets", {"action": "act", "verb": verb, "ticket": no,
                               "fields": app_tickets.act_fields(verb, given), "auth": s.auth})
     return RedirectResponse(f"/tickets/{quote(no)}?done={verb}", status_code=303)

@@ -26,3 +26,44 @@
   el.setAttribute("data-rendered", "1");
   window.addEventListener("resize", function () { chart.resize(); });
 })();
+
+// 督办答复的附件登记: files picked here are hashed in this browser (Web Crypto SHA-256) and only their
+// name | size | SHA-256 | type lines are written into the form; the file input has no name, so the files
+// themselves are never sent (they stay in the department's system).
+(function () {
+  "use strict";
+  var inputs = document.querySelectorAll("input[type=file][data-attach-for]");
+  Array.prototype.forEach.call(inputs, function (input) {
+    var target = document.getElementById(input.getAttribute("data-attach-for"));
+    var note = document.querySelector("[data-attach-note='" + input.getAttribute("data-attach-for") + "']");
+    if (!target) {
+      return;
+    }
+    if (!window.crypto || !window.crypto.subtle) {
+      if (note) { note.textContent = "本浏览器不能在本机计算 SHA-256（需 HTTPS），请手工填写。"; }
+      input.disabled = true;
+      return;
+    }
+    function hex(buf) {
+      return Array.prototype.map.call(new Uint8Array(buf), function (b) { return ("0" + b.toString(16)).slice(-2); }).join("");
+    }
+    input.addEventListener("change", function () {
+      var files = Array.prototype.slice.call(input.files || []);
+      if (note) { note.textContent = "正在计算 " + files.length + " 个文件的 SHA-256……"; }
+      Promise.all(files.map(function (f) {
+        return f.arrayBuffer().then(function (buf) { return window.crypto.subtle.digest("SHA-256", buf); })
+          .then(function (d) {
+            return f.name.replace(/[|\r\n]/g, "_") + " | " + f.size + " | " + hex(d) + " | " + (f.type || "application/octet-stream");
+          });
+      })).then(function (lines) {
+        var now = target.value.replace(/\s+$/, "");
+        target.value = (now ? now + "\n" : "") + lines.join("\n");
+        target.setAttribute("data-hashed", String(lines.length));
+        if (note) { note.textContent = "已登记 " + lines.length + " 个文件的信息（文件未上传）。"; }
+        input.value = "";
+      }, function (e) {
+        if (note) { note.textContent = "计算失败：" + e; }
+      });
+    });
+  });
+})();
