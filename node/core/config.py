@@ -46,6 +46,8 @@ class Config:
     # 1000 in `fednode bench`); memory per link is about window x batch x record size
     batch_records: int = schema.default("link", "batch_records")
     window: int = schema.default("link", "window")
+    compression: str = schema.default("link", "compression")  # "zstd" | "none" (node/link/packing.py)
+    receive_budget_mb: int = schema.default("link", "receive_budget_mb")  # all links together (transport.py)
     # a restarted node whose parent cannot be reached appends after this long, if its own logs are not
     # behind what it last recorded outside the store (own-heads.json): see node/runtime/process.py
     recover_wait_s: int = schema.default("link", "recover_wait_s")
@@ -68,6 +70,8 @@ FIELDS: dict[tuple[str, str], str] = {
     ("link", "parent_code"): "parent_code",
     ("link", "batch_records"): "batch_records",
     ("link", "window"): "window",
+    ("link", "compression"): "compression",
+    ("link", "receive_budget_mb"): "receive_budget_mb",
     ("link", "recover_wait_s"): "recover_wait_s",
     ("link", "parent_down_unhealthy_s"): "parent_down_unhealthy_s",
     ("admin", "socket"): "admin_socket",

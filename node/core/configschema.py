@@ -359,6 +359,14 @@ LINK = Section("link", "链路", "The links to the parent and to the children (m
     Key("batch_records", "integer", 4000, "Records per batch sent on a link. Bigger batches cost less CPU per "
         "record; memory per link is about window x batch x record size.", lo=100, hi=20_000),
     Key("window", "integer", 6, "Batches in flight per link.", lo=1, hi=16),
+    Key("compression", "string", "zstd", "Compression of batches on the links: \"zstd\" offers it to the parent "
+        "and accepts it from children (the parent picks, per link; a peer without it gets plain batches), "
+        "\"none\" turns it off. What is signed is never changed: records are verified after decoding.",
+        choices=("zstd", "none")),
+    Key("receive_budget_mb", "integer", 32, "Megabytes of received batches that all links together hold "
+        "before they are applied (one budget for the node, shared fairly by its children: past it a child "
+        "is held back by flow control). Bounds the node's memory whatever the number of children.",
+        lo=1, hi=4096),
     Key("recover_wait_s", "integer", 30, "Seconds a restarted node waits for its parent before it appends again "
         "(if its own logs are not behind what it recorded outside the store).", lo=0, hi=86400),
     Key("parent_down_unhealthy_s", "integer", 300, "Seconds without a connection to the parent after which "

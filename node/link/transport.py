@@ -8,8 +8,14 @@ Rules of this module:
 - a child dials its parent by the parent's hierarchical DNS name (node/core/pki.py), falling back to the
   flat legacy name when the handshake fails, so parents whose certificates predate the scheme answer;
 - ports are opened exclusively (``grpc.so_reuseport`` 0): a second node on a busy port fails to bind;
-- a link session reads at most ``INBOX_BATCHES`` batches ahead of what it has applied: past that it
-  stops reading and the peer is held back by HTTP/2 flow control (a peer keeping to its window never is);
+- a link session reads at most ``INBOX_BATCHES`` batches ahead of what it has applied, and all the
+  node's sessions together hold at most the node's receive budget (``rt.receive_budget``,
+  node/link/budget.py: ``[link] receive_budget_mb``, granted in turn so no child starves): past either
+  a session stops reading and the peer is held back by HTTP/2 flow control;
+- batches travel compressed when both sides agree in Hello (node/link/packing.py: the child offers,
+  the parent picks); a packed batch is decoded, bounded by ``MAX_MESSAGE``, before anything in it is
+  verified, and one that decodes to more than it says or than the limit ends the link
+  (``packed_batch_refused`` in the log, the link's error in status); the node goes on;
 - grpc.aio objects are created inside the running loop; blocking store work goes to the runtime's
   database thread (``rt.db``);
 - a session wakes on change, not on a timer: it takes the heads it may send from the store's heads
@@ -37,7 +43,7 @@ from node.core import pki
 from node.core.errors import FednodeError, OutsideSubtree
 from node.core.records import BULK, now_us
 from node.core.store import HeadChange
-from node.link import streams
+from node.link import packing, streams
 from node.link.protocol import DOWN, LOG, Outbox, Queued, StreamKey, next_to_apply
 from proto.fednode.v1 import fednode_pb2 as pb
 from proto.fednode.v1 import fednode_pb2_grpc as pbg
@@ -183,6 +189,8 @@ class Session:
         self._applying: set[StreamKey] = set()
         self.sent_at: dict[int, float] = {}
         self.established = False  # Hello exchanged: the dialler resets its backoff
+        self.codec = ""  # the compression chosen in Hello ("" = plain batches)
+        self.budget = rt.receive_budget
         state.outbox = self.outbox
 
     async def write(self, msg: pb.LinkMessage) -> None:
@@ -215,15 +223,22 @@ class Session:
             self.wake.set()
 
     async def hello(self) -> pb.Hello:
+        setting = self.rt.home.config.compression
         if self.is_child_side:
             heads = await self.rt.db(streams.up_heads, self.rt.ledger)
             down = await self.rt.db(streams.held_down_heads, self.rt.ledger)
+            offers = packing.offered(setting)
             await self.write(pb.LinkMessage(hello=pb.Hello(node_code=self.rt.code, heads=streams.to_heads_pb(heads),
                                                            down_heads=streams.to_heads_pb(down),
-                                                           software="fednode")))
+                                                           software="fednode", compressions=offers)))
             msg = await self._read()
             if msg is grpc.aio.EOF or msg is None or not msg.HasField("hello"):
                 raise ConnectionError("the parent closed the link before its Hello")
+            chosen = msg.hello.compression
+            if chosen and chosen not in offers:
+                raise ProtocolViolation(f"the parent {self.peer} chose compression {chosen!r}, which this node "
+                                        f"did not offer ({', '.join(offers) or 'none'})")
+            self._set_codec(chosen)
             return msg.hello
         msg = await self._read()
         if msg is grpc.aio.EOF or msg is None:
@@ -231,9 +246,15 @@ class Session:
         if not msg.HasField("hello"):
             raise ProtocolViolation(f"{self.peer} must open the link with Hello, not {msg.WhichOneof('msg')}")
         heads = await self.rt.db(streams.subtree_heads, self.rt.ledger, self.peer)
+        chosen = packing.choose(msg.hello.compressions, setting)
         await self.write(pb.LinkMessage(hello=pb.Hello(node_code=self.rt.code, heads=streams.to_heads_pb(heads),
-                                                       software="fednode")))
+                                                       software="fednode", compression=chosen)))
+        self._set_codec(chosen)
         return msg.hello
+
+    def _set_codec(self, codec: str) -> None:
+        self.codec = codec
+        self.state.compression = codec or "none"
 
     async def run(self) -> None:
         peer_hello = await self.hello()
@@ -271,7 +292,10 @@ class Session:
                         batch.batch_id = self.outbox.sent(parts)
                         if batch.segments:
                             self.sent_at[batch.batch_id] = time.monotonic()
-                            await self.write(pb.LinkMessage(batch=batch))
+                            # compressed off the loop (zstd releases the GIL): a relay's loop serves every link
+                            msg = await asyncio.to_thread(packing.pack, batch, self.codec) if self.codec \
+                                else pb.LinkMessage(batch=batch)
+                            await self.write(msg)
                             self.state.batches_out += 1
                             self.state.records_out += sum(len(s.records) for s in batch.segments)
                             self.state.last_records_us = now_us()
@@ -308,7 +332,7 @@ class Session:
     async def _reader(self) -> None:
         """Read messages and apply batches side by side, so a priority batch that arrives while bulk
         ones queue is applied as soon as the current apply ends (node/link/protocol.py ``next_to_apply``)."""
-        self._inbox: list[tuple[Queued, pb.Batch]] = []
+        self._inbox: list[tuple[Queued, pb.Batch, int]] = []  # with the bytes charged to the budget
         self._inbox_ready = asyncio.Event()
         self._inbox_room = asyncio.Event()  # set while the inbox holds fewer than INBOX_BATCHES
         self._inbox_room.set()
@@ -319,6 +343,10 @@ class Session:
                 tg.create_task(self._apply_loop())
         except BaseExceptionGroup as eg:  # the callers expect the error itself (ConnectionError, ...)
             raise eg.exceptions[0] from None
+        finally:
+            for _q, _b, n in self._inbox:
+                self.budget.release(n)
+            self._inbox.clear()
 
     async def _read_loop(self) -> None:
         while True:
@@ -333,11 +361,12 @@ class Session:
                 return
             self.state.last_in_us = now_us()
             which = msg.WhichOneof("msg")
-            if which == "batch":
-                segs = msg.batch.segments
+            if which in ("batch", "packed"):
+                batch, n = await self._admit(msg)
+                segs = batch.segments
                 queued = Queued(priority=bool(segs) and all(int(s.channel) < BULK for s in segs),
                                 logs=frozenset((s.origin, int(s.channel)) for s in segs))
-                self._inbox.append((queued, msg.batch))
+                self._inbox.append((queued, batch, n))
                 self._inbox_ready.set()
             elif which == "ack":
                 self._on_ack(msg.ack)
@@ -349,6 +378,36 @@ class Session:
             elif which == "hello":
                 raise ProtocolViolation(f"{self.peer} sent a second Hello")
 
+    async def _admit(self, msg: pb.LinkMessage) -> tuple[pb.Batch, int]:
+        """A received batch, its bytes charged to the node's receive budget (waiting, in turn, for room:
+        meanwhile nothing more is read from this peer). A packed one is decoded once admitted, so what
+        waits for room is only its compressed frame; one that is not what it says ends the link."""
+        if msg.HasField("batch"):
+            n = msg.batch.ByteSize()
+            await self.budget.acquire(n)
+            return msg.batch, n
+        packed = msg.packed
+        try:
+            packing.check(packed, self.codec, MAX_MESSAGE)
+        except packing.PackRefused as e:
+            raise self._refused(packed, e) from None
+        n = int(packed.size)
+        await self.budget.acquire(n)
+        try:
+            return await asyncio.to_thread(packing.unpack, packed, self.codec, MAX_MESSAGE), n
+        except packing.PackRefused as e:
+            self.budget.release(n)
+            raise self._refused(packed, e) from None
+        except BaseException:
+            self.budget.release(n)
+            raise
+
+    def _refused(self, packed: pb.PackedBatch, e: packing.PackRefused) -> ProtocolViolation:
+        log.error("packed_batch_refused", peer=self.peer, codec=packed.codec, size=int(packed.size),
+                  frame_bytes=len(packed.data), limit=MAX_MESSAGE, reason=str(e))
+        return ProtocolViolation(f"{self.peer} sent {e}: refused, the link is ended (fix: a peer that "
+                                 f"packs batches must send exactly what it declares, under {MAX_MESSAGE:,} bytes)")
+
     async def _apply_loop(self) -> None:
         while True:
             await self._inbox_ready.wait()
@@ -357,9 +416,12 @@ class Session:
                     raise ConnectionError(f"{self.peer} closed the link")
                 self._inbox_ready.clear()
                 continue
-            _queued, batch = self._inbox.pop(next_to_apply([q for q, _b in self._inbox]))
+            _queued, batch, n = self._inbox.pop(next_to_apply([q for q, _b, _n in self._inbox]))
             self._inbox_room.set()
-            await self._apply(batch)
+            try:
+                await self._apply(batch)
+            finally:
+                self.budget.release(n)
 
     async def _apply(self, batch: pb.Batch) -> None:
         t0 = time.monotonic()

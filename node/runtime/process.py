@@ -45,6 +45,7 @@ from node.core.home import Home, HomeLock, check_secret_modes, tighten_dirs
 from node.core.records import CHANNEL_NAMES, channel_name, now_us
 from node.features.metrics import Instruments
 from node.link import streams
+from node.link.budget import ReceiveBudget
 from node.link.protocol import LOG, Outbox, StreamKey
 from node.runtime.health import READY_MAX_WAIT_S, HealthMonitor, SystemdNotifier, has_parent
 
@@ -75,6 +76,7 @@ class LinkState:
     peer_heads: dict[StreamKey, int] = field(default_factory=dict)
     local_heads: dict[StreamKey, int] = field(default_factory=dict)
     outbox: Outbox | None = None
+    compression: str = ""  # the codec chosen in Hello ("none", "zstd"); "" before the first Hello
 
     def set(self, state: str) -> None:
         if state != self.state:
@@ -111,6 +113,8 @@ class NodeRuntime:
         # scan never stalls the links; writes still serialise on the store's write lock
         self._bg_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fednode-bg")
         self.sessions: set[Any] = set()
+        # bytes of received, unapplied batches held by all links together (node/link/budget.py)
+        self.receive_budget = ReceiveBudget(home.config.receive_budget_mb * 1024 * 1024)
         self.links: dict[str, LinkState] = {}
         self.child_reports: dict[str, Any] = {}
         self.refused_peers: dict[str, int] = {}
@@ -289,7 +293,7 @@ class NodeRuntime:
             "peer": st.peer, "direction": st.direction, "state": st.state, "since_us": st.since_us,
             "last_in_us": st.last_in_us, "last_out_us": st.last_out_us, "rtt_ms": st.rtt_ms,
             "records_in": st.records_in, "records_out": st.records_out, "backlog": backlog,
-            "acked": acked, "last_error": st.last_error,
+            "acked": acked, "last_error": st.last_error, "compression": st.compression,
             "paused": {f"{o}/{channel_name(c)}": p.error for (_k, o, c), p in (st.outbox.paused.items() if st.outbox else [])},
         }
         if st.direction == "up" and self.relay is not None:
@@ -310,6 +314,7 @@ class NodeRuntime:
         data["recovered"] = self.recovered.is_set()
         data["links"] = [self._link_status(st) for st in self.links.values()]
         data["refused_peers"] = self.refused_peers
+        data["receive_budget"] = self.receive_budget.status()
         if tree:
             data["tree"] = subtree(self.child_reports, depth, code)
         for svc in self.services:

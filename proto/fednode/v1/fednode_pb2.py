@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eproto/fednode/v1/fednode.proto\x12\nfednode.v1\"\x8d\x01\n\nRecordBody\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12$\n\x07\x63hannel\x18\x02 \x01(\x0e\x32\x13.fednode.v1.Channel\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x0c\n\x04\x64\x65st\x18\x05 \x01(\t\x12\x0f\n\x07time_us\x18\x06 \x01(\x03\x12\x0f\n\x07payload\x18\x07 \x01(\x0c\"?\n\x0cSignedRecord\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x0e\n\x06key_id\x18\x03 \x01(\x0c\"\x83\x01\n\x0e\x43heckpointBody\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12$\n\x07\x63hannel\x18\x02 \x01(\x0e\x32\x13.fednode.v1.Channel\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\r\n\x05\x63hain\x18\x04 \x01(\x0c\x12\x0f\n\x07time_us\x18\x05 \x01(\x03\x12\x0e\n\x06key_id\x18\x06 \x01(\x0c\"=\n\nCheckpoint\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x0e\n\x06key_id\x18\x03 \x01(\x0c\"D\n\x0eKeyCertificate\x12\x0e\n\x06key_id\x18\x01 \x01(\x0c\x12\x13\n\x0b\x63\x65rtificate\x18\x02 \x01(\x0c\x12\r\n\x05\x63hain\x18\x03 \x03(\x0c\"\xd8\x01\n\x0bRecordProof\x12(\n\x06record\x18\x01 \x01(\x0b\x32\x18.fednode.v1.SignedRecord\x12\x18\n\x10\x66ollowing_bodies\x18\x02 \x03(\x0c\x12\x16\n\x0eprevious_chain\x18\x03 \x01(\x0c\x12*\n\ncheckpoint\x18\x04 \x01(\x0b\x32\x16.fednode.v1.Checkpoint\x12\'\n\x03key\x18\x05 \x01(\x0b\x32\x1a.fednode.v1.KeyCertificate\x12\x18\n\x10root_certificate\x18\x06 \x01(\x0c\"[\n\x07LogHead\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12$\n\x07\x63hannel\x18\x02 \x01(\x0e\x32\x13.fednode.v1.Channel\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\r\n\x05\x63hain\x18\x04 \x01(\x0c\"\x96\x01\n\x07Segment\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12$\n\x07\x63hannel\x18\x02 \x01(\x0e\x32\x13.fednode.v1.Channel\x12)\n\x07records\x18\x03 \x03(\x0b\x32\x18.fednode.v1.SignedRecord\x12*\n\ncheckpoint\x18\x04 \x01(\x0b\x32\x16.fednode.v1.Checkpoint\"|\n\x05\x42\x61tch\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\x10\n\x08\x64ownward\x18\x02 \x01(\x08\x12%\n\x08segments\x18\x03 \x03(\x0b\x32\x13.fednode.v1.Segment\x12(\n\x04keys\x18\x04 \x03(\x0b\x32\x1a.fednode.v1.KeyCertificate\"y\n\x05Hello\x12\x11\n\tnode_code\x18\x01 \x01(\t\x12\"\n\x05heads\x18\x02 \x03(\x0b\x32\x13.fednode.v1.LogHead\x12\'\n\ndown_heads\x18\x03 \x03(\x0b\x32\x13.fednode.v1.LogHead\x12\x10\n\x08software\x18\x04 \x01(\t\"\xbd\x01\n\x03\x41\x63k\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\x12\n\nerror_code\x18\x03 \x01(\t\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\"\n\x05heads\x18\x05 \x03(\x0b\x32\x13.fednode.v1.LogHead\x12\'\n\ndown_heads\x18\x06 \x03(\x0b\x32\x13.fednode.v1.LogHead\x12(\n\x06\x65rrors\x18\x07 \x03(\x0b\x32\x18.fednode.v1.SegmentError\"g\n\x0cSegmentError\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12$\n\x07\x63hannel\x18\x02 \x01(\x0e\x32\x13.fednode.v1.Channel\x12\x12\n\nerror_code\x18\x03 \x01(\t\x12\r\n\x05\x65rror\x18\x04 \x01(\t\">\n\nLinkReport\x12\x11\n\tnode_code\x18\x01 \x01(\t\x12\x0f\n\x07time_us\x18\x02 \x01(\x03\x12\x0c\n\x04json\x18\x03 \x01(\x0c\"\xa6\x01\n\x0bLinkMessage\x12\"\n\x05hello\x18\x01 \x01(\x0b\x32\x11.fednode.v1.HelloH\x00\x12\"\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x11.fednode.v1.BatchH\x00\x12\x1e\n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\x0f.fednode.v1.AckH\x00\x12(\n\x06report\x18\x04 \x01(\x0b\x32\x16.fednode.v1.LinkReportH\x00\x42\x05\n\x03msg\"[\n\x0cHeadsRequest\x12\"\n\x05heads\x18\x01 \x03(\x0b\x32\x13.fednode.v1.LogHead\x12\'\n\ndown_heads\x18\x02 \x03(\x0b\x32\x13.fednode.v1.LogHead\"Y\n\nHeadsReply\x12\"\n\x05heads\x18\x01 \x03(\x0b\x32\x13.fednode.v1.LogHead\x12\'\n\ndown_heads\x18\x02 \x03(\x0b\x32\x13.fednode.v1.LogHead\"f\n\x0c\x46\x65tchRequest\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12$\n\x07\x63hannel\x18\x02 \x01(\x0e\x32\x13.fednode.v1.Channel\x12\x10\n\x08\x66rom_seq\x18\x03 \x01(\x04\x12\x0e\n\x06to_seq\x18\x04 \x01(\x04\"S\n\rChainsRequest\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12$\n\x07\x63hannel\x18\x02 \x01(\x0e\x32\x13.fednode.v1.Channel\x12\x0c\n\x04seqs\x18\x03 \x03(\x04\"\x1d\n\x0b\x43hainsReply\x12\x0e\n\x06\x63hains\x18\x01 \x03(\x0c\"D\n\nIngestItem\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x17\n\x0fsource_position\x18\x03 \x01(\t\"F\n\rIngestRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12%\n\x05items\x18\x02 \x03(\x0b\x32\x16.fednode.v1.IngestItem\"H\n\x0cIngestResult\x12\x17\n\x0fsource_position\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"8\n\x0bIngestReply\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.fednode.v1.IngestResult*F\n\x07\x43hannel\x12\x17\n\x13\x43HANNEL_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x43ONTROL\x10\x01\x12\x0b\n\x07MONITOR\x10\x02\x12\x08\n\x04\x42ULK\x10\x03\x32\xfb\x01\n\nFederation\x12<\n\x04Link\x12\x17.fednode.v1.LinkMessage\x1a\x17.fednode.v1.LinkMessage(\x01\x30\x01\x12\x39\n\x05Heads\x12\x18.fednode.v1.HeadsRequest\x1a\x16.fednode.v1.HeadsReply\x12\x36\n\x05\x46\x65tch\x12\x18.fednode.v1.FetchRequest\x1a\x11.fednode.v1.Batch0\x01\x12<\n\x06\x43hains\x12\x19.fednode.v1.ChainsRequest\x1a\x17.fednode.v1.ChainsReply2D\n\x06Ingest\x12:\n\x04Push\x12\x19.fednode.v1.IngestRequest\x1a\x17.fednode.v1.IngestReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eproto/fednode/v1/fednode.proto\x12\nfednode.v1\"\x8d\x01\n\nRecordBody\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12$\n\x07\x63hannel\x18\x02 \x01(\x0e\x32\x13.fednode.v1.Channel\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x0c\n\x04\x64\x65st\x18\x05 \x01(\t\x12\x0f\n\x07time_us\x18\x06 \x01(\x03\x12\x0f\n\x07payload\x18\x07 \x01(\x0c\"?\n\x0cSignedRecord\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x0e\n\x06key_id\x18\x03 \x01(\x0c\"\x83\x01\n\x0e\x43heckpointBody\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12$\n\x07\x63hannel\x18\x02 \x01(\x0e\x32\x13.fednode.v1.Channel\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\r\n\x05\x63hain\x18\x04 \x01(\x0c\x12\x0f\n\x07time_us\x18\x05 \x01(\x03\x12\x0e\n\x06key_id\x18\x06 \x01(\x0c\"=\n\nCheckpoint\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x0e\n\x06key_id\x18\x03 \x01(\x0c\"D\n\x0eKeyCertificate\x12\x0e\n\x06key_id\x18\x01 \x01(\x0c\x12\x13\n\x0b\x63\x65rtificate\x18\x02 \x01(\x0c\x12\r\n\x05\x63hain\x18\x03 \x03(\x0c\"\xd8\x01\n\x0bRecordProof\x12(\n\x06record\x18\x01 \x01(\x0b\x32\x18.fednode.v1.SignedRecord\x12\x18\n\x10\x66ollowing_bodies\x18\x02 \x03(\x0c\x12\x16\n\x0eprevious_chain\x18\x03 \x01(\x0c\x12*\n\ncheckpoint\x18\x04 \x01(\x0b\x32\x16.fednode.v1.Checkpoint\x12\'\n\x03key\x18\x05 \x01(\x0b\x32\x1a.fednode.v1.KeyCertificate\x12\x18\n\x10root_certificate\x18\x06 \x01(\x0c\"[\n\x07LogHead\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12$\n\x07\x63hannel\x18\x02 \x01(\x0e\x32\x13.fednode.v1.Channel\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\r\n\x05\x63hain\x18\x04 \x01(\x0c\"\x96\x01\n\x07Segment\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12$\n\x07\x63hannel\x18\x02 \x01(\x0e\x32\x13.fednode.v1.Channel\x12)\n\x07records\x18\x03 \x03(\x0b\x32\x18.fednode.v1.SignedRecord\x12*\n\ncheckpoint\x18\x04 \x01(\x0b\x32\x16.fednode.v1.Checkpoint\"|\n\x05\x42\x61tch\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\x10\n\x08\x64ownward\x18\x02 \x01(\x08\x12%\n\x08segments\x18\x03 \x03(\x0b\x32\x13.fednode.v1.Segment\x12(\n\x04keys\x18\x04 \x03(\x0b\x32\x1a.fednode.v1.KeyCertificate\"\xa4\x01\n\x05Hello\x12\x11\n\tnode_code\x18\x01 \x01(\t\x12\"\n\x05heads\x18\x02 \x03(\x0b\x32\x13.fednode.v1.LogHead\x12\'\n\ndown_heads\x18\x03 \x03(\x0b\x32\x13.fednode.v1.LogHead\x12\x10\n\x08software\x18\x04 \x01(\t\x12\x14\n\x0c\x63ompressions\x18\x05 \x03(\t\x12\x13\n\x0b\x63ompression\x18\x06 \x01(\t\"\xbd\x01\n\x03\x41\x63k\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\x12\n\nerror_code\x18\x03 \x01(\t\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\"\n\x05heads\x18\x05 \x03(\x0b\x32\x13.fednode.v1.LogHead\x12\'\n\ndown_heads\x18\x06 \x03(\x0b\x32\x13.fednode.v1.LogHead\x12(\n\x06\x65rrors\x18\x07 \x03(\x0b\x32\x18.fednode.v1.SegmentError\"g\n\x0cSegmentError\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12$\n\x07\x63hannel\x18\x02 \x01(\x0e\x32\x13.fednode.v1.Channel\x12\x12\n\nerror_code\x18\x03 \x01(\t\x12\r\n\x05\x65rror\x18\x04 \x01(\t\">\n\nLinkReport\x12\x11\n\tnode_code\x18\x01 \x01(\t\x12\x0f\n\x07time_us\x18\x02 \x01(\x03\x12\x0c\n\x04json\x18\x03 \x01(\x0c\"8\n\x0bPackedBatch\x12\r\n\x05\x63odec\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xd1\x01\n\x0bLinkMessage\x12\"\n\x05hello\x18\x01 \x01(\x0b\x32\x11.fednode.v1.HelloH\x00\x12\"\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x11.fednode.v1.BatchH\x00\x12\x1e\n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\x0f.fednode.v1.AckH\x00\x12(\n\x06report\x18\x04 \x01(\x0b\x32\x16.fednode.v1.LinkReportH\x00\x12)\n\x06packed\x18\x05 \x01(\x0b\x32\x17.fednode.v1.PackedBatchH\x00\x42\x05\n\x03msg\"[\n\x0cHeadsRequest\x12\"\n\x05heads\x18\x01 \x03(\x0b\x32\x13.fednode.v1.LogHead\x12\'\n\ndown_heads\x18\x02 \x03(\x0b\x32\x13.fednode.v1.LogHead\"Y\n\nHeadsReply\x12\"\n\x05heads\x18\x01 \x03(\x0b\x32\x13.fednode.v1.LogHead\x12\'\n\ndown_heads\x18\x02 \x03(\x0b\x32\x13.fednode.v1.LogHead\"f\n\x0c\x46\x65tchRequest\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12$\n\x07\x63hannel\x18\x02 \x01(\x0e\x32\x13.fednode.v1.Channel\x12\x10\n\x08\x66rom_seq\x18\x03 \x01(\x04\x12\x0e\n\x06to_seq\x18\x04 \x01(\x04\"S\n\rChainsRequest\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12$\n\x07\x63hannel\x18\x02 \x01(\x0e\x32\x13.fednode.v1.Channel\x12\x0c\n\x04seqs\x18\x03 \x03(\x04\"\x1d\n\x0b\x43hainsReply\x12\x0e\n\x06\x63hains\x18\x01 \x03(\x0c\"D\n\nIngestItem\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x17\n\x0fsource_position\x18\x03 \x01(\t\"F\n\rIngestRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12%\n\x05items\x18\x02 \x03(\x0b\x32\x16.fednode.v1.IngestItem\"H\n\x0cIngestResult\x12\x17\n\x0fsource_position\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"8\n\x0bIngestReply\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.fednode.v1.IngestResult*F\n\x07\x43hannel\x12\x17\n\x13\x43HANNEL_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x43ONTROL\x10\x01\x12\x0b\n\x07MONITOR\x10\x02\x12\x08\n\x04\x42ULK\x10\x03\x32\xfb\x01\n\nFederation\x12<\n\x04Link\x12\x17.fednode.v1.LinkMessage\x1a\x17.fednode.v1.LinkMessage(\x01\x30\x01\x12\x39\n\x05Heads\x12\x18.fednode.v1.HeadsRequest\x1a\x16.fednode.v1.HeadsReply\x12\x36\n\x05\x46\x65tch\x12\x18.fednode.v1.FetchRequest\x1a\x11.fednode.v1.Batch0\x01\x12<\n\x06\x43hains\x12\x19.fednode.v1.ChainsRequest\x1a\x17.fednode.v1.ChainsReply2D\n\x06Ingest\x12:\n\x04Push\x12\x19.fednode.v1.IngestRequest\x1a\x17.fednode.v1.IngestReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'proto.fednode.v1.fednode_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CHANNEL']._serialized_start=2444
-  _globals['_CHANNEL']._serialized_end=2514
+  _globals['_CHANNEL']._serialized_start=2589
+  _globals['_CHANNEL']._serialized_end=2659
   _globals['_RECORDBODY']._serialized_start=47
   _globals['_RECORDBODY']._serialized_end=188
   _globals['_SIGNEDRECORD']._serialized_start=190
@@ -51,36 +51,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SEGMENT']._serialized_end=985
   _globals['_BATCH']._serialized_start=987
   _globals['_BATCH']._serialized_end=1111
-  _globals['_HELLO']._serialized_start=1113
-  _globals['_HELLO']._serialized_end=1234
-  _globals['_ACK']._serialized_start=1237
-  _globals['_ACK']._serialized_end=1426
-  _globals['_SEGMENTERROR']._serialized_start=1428
-  _globals['_SEGMENTERROR']._serialized_end=1531
-  _globals['_LINKREPORT']._serialized_start=1533
-  _globals['_LINKREPORT']._serialized_end=1595
-  _globals['_LINKMESSAGE']._serialized_start=1598
-  _globals['_LINKMESSAGE']._serialized_end=1764
-  _globals['_HEADSREQUEST']._serialized_start=1766
-  _globals['_HEADSREQUEST']._serialized_end=1857
-  _globals['_HEADSREPLY']._serialized_start=1859
-  _globals['_HEADSREPLY']._serialized_end=1948
-  _globals['_FETCHREQUEST']._serialized_start=1950
-  _globals['_FETCHREQUEST']._serialized_end=2052
-  _globals['_CHAINSREQUEST']._serialized_start=2054
-  _globals['_CHAINSREQUEST']._serialized_end=2137
-  _globals['_CHAINSREPLY']._serialized_start=2139
-  _globals['_CHAINSREPLY']._serialized_end=2168
-  _globals['_INGESTITEM']._serialized_start=2170
-  _globals['_INGESTITEM']._serialized_end=2238
-  _globals['_INGESTREQUEST']._serialized_start=2240
-  _globals['_INGESTREQUEST']._serialized_end=2310
-  _globals['_INGESTRESULT']._serialized_start=2312
-  _globals['_INGESTRESULT']._serialized_end=2384
-  _globals['_INGESTREPLY']._serialized_start=2386
-  _globals['_INGESTREPLY']._serialized_end=2442
-  _globals['_FEDERATION']._serialized_start=2517
-  _globals['_FEDERATION']._serialized_end=2768
-  _globals['_INGEST']._serialized_start=2770
-  _globals['_INGEST']._serialized_end=2838
+  _globals['_HELLO']._serialized_start=1114
+  _globals['_HELLO']._serialized_end=1278
+  _globals['_ACK']._serialized_start=1281
+  _globals['_ACK']._serialized_end=1470
+  _globals['_SEGMENTERROR']._serialized_start=1472
+  _globals['_SEGMENTERROR']._serialized_end=1575
+  _globals['_LINKREPORT']._serialized_start=1577
+  _globals['_LINKREPORT']._serialized_end=1639
+  _globals['_PACKEDBATCH']._serialized_start=1641
+  _globals['_PACKEDBATCH']._serialized_end=1697
+  _globals['_LINKMESSAGE']._serialized_start=1700
+  _globals['_LINKMESSAGE']._serialized_end=1909
+  _globals['_HEADSREQUEST']._serialized_start=1911
+  _globals['_HEADSREQUEST']._serialized_end=2002
+  _globals['_HEADSREPLY']._serialized_start=2004
+  _globals['_HEADSREPLY']._serialized_end=2093
+  _globals['_FETCHREQUEST']._serialized_start=2095
+  _globals['_FETCHREQUEST']._serialized_end=2197
+  _globals['_CHAINSREQUEST']._serialized_start=2199
+  _globals['_CHAINSREQUEST']._serialized_end=2282
+  _globals['_CHAINSREPLY']._serialized_start=2284
+  _globals['_CHAINSREPLY']._serialized_end=2313
+  _globals['_INGESTITEM']._serialized_start=2315
+  _globals['_INGESTITEM']._serialized_end=2383
+  _globals['_INGESTREQUEST']._serialized_start=2385
+  _globals['_INGESTREQUEST']._serialized_end=2455
+  _globals['_INGESTRESULT']._serialized_start=2457
+  _globals['_INGESTRESULT']._serialized_end=2529
+  _globals['_INGESTREPLY']._serialized_start=2531
+  _globals['_INGESTREPLY']._serialized_end=2587
+  _globals['_FEDERATION']._serialized_start=2662
+  _globals['_FEDERATION']._serialized_end=2913
+  _globals['_INGEST']._serialized_start=2915
+  _globals['_INGEST']._serialized_end=2983
 # @@protoc_insertion_point(module_scope)

@@ -371,8 +371,12 @@ class Hello(_message.Message):
     HEADS_FIELD_NUMBER: _builtins.int
     DOWN_HEADS_FIELD_NUMBER: _builtins.int
     SOFTWARE_FIELD_NUMBER: _builtins.int
+    COMPRESSIONS_FIELD_NUMBER: _builtins.int
+    COMPRESSION_FIELD_NUMBER: _builtins.int
     node_code: _builtins.str
     software: _builtins.str
+    compression: _builtins.str
+    """the parent's Hello only: the codec chosen for this link, "" = none"""
     @_builtins.property
     def heads(self) -> _containers.RepeatedCompositeFieldContainer[Global___LogHead]:
         """upward logs the sender holds (contiguous prefixes)"""
@@ -381,6 +385,15 @@ class Hello(_message.Message):
     def down_heads(self) -> _containers.RepeatedCompositeFieldContainer[Global___LogHead]:
         """downward cursors: highest seq received per issuer log"""
 
+    @_builtins.property
+    def compressions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Compression of batches (never of what is signed: a record's body and signature travel inside the
+        decoded Batch, byte for byte). The child lists the codecs it can decode; the parent answers with
+        the one both sides use, in both directions, or "" (a peer that predates these fields sends and
+        gets plain ``batch`` messages).
+        codecs the sender decodes, preferred first, e.g. "zstd"
+        """
+
     def __init__(
         self,
         *,
@@ -388,10 +401,12 @@ class Hello(_message.Message):
         heads: _abc.Iterable[Global___LogHead] | None = ...,
         down_heads: _abc.Iterable[Global___LogHead] | None = ...,
         software: _builtins.str = ...,
+        compressions: _abc.Iterable[_builtins.str] | None = ...,
+        compression: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["down_heads", b"down_heads", "heads", b"heads", "node_code", b"node_code", "software", b"software"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compression", b"compression", "compressions", b"compressions", "down_heads", b"down_heads", "heads", b"heads", "node_code", b"node_code", "software", b"software"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -502,6 +517,38 @@ class LinkReport(_message.Message):
 Global___LinkReport: _TypeAlias = LinkReport  # noqa: Y015
 
 @_typing.final
+class PackedBatch(_message.Message):
+    """A Batch compressed with the codec chosen in Hello. The receiver refuses one whose ``size`` exceeds
+    its message limit or whose data does not decode to exactly ``size`` bytes (a decompression bomb).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODEC_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    codec: _builtins.str
+    """the codec chosen in Hello, e.g. "zstd" """
+    size: _builtins.int
+    """length of the serialised Batch once decoded"""
+    data: _builtins.bytes
+    """the codec's frame of the serialised Batch"""
+    def __init__(
+        self,
+        *,
+        codec: _builtins.str = ...,
+        size: _builtins.int = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["codec", b"codec", "data", b"data", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PackedBatch: _TypeAlias = PackedBatch  # noqa: Y015
+
+@_typing.final
 class LinkMessage(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -509,6 +556,7 @@ class LinkMessage(_message.Message):
     BATCH_FIELD_NUMBER: _builtins.int
     ACK_FIELD_NUMBER: _builtins.int
     REPORT_FIELD_NUMBER: _builtins.int
+    PACKED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___Hello: ...
     @_builtins.property
@@ -517,6 +565,10 @@ class LinkMessage(_message.Message):
     def ack(self) -> Global___Ack: ...
     @_builtins.property
     def report(self) -> Global___LinkReport: ...
+    @_builtins.property
+    def packed(self) -> Global___PackedBatch:
+        """only on a link whose Hello chose a codec"""
+
     def __init__(
         self,
         *,
@@ -524,12 +576,13 @@ class LinkMessage(_message.Message):
         batch: Global___Batch | None = ...,
         ack: Global___Ack | None = ...,
         report: Global___LinkReport | None = ...,
+        packed: Global___PackedBatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "batch", b"batch", "hello", b"hello", "msg", b"msg", "report", b"report"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "batch", b"batch", "hello", b"hello", "msg", b"msg", "packed", b"packed", "report", b"report"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "batch", b"batch", "hello", b"hello", "msg", b"msg", "report", b"report"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "batch", b"batch", "hello", b"hello", "msg", b"msg", "packed", b"packed", "report", b"report"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["hello", "batch", "ack", "report"]  # noqa: Y015
+    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["hello", "batch", "ack", "report", "packed"]  # noqa: Y015
     _WhichOneofArgType_msg: _TypeAlias = _typing.Literal["msg", b"msg"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_msg) -> _WhichOneofReturnType_msg | None: ...
 
