@@ -76,10 +76,9 @@ def catch_up(home: Home, store: Store) -> None:
     from node.features.stats.config import StatsConfig
 
     limit = getattr(_THREAD, "fold_limit", None)
-    if limit is not None:
-        high = int(store.get_meta("local_seq", "0") or 0)
-        if high - min(cix.cursor(store), projection.cursor(store)) > limit:
-            return
+    behind = int(store.get_meta("local_seq", "0") or 0) - min(cix.cursor(store), projection.cursor(store))
+    if behind <= 0 or (limit is not None and behind > limit):
+        return
     cix.fold_all(store)
     fold(store, home.code, build_calendar(home), StatsConfig.of_home(home))
 

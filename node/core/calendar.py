@@ -44,6 +44,7 @@ TOML::
 from __future__ import annotations
 
 import csv
+import functools
 import tomllib
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping
@@ -56,6 +57,14 @@ from typing import Any
 import chinese_calendar
 
 from node.core.errors import ConfigError, FednodeError
+
+
+@functools.lru_cache(maxsize=4096)
+def _library_workday(day: date) -> bool:
+    """chinese_calendar's answer for a day, kept: a calendar is built per read (node/app/stats.py
+    build_calendar) and each year it touches asked the library 365 times (~40 ms per desk page)."""
+    return bool(chinese_calendar.is_workday(day))
+
 
 CST = timezone(timedelta(hours=8), "CST")
 _CST_OFFSET = timedelta(hours=8)
@@ -279,6 +288,23 @@ class _Year:
         return self.prefix[-1]
 
 
+@functools.lru_cache(maxsize=16)
+def _day_tables(periods: tuple[tuple[int, int], ...], minutes_per_day: int) -> tuple[list[int], list[int]]:
+    """(intraday, earliest) of a working day with these office periods, shared by the calendars built
+    with them (read only): intraday[m] = working minutes between 00:00 and minute m (m = 0..1440);
+    earliest[r] = the earliest minute at which r working minutes have elapsed (r = 0..minutes_per_day)."""
+    intraday = [0] * (_MINUTES_PER_DAY + 1)
+    acc = 0
+    for m in range(1, _MINUTES_PER_DAY + 1):
+        if any(start < m <= end for start, end in periods):
+            acc += 1
+        intraday[m] = acc
+    earliest = [0] * (minutes_per_day + 1)
+    for m in range(_MINUTES_PER_DAY, -1, -1):
+        earliest[intraday[m]] = m
+    return intraday, earliest
+
+
 class Calendar:
     """Working days and working-time arithmetic. Immutable once built; caches are internal."""
 
@@ -286,19 +312,7 @@ class Calendar:
         self.hours = hours or OfficeHours()
         self.overrides = overrides or Overrides()
         self.minutes_per_day = self.hours.minutes_per_day
-        # intraday[m] = working minutes between 00:00 and minute m of a working day (m = 0..1440)
-        intraday = [0] * (_MINUTES_PER_DAY + 1)
-        acc = 0
-        for m in range(1, _MINUTES_PER_DAY + 1):
-            if any(start < m <= end for start, end in self.hours.periods):
-                acc += 1
-            intraday[m] = acc
-        self._intraday = intraday
-        # earliest minute of the day at which r working minutes have elapsed (r = 0..minutes_per_day)
-        earliest = [0] * (self.minutes_per_day + 1)
-        for m in range(_MINUTES_PER_DAY, -1, -1):
-            earliest[intraday[m]] = m
-        self._earliest = earliest
+        self._intraday, self._earliest = _day_tables(self.hours.periods, self.minutes_per_day)
         self._years: dict[int, _Year] = {}
         self._offsets: dict[int, int] = {ANCHOR_YEAR: 0}
         self._last_year = ANCHOR_YEAR
@@ -323,7 +337,7 @@ class Calendar:
         if forced is not None:
             return forced.kind == WORK
         if day.year in LIBRARY_YEARS:
-            return bool(chinese_calendar.is_workday(day))
+            return _library_workday(day)
         if day.year in self.overrides.years:
             return day.weekday() < 5
         raise CalendarYearMissing(day.year)
