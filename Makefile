@@ -1,4 +1,5 @@
-# make demo   : create/refresh .venv from the project's own files, then run `fednode demo`
+# make demo   : create/refresh .venv from the project's own files, then run `fednode demo --serve` (the
+#               nodes and their desks stay up, URLs and logins printed, until Ctrl-C)
 # make test   : create/refresh .venv, then run the whole test suite (PostgreSQL tests included when
 #               the server at 127.0.0.1:5432 answers; CI makes them mandatory)
 # make dist   : one archive per target (Python version x platform) in dist/ for an install with no
@@ -22,7 +23,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/fednode demo
+	$(BIN)/fednode demo --serve
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -68,6 +68,27 @@ def add_demo_people(base: Path, homes: dict[str, Home]) -> list[dict[str, str]]:
     return out
 
 
+def turn_on_desks(homes: dict[str, Home]) -> dict[str, str]:
+    """``[desk] listen`` on a free loopback port in every node.toml (plain HTTP is allowed on loopback only);
+    returns each node's desk URL."""
+    urls = {}
+    for code, home in homes.items():
+        port = free_port()
+        config.set_field(home.config.path, "desk", "listen", f"127.0.0.1:{port}")
+        urls[code] = f"http://127.0.0.1:{port}/"
+    return urls
+
+
+def desk_lines(urls: dict[str, str], people: list[dict[str, str]], password_file: Path) -> list[str]:
+    """What a person needs to open the desks: each node's URL with the people who sign in there."""
+    names = {code: name for code, name, *_ in TREE}
+    lines = [f"监察工作台 (the desk) of each node; sign in with a login below and the password in {password_file}:"]
+    for code, url in urls.items():
+        logins = ", ".join(f"{p['login']} ({p['name']}, {p['role']})" for p in people if p["node"] == code)
+        lines.append(f"  {code:<10} {names.get(code, ''):<7} {url:<26} {logins or '-'}")
+    return lines
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -79,15 +100,16 @@ LINKS_ONLY = "\n[rules]\nenabled = false\n"
 
 
 def build_tree(base: Path, tree: list[tuple[str, str, str, str | None]] = TREE, *,
-               extra_config: str = "") -> dict[str, Home]:
-    """Enrol a tree of node homes with the real pki path; ``extra_config`` is appended to every node.toml."""
+               extra_config: str = "", dbs: dict[str, str] | None = None) -> dict[str, Home]:
+    """Enrol a tree of node homes with the real pki path; ``extra_config`` is appended to every node.toml;
+    ``dbs`` gives a node its store URL (e.g. a PostgreSQL database; the default is SQLite in its home)."""
     homes: dict[str, Home] = {}
     ports = {code: free_port() for code, *_ in tree}
     for code, name, level, parent in tree:
         children = [c for c, *_r, p in tree if p == code]
         home = enrol.init(base / code, code=code, name=name, level=level,
                           listen=f"127.0.0.1:{ports[code]}" if children else "",
-                          parent=f"127.0.0.1:{ports[parent]}" if parent else "")
+                          parent=f"127.0.0.1:{ports[parent]}" if parent else "", db=(dbs or {}).get(code, ""))
         if extra_config:
             with home.config.path.open("a", encoding="utf-8") as f:
                 f.write(extra_config)
@@ -201,6 +223,8 @@ def main(args: argparse.Namespace) -> int:
     say = (lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr))
     say(f"building the tree in {base}: " + ", ".join(c for c, *_ in TREE))
     homes = build_tree(base)
+    desks = turn_on_desks(homes)
+    homes = {code: Home(h.dir) for code, h in homes.items()}  # node.toml changed
     procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
         for code, *_ in TREE:
@@ -212,6 +236,8 @@ def main(args: argparse.Namespace) -> int:
             f"`fednode login {homes['320300'].dir} --as zhangsan --password-file {base / DEMO_PASSWORD_FILE}`):")
         for p in people:
             say(f"  {p['node']:<10} {p['login']:<12} {p['name']:<6} {p['role']}")
+        for line in desk_lines(desks, people, base / DEMO_PASSWORD_FILE):
+            say(line)
         say(f"5 nodes running (mutual TLS on loopback); feeding {args.records} synthetic records at each leaf")
         ingested = 0
         for i, leaf in enumerate(LEAVES):
@@ -223,10 +249,15 @@ def main(args: argparse.Namespace) -> int:
         born = sum(want.values())
         lost = sum(max(0, v - heads.get(k, 0)) for k, v in want.items())
         status = {code: admin.call(homes[code], {"op": "status"})["result"] for code, *_ in TREE}  # type: ignore[index]
-        stop_all(procs)
-        root = Home(homes["320000"].dir)
-        report = verify_store(root.store(), Keyring.from_rows(root.root(), root.store().keys()))
-        root.close()
+        if getattr(args, "serve", False):  # the province's chains are verified through its store while it runs
+            root = Home(homes["320000"].dir)
+            report = verify_store(root.store(), Keyring.from_rows(root.root(), root.store().keys()))
+            root.close()
+        else:
+            stop_all(procs)
+            root = Home(homes["320000"].dir)
+            report = verify_store(root.store(), Keyring.from_rows(root.root(), root.store().keys()))
+            root.close()
         result: dict[str, Any] = {
             "records_ingested": ingested,
             "records_born_at_leaves": born,
@@ -239,12 +270,20 @@ def main(args: argparse.Namespace) -> int:
             "problems": report.problems,
             "homes": str(base),
             "people": people,
+            "desks": desks,
+            "password_file": str(base / DEMO_PASSWORD_FILE),
         }
         good = result["verified"] and lost == 0 and result["duplicates"] == 0 and total == born
         if args.json:
             print(json.dumps(result, ensure_ascii=False, indent=2))
         else:
             print(_summary(result, status))
+        if getattr(args, "serve", False) and good:
+            if not args.json:
+                print("\n" + "\n".join(desk_lines(desks, people, base / DEMO_PASSWORD_FILE)))
+                print("\nthe nodes and their desks keep running; Ctrl-C stops them"
+                      + ("" if args.keep else " and removes the homes"), flush=True)
+            serve_until_stopped(procs)
         return 0 if good else 1
     finally:
         stop_all(procs)
@@ -252,6 +291,24 @@ def main(args: argparse.Namespace) -> int:
             import shutil
 
             shutil.rmtree(base, ignore_errors=True)
+
+
+def serve_until_stopped(procs: dict[str, subprocess.Popen[bytes]]) -> None:
+    """Wait for Ctrl-C or SIGTERM (or a node that exits by itself); the caller stops the nodes."""
+    stop = False
+
+    def on_term(_sig: int, _frame: Any) -> None:
+        nonlocal stop
+        stop = True
+
+    old = signal.signal(signal.SIGTERM, on_term)
+    try:
+        while not stop and all(p.poll() is None for p in procs.values()):
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def _summary(r: dict[str, Any], status: dict[str, Any]) -> str:
@@ -277,4 +334,4 @@ def _summary(r: dict[str, Any], status: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["build_tree", "config", "main", "start"]
+__all__ = ["build_tree", "config", "desk_lines", "main", "start", "turn_on_desks"]

@@ -110,8 +110,10 @@ class DeskTree:
 
 
 @contextmanager
-def desk_tree(base: Path, *, idle: dict[str, float] | None = None, tls: tuple[str, ...] = ()) -> Iterator[DeskTree]:
-    cl = Cluster(base)
+def desk_tree(base: Path, *, idle: dict[str, float] | None = None, tls: tuple[str, ...] = (),
+              dbs: dict[str, str] | None = None) -> Iterator[DeskTree]:
+    """The tree of desks; ``dbs``: a node's store URL (PostgreSQL), SQLite in its home otherwise."""
+    cl = Cluster(base, dbs=dbs)
     urls = {}
     for code in cl.codes:
         port = free_port()
@@ -165,15 +167,17 @@ class Http:
     base: str
     cookies: dict[str, str] = field(default_factory=dict)
     bearer: str = ""
+    source: str = ""  # e.g. 127.0.0.2: another client address (the desk limits sign-ins per address)
 
     def request(self, method: str, path: str, body: bytes | None = None,
                 headers: dict[str, str] | None = None) -> Answer:
         u = urlsplit(self.base)
+        src = (self.source, 0) if self.source else None
         if u.scheme == "https":
             conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-                u.hostname or "", u.port, timeout=60, context=ssl._create_unverified_context())
+                u.hostname or "", u.port, timeout=60, context=ssl._create_unverified_context(), source_address=src)
         else:
-            conn = http.client.HTTPConnection(u.hostname or "", u.port, timeout=60)
+            conn = http.client.HTTPConnection(u.hostname or "", u.port, timeout=60, source_address=src)
         h = dict(headers or {})
         if self.cookies:
             h["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())

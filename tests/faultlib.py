@@ -101,9 +101,9 @@ class Cluster:
     """A tree of node processes. Use as a context manager: everything is stopped on exit, and on
     failure the last lines of every node.log are printed."""
 
-    def __init__(self, base: Path, tree: Tree = CHAIN) -> None:
+    def __init__(self, base: Path, tree: Tree = CHAIN, dbs: dict[str, str] | None = None) -> None:
         self.tree = tree
-        self.homes = build_tree(base, tree, extra_config=LINKS_ONLY)
+        self.homes = build_tree(base, tree, extra_config=LINKS_ONLY, dbs=dbs)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.env: dict[str, dict[str, str]] = {}
         self.starts: dict[str, int] = {c: 0 for c, *_ in tree}

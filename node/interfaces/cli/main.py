@@ -317,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("demo", "build a local tree of nodes, feed it, and check the province holds everything", dir_arg=False)
     sp.add_argument("--records", type=int, default=20000, help="records fed at each leaf (default 20000)")
     sp.add_argument("--keep", metavar="DIR", help="leave the node homes in DIR")
+    sp.add_argument("--serve", action="store_true",
+                    help="after the check, keep the nodes and their desks (监察工作台) running until Ctrl-C")
     from node.interfaces import admin as _ops  # noqa: F401  (registers every admin op before `run` serves them)
     from node.interfaces.cli import (
         adapters,
