@@ -425,16 +425,20 @@ class Ledger:
             log.warning("records_resigned", key_id=old, new_key_id=signer.key_id.hex(), **what)
         return out or None
 
-    def read_segment(self, origin: str, channel: int, after_seq: int, max_records: int = 1000) -> pb.Segment | None:
+    def read_segment(self, origin: str, channel: int, after_seq: int, max_records: int = 1000,
+                     into: pb.Segment | None = None) -> pb.Segment | None:
         """The next upward segment of a log after ``after_seq``: records up to a stored checkpoint.
 
         Cut at the last checkpoint within ``max_records`` (or the first one after it, if none is within),
-        so the receiver can authenticate the segment by that checkpoint alone."""
+        so the receiver can authenticate the segment by that checkpoint alone. ``into``: an empty segment
+        to fill (one just added to a batch: appending a built one would copy every record)."""
         cps = self.store.checkpoints(origin, channel, after_seq + 1, after_seq + max_records)
         cp = cps[-1] if cps else self.store.first_checkpoint_at_or_after(origin, channel, after_seq + 1)
         if cp is None:
             return None
-        seg = pb.Segment(origin=origin, channel=channel, checkpoint=cp.to_pb())  # type: ignore[arg-type]
+        seg = pb.Segment() if into is None else into
+        seg.origin, seg.channel = origin, channel  # type: ignore[assignment]
+        seg.checkpoint.body, seg.checkpoint.signature, seg.checkpoint.key_id = cp.body, cp.signature, cp.key_id
         add = seg.records.add
         for body, sig, kid in self.store.bodies(origin, channel, after_seq + 1, cp.seq):
             if sig:

@@ -35,7 +35,10 @@ class RelayCache:
     they are instead of reading them back from the store (a relay otherwise reads every record it has
     just written). An entry is used at most once, only when it starts exactly where the uplink's cursor
     is; anything else (a rewind after an error ack, a restart, an evicted entry) reads the store as
-    before. Bounded: the oldest entries go first. Used on the database thread only."""
+    before. An entry longer than the uplink's budget still goes whole: it was wholly new here, so the
+    only checkpoint the store holds in its range is its last one, and ``Ledger.read_segment`` would cut
+    the very same records (refusing it dropped the entry and made every later one of that log miss).
+    Bounded: the oldest entries go first. Used on the database thread only."""
 
     def __init__(self, max_records: int = 24_000) -> None:
         self.max_records = max_records
@@ -58,8 +61,6 @@ class RelayCache:
         if seg is None:
             return None
         self._records -= len(seg.records)
-        if len(seg.records) > limit:
-            return None
         self.hits += 1
         return seg
 
@@ -116,23 +117,28 @@ def read_batch(ledger: Ledger, wants: list[Want], peer: str,
             break
         kind, origin, channel = w.stream
         if kind == LOG:
-            seg = relay.take(origin, channel, w.after, w.limit) if relay is not None else None
-            if seg is None:
-                seg = ledger.read_segment(origin, channel, w.after, w.limit)
-            if seg is None or not seg.records:
-                continue
+            cached = relay.take(origin, channel, w.after, w.limit) if relay is not None else None
+            if cached is not None:
+                batch.segments.append(cached)
+                seg = batch.segments[-1]
+            else:  # read straight into the batch: appending a built segment would copy every record
+                seg = batch.segments.add()
+                if ledger.read_segment(origin, channel, w.after, w.limit, into=seg) is None or not seg.records:
+                    del batch.segments[-1]
+                    continue
             key_ids.add(seg.checkpoint.key_id)
             if channel in SIGNED_CHANNELS:
                 key_ids.update(r.key_id for r in seg.records)
             last = w.after + len(seg.records)
         else:
-            seg, last = _read_down(ledger, origin, channel, w.after, w.limit, peer)
-            if seg is None:
+            down, last = _read_down(ledger, origin, channel, w.after, w.limit, peer)
+            if down is None:
                 parts.append(Part(w.stream, w.after, last, 0))  # nothing for this peer up to `last`
                 continue
-            key_ids.update(r.key_id for r in seg.records)
-        size += sum(len(r.body) + 80 for r in seg.records)
-        batch.segments.append(seg)
+            key_ids.update(r.key_id for r in down.records)
+            batch.segments.append(down)
+            seg = batch.segments[-1]
+        size += seg.ByteSize()
         parts.append(Part(w.stream, w.after, last, len(seg.records)))
     batch.downward = any(p.stream[0] == DOWN for p in parts)
     batch.keys.extend(ledger.key_certificates_for(k for k in key_ids if k))
