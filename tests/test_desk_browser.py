@@ -79,6 +79,9 @@ def test_red_card_to_ticket_to_conclusion_seen_by_the_province(tree: Tree) -> No
     zhang_api = api_as(tree, "320300", "zhang")
     wait_for(lambda: bool(zhang_api.get("/api/v1/alerts?level=3&division=320303").json()), 60,
              "red cards of 320303 reach the city")
+    # the overview counts them from stats_alert_counts, which the stats fold keeps: a moment later
+    wait_for(lambda: any(u["division"] == "320303" for u in zhang_api.get("/api/v1/overview").json()["alerts"]), 60,
+             "the city's overview counts 320303's alerts")
     with sync_playwright() as pw:
         b = Browser(pw, exe)
         try:
