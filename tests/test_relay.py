@@ -75,3 +75,19 @@ def test_the_cache_is_bounded() -> None:
     assert relay.take("320303", BULK, 0, 10) is None  # evicted, oldest first
     assert relay.take("320303", BULK, 9, 10) is not None
     assert len(relay._segments) == 3 and relay._records == 6
+
+
+def test_a_batch_read_into_a_message_is_the_batch_read_alone(tree: Tree) -> None:
+    """``read_batch(into=LinkMessage().batch)`` fills the message in place (no copy of every record when
+    it is sent) with exactly the batch a plain read gives, a segment read straight into it included."""
+    from proto.fednode.v1 import fednode_pb2 as pb
+
+    county = tree.county.ledger()
+    fill(county, 1200)
+    wants = [Want((LOG, "320303", BULK), 0, 1000), Want((LOG, "320303", BULK), 1000, 1000)]
+    alone, parts = read_batch(county, wants, "320300")
+    msg = pb.LinkMessage()
+    into, parts2 = read_batch(county, wants, "320300", into=msg.batch)
+    assert into is msg.batch or into == msg.batch
+    assert msg.batch.SerializeToString() == alone.SerializeToString() and parts2 == parts
+    assert [len(s.records) for s in msg.batch.segments] == [1000, 200]

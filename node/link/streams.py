@@ -105,10 +105,12 @@ def from_heads_pb(heads: Any, kind: str) -> dict[StreamKey, int]:
 
 
 def read_batch(ledger: Ledger, wants: list[Want], peer: str,
-               relay: RelayCache | None = None) -> tuple[pb.Batch, list[Part]]:
+               relay: RelayCache | None = None, into: pb.Batch | None = None) -> tuple[pb.Batch, list[Part]]:
     """Read what ``wants`` asks for, cutting log streams at checkpoints (or forwarding a segment just
-    received from a child, when ``relay`` holds the one that starts at the cursor)."""
-    batch = pb.Batch()
+    received from a child, when ``relay`` holds the one that starts at the cursor). ``into``: an empty
+    batch to fill, e.g. ``LinkMessage().batch``, so sending it copies no record
+    (``LinkMessage(batch=batch)`` copies every one)."""
+    batch = pb.Batch() if into is None else into
     parts: list[Part] = []
     key_ids: set[bytes] = set()
     size = 0
