@@ -139,6 +139,32 @@ def desk_tree(base: Path, *, idle: dict[str, float] | None = None, tls: tuple[st
         yield tree
 
 
+@contextmanager
+def altered_record(home: Any, ref: str, marker: bytes = b'"handler":"') -> Iterator[None]:
+    """One byte of the stored body of record ``ref`` (ORIGIN/CHANNEL/SEQ) changed right in ``home``'s database
+    (behind the running node's back, as an intruder or a disk would), put back afterwards."""
+    from sqlalchemy import and_, select, update
+
+    from node.core import schema
+    from node.core.records import channel_number
+    from tests.faultlib import open_store
+
+    origin, channel, seq = ref.split("/")
+    t = schema.records
+    where = and_(t.c.origin == origin, t.c.channel == channel_number(channel), t.c.seq == int(seq))
+    store = open_store(home)
+    try:
+        with store.engine.begin() as c:
+            body = bytes(c.execute(select(t.c.body).where(where)).scalar_one())
+            i = body.index(marker) + len(marker)
+            c.execute(update(t).where(where).values(body=body[:i] + bytes([body[i] ^ 1]) + body[i + 1:]))
+        yield
+    finally:
+        with store.engine.begin() as c:
+            c.execute(update(t).where(where).values(body=body))
+        store.close()
+
+
 # ---- HTTP ------------------------------------------------------------------------------------------------------
 
 

@@ -30,7 +30,7 @@ import pytest
 from node.core.errors import ConfigError
 from node.runtime.services.desk import DeskSettings
 from tests.desklib import DeskTree as Tree
-from tests.desklib import Http, desk_tree
+from tests.desklib import Http, altered_record, desk_tree
 from tests.faultlib import wait_for
 
 pytestmark = pytest.mark.slow
@@ -334,12 +334,6 @@ def test_case_verify_badge_turns_to_failure_when_a_stored_record_is_altered(tree
     """The 办件 page's badge: every record of the case proved back to its origin's signed checkpoint. One byte
     of one stored record changed in the city's database (the store itself, behind the node's back) turns it
     to 验证失败 naming that record; put back, it is 已验证 again."""
-    from sqlalchemy import and_, select, update
-
-    from node.core import schema
-    from node.core.records import channel_number
-    from tests.faultlib import open_store
-
     api = Http(tree.urls["320300"], source=SRC_VERIFY)
     api.api_login("zhang")
     page = signed_in(tree, "320300", "zhang", SRC_VERIFY)
@@ -353,15 +347,7 @@ def test_case_verify_badge_turns_to_failure_when_a_stored_record_is_altered(tree
     shown = page.get(f"/cases/{case_no}").text
     assert 'data-testid="case-verify">已验证<' in shown and "验证失败" not in shown
     target = next(r for r in v["records"] if r["kind"] == "case.accept")
-    origin, channel, seq = target["record"].split("/")
-    t = schema.records
-    where = and_(t.c.origin == origin, t.c.channel == channel_number(channel), t.c.seq == int(seq))
-    store = open_store(tree.cl.homes["320300"])
-    try:
-        with store.engine.begin() as c:
-            body = bytes(c.execute(select(t.c.body).where(where)).scalar_one())
-            i = body.index(b'"handler":"') + len(b'"handler":"')
-            c.execute(update(t).where(where).values(body=body[:i] + bytes([body[i] ^ 1]) + body[i + 1:]))
+    with altered_record(tree.cl.homes["320300"], target["record"]):
         bad = api.get(f"/api/v1/cases/{case_no}/verify").json()
         assert bad["ok"] is False and bad["failed"] >= 1, bad
         hit = next(r for r in bad["records"] if r["record"] == target["record"])
@@ -369,10 +355,6 @@ def test_case_verify_badge_turns_to_failure_when_a_stored_record_is_altered(tree
         shown = page.get(f"/cases/{case_no}").text
         assert 'data-testid="case-verify">验证失败<' in shown and "已验证<" not in shown
         assert target["record"] in shown and "存储的记录内容已被改动" in shown
-    finally:
-        with store.engine.begin() as c:
-            c.execute(update(t).where(where).values(body=body))
-        store.close()
     assert api.get(f"/api/v1/cases/{case_no}/verify").json()["ok"] is True
     # another unit's supervisor may not verify it either (the same may() as the case)
     other = Http(tree.urls["320300"], source=SRC_VERIFY)
