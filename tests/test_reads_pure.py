@@ -76,7 +76,7 @@ def reads(d: str, ticket: str, complaint: str, alert_id: str, quarantine_id: int
         ["quarantine", "list", d, "--json"], ["quarantine", "show", d, str(quarantine_id)],
         ["stats", d, "--json"], ["worklog", d, "--json"], ["verify", d, "--json"],
         ["proof", d, COUNTY, "bulk", "1"], ["calendar", "show", d, "--json"], ["adapters", "list", d, "--json"],
-        ["pki", "keys", d, "--json"], ["check", d, "--json"],
+        ["pki", "keys", d, "--json"], ["check", d, "--json"], ["notify", "dead-letters", d, "--json"],
     ]
     cli.build_parser()  # registers every feature module's commands
     return [a for a in argvs if a[0] in cli.COMMANDS or " ".join(a[:2]) in cli.COMMANDS]

@@ -33,6 +33,8 @@ from node.features.worklog import ACTION, action_payload
 CST = timezone(timedelta(hours=8))
 OS_PREFIX = "os:"
 _LOGIN_RE = re.compile(r"^[a-z][a-z0-9_.-]{1,63}$")
+_PHONE_RE = re.compile(r"^\+?\d[\d -]{4,30}$")  # the contact fields of a user: what notify's sms and smtp send to
+_MAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 # The permission each CLI command needs (roles.py has the table of who holds which). A command not
 # named here needs node.operate (系统管理员 only): a new command is closed until someone opens it.
@@ -281,13 +283,18 @@ def _add(ledger: Ledger, actor: Person, req: dict[str, Any], now: datetime) -> d
         if problem:
             raise UsageError(f"the password is too weak: {problem}", fix="choose a longer, mixed password")
         password_hash = accounts.hash_password(str(password))
+    phone, mail = str(req.get("phone") or "").strip(), str(req.get("mail") or "").strip()
+    if phone and not _PHONE_RE.match(phone):
+        raise UsageError(f"--mobile {phone!r} is not a phone number", fix="digits, e.g. --mobile 13800000000")
+    if mail and not _MAIL_RE.match(mail):
+        raise UsageError(f"--email {mail!r} is not a mail address", fix="e.g. --email zhangsan@example.gov.cn")
     with ledger.store.read() as conn:
         if users.get(conn, login) is not None:
             raise UsageError(f"user {login} already exists at {ledger.code}",
                              fix="choose another login; `fednode users list DIR` shows them")
     at = _iso(now)
     user = users.User(login=login, name=name, roles=roles, scope=scope, password_hash=password_hash,
-                      phone=str(req.get("phone") or ""), mail=str(req.get("mail") or ""),
+                      phone=phone, mail=mail,
                       created_at=at, created_by=actor.login, changed_at=at, changed_by=actor.login)
     _append(ledger, actor, "users add", login, {"name": name, "roles": list(roles), "scope": scope}, now,
             role="sysadmin", also=lambda tx: users.put(tx, user, new=True))

@@ -25,6 +25,7 @@ Rules of this module:
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -232,7 +233,7 @@ class SmtpNotifier:
                     smtp.starttls(context=context)
                     smtp.ehlo()
                 if cfg.user:
-                    smtp.login(cfg.user, password)
+                    _login(smtp, cfg.user, password)
                 smtp.send_message(msg)
         except NotifyError:
             raise
@@ -255,6 +256,24 @@ class SmtpNotifier:
         except (smtplib.SMTPException, OSError) as e:  # refused, reset, timed out, TLS handshake...
             raise NotifyError(f"{where} unreachable: {type(e).__name__}: {e}",
                               fix="check smtp_host, smtp_port, smtp_security and that the server is up") from None
+
+
+def _login(smtp: smtplib.SMTP, user: str, password: str) -> None:
+    """``smtp.login``; smtplib encodes the credentials as ASCII, so a password with other characters goes
+    as RFC 4616 AUTH PLAIN in UTF-8 (what the mail servers in use accept)."""
+    try:
+        smtp.login(user, password)
+        return
+    except UnicodeEncodeError:
+        pass
+    if "plain" not in smtp.esmtp_features.get("auth", "").lower().split():
+        raise NotifyError("the mail password or login holds non-ASCII characters and the server offers no AUTH "
+                          "PLAIN to carry them", fix="use an ASCII password, or a server that offers AUTH PLAIN",
+                          permanent=True)
+    token = base64.b64encode(b"\0" + user.encode("utf-8") + b"\0" + password.encode("utf-8")).decode("ascii")
+    code, resp = smtp.docmd("AUTH", "PLAIN " + token)
+    if code != 235:
+        raise smtplib.SMTPAuthenticationError(code, resp)
 
 
 def _text(raw: Any) -> str:

@@ -28,8 +28,9 @@ def add_parsers(sub: Any, add: Callable[..., argparse.ArgumentParser]) -> None:
     sp.add_argument("--role", action="append", required=True, dest="roles",
                     help="a role id or its Chinese name (repeatable); `fednode users roles` lists them")
     sp.add_argument("--scope", default="", help="jurisdiction code they act for (default: this node's code)")
-    sp.add_argument("--phone", default="")
-    sp.add_argument("--mail", default="")
+    sp.add_argument("--mobile", "--phone", dest="phone", default="",
+                    help="mobile number: 预警 text messages reach them there ([notify] sms)")
+    sp.add_argument("--email", "--mail", dest="mail", default="", help="mail address: 预警 mail ([notify] smtp)")
     sp.add_argument("--new-password-file", help="file holding the new person's password (- = stdin; default: "
                     "--password-file when acting as the OS operator, else a prompt)")
     sp.add_argument("--no-password", action="store_true",
@@ -90,8 +91,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     def human() -> str:
         if not rows:
             return "（本节点还没有用户：`fednode users add DIR --login L --name N --role R`）"
-        return text_table(["登录名", "姓名", "角色", "辖区", "状态"], [
-            [u["login"], u["name"], "、".join(ROLES.get(r, r) for r in u["roles"]), u["scope"],
+        return text_table(["登录名", "姓名", "角色", "辖区", "手机", "邮箱", "状态"], [
+            [u["login"], u["name"], "、".join(ROLES.get(r, r) for r in u["roles"]), u["scope"], u.get("phone") or "-",
+             u.get("mail") or "-",
              STATE_LABELS.get(u["state"], u["state"]) + ("" if u["has_password"] else "（无口令）")] for u in rows])
 
     emit(args, rows, human)
