@@ -3,7 +3,7 @@
 # make test   : create/refresh .venv, then run the whole test suite (PostgreSQL tests included when
 #               the server at 127.0.0.1:5432 answers; CI makes them mandatory)
 # make dist   : one archive per target (Python version x platform) in dist/ for an install with no
-#               package index: the wheels of fednode and every dependency (postgres extra included),
+#               package index: the wheels of fednode and every dependency (postgres, mysql, oracle, mssql extras),
 #               install.sh, the systemd unit and the docs (deploy/README.md, "Installing on a closed
 #               network"). More targets, e.g.:
 #               make dist DIST_PYTHONS="3.11 3.12" DIST_PLATFORMS="manylinux_2_28_x86_64 manylinux_2_28_aarch64"

@@ -137,16 +137,17 @@ def test_archive_holds_every_wheel_the_unit_and_the_docs(bundle: Bundle) -> None
     wheels = {w.name for w in (root / "wheelhouse").iterdir()}
     assert all(w.endswith(".whl") for w in wheels), f"not only wheels: {wheels}"
     dists = {re.sub(r"[-_.]+", "-", w.split("-")[0]).lower() for w in wheels}
-    # fednode's own dependencies, the postgres extra (psycopg with its binary part) and pip to bootstrap
+    # fednode's own dependencies, the postgres extra (psycopg with its binary part), the drivers of the local
+    # systems' databases (mysql, oracle, mssql extras: a closed network cannot pip install them later), pip
     for needed in ("fednode", "grpcio", "grpcio-health-checking", "protobuf", "sqlalchemy", "greenlet",
                    "alembic", "cryptography", "apscheduler", "structlog", "chinese-calendar", "psycopg",
-                   "psycopg-binary", "pip"):
+                   "psycopg-binary", "pymysql", "oracledb", "pymssql", "pip"):
         assert needed in dists, f"{needed} missing from the wheelhouse: {sorted(dists)}"
 
     reqs = [ln for ln in (root / "requirements.txt").read_text(encoding="utf-8").splitlines() if not ln.startswith("#")]
     assert len(reqs) == len(wheels) - 1, "every wheel but pip's is pinned"
     assert all(re.fullmatch(r"\S+==\S+ --hash=sha256:[0-9a-f]{64}", ln) for ln in reqs), reqs
-    assert f"fednode[postgres]=={VERSION}" in {ln.split(" ")[0] for ln in reqs}
+    assert f"fednode[postgres,mysql,oracle,mssql]=={VERSION}" in {ln.split(" ")[0] for ln in reqs}
 
     sums: dict[str, str] = {}
     for ln in (root / "SHA256SUMS").read_text(encoding="utf-8").splitlines():
@@ -182,7 +183,8 @@ def test_installs_with_no_index_then_version_and_demo_run(bundle: Bundle, tmp_pa
         assert (v.returncode, v.stdout.strip()) == (0, f"fednode {VERSION}"), v.stderr
     # the installed copy runs, not the repository's; the postgres driver came with it
     imp = subprocess.run([str(prefix / "venv" / "bin" / "python"), "-c",
-                          "import node, psycopg, grpc; print(node.__file__); print(psycopg.pq.__impl__)"],
+                          "import node, psycopg, grpc, pymysql, oracledb, pymssql; print(node.__file__); "
+                          "print(psycopg.pq.__impl__)"],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert imp.returncode == 0, imp.stderr
     node_file, impl = imp.stdout.split()

@@ -6,7 +6,7 @@
 Rules of this module:
 - One archive per target (Python version x platform), named fednode-VERSION-cpXY-PLATFORM.tar.gz, with
   one top directory of the same name holding: install.sh; wheelhouse/ (the wheels of fednode and of
-  every dependency, the postgres extra included, and pip's own wheel to bootstrap a venv without
+  every dependency, the postgres, mysql, oracle and mssql extras included, and pip's own wheel to bootstrap a venv without
   ensurepip); requirements.txt (every wheel but pip's pinned with its sha256: install.sh installs with
   --require-hashes); bundle.txt (the target, key=value, read by install.sh); systemd/fednode.service;
   doc/ (README.md, docs/, deploy/ without deploy/dist/); SHA256SUMS of every other file.
@@ -35,7 +35,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
-EXTRAS = "postgres"
+EXTRAS = "postgres,mysql,oracle,mssql"  # the drivers of the local systems' databases too (Runbook 8)
 # legacy manylinux names and the glibc they stand for (PEP 600)
 LEGACY = {"manylinux1": 5, "manylinux2010": 12, "manylinux2014": 17}
 COPY_IGNORE = shutil.ignore_patterns(".git", ".venv", "venv", "build", "dist", "*.egg-info", "__pycache__",
