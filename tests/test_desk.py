@@ -344,7 +344,9 @@ def test_case_verify_badge_turns_to_failure_when_a_stored_record_is_altered(tree
             break
     assert v["ok"] is True and v["checked"] >= 2 and v["failed"] == 0 and v["origins"] == ["320303"], v
     assert all(r["ok"] and r["signer"] == "320303" for r in v["records"])
-    shown = page.get(f"/cases/{case_no}").text
+    plain = page.get(f"/cases/{case_no}").text  # the page alone: the badge asks for the proofs (desk.js)
+    assert f'data-verify-href="/cases/{case_no}?verify=1"' in plain and "已验证" not in plain
+    shown = page.get(f"/cases/{case_no}?verify=1").text
     assert 'data-testid="case-verify">已验证<' in shown and "验证失败" not in shown
     target = next(r for r in v["records"] if r["kind"] == "case.accept")
     with altered_record(tree.cl.homes["320300"], target["record"]):
@@ -352,7 +354,7 @@ def test_case_verify_badge_turns_to_failure_when_a_stored_record_is_altered(tree
         assert bad["ok"] is False and bad["failed"] >= 1, bad
         hit = next(r for r in bad["records"] if r["record"] == target["record"])
         assert hit["ok"] is False and hit["code"] == "altered" and "altered at rest" in hit["reason"], hit
-        shown = page.get(f"/cases/{case_no}").text
+        shown = page.get(f"/cases/{case_no}?verify=1").text
         assert 'data-testid="case-verify">验证失败<' in shown and "已验证<" not in shown
         assert target["record"] in shown and "存储的记录内容已被改动" in shown
     assert api.get(f"/api/v1/cases/{case_no}/verify").json()["ok"] is True

@@ -172,14 +172,15 @@ def test_red_card_to_ticket_to_conclusion_seen_by_the_province(tree: Tree) -> No
             zhao.click("[data-testid=case-search] button[type=submit]")
             zhao.wait_for_selector("[data-testid=case-timeline]")
             assert ticket in zhao.inner_text("main") and "受理" in zhao.inner_text("[data-testid=case-timeline]")
-            assert zhao.inner_text("[data-testid=case-verify]") == "已验证"  # proved back to 320303 at the province
+            # desk.js asks for the proofs once the page is shown: proved back to 320303, at the province
+            zhao.wait_for_selector("[data-testid=case-verify]:text-is('已验证')", timeout=15000)
             b.shot(zhao, "17-province-case")
             # one byte of one of its records changed in the province's database: the badge says so
             accept = next(r["record"] for r in zhao_api.get(f"/api/v1/cases/{case_no}/verify").json()["records"]
                           if r["kind"] == "case.accept")
             with altered_record(tree.cl.homes["320000"], accept):
                 zhao.reload()
-                assert zhao.inner_text("[data-testid=case-verify]") == "验证失败"
+                zhao.wait_for_selector("[data-testid=case-verify]:text-is('验证失败')", timeout=15000)
                 assert accept in zhao.inner_text("[data-testid=case-verify-detail]")
                 b.shot(zhao, "17a-province-case-verify-failed")
             zhao.goto(province + "/cases?state=超期办结")

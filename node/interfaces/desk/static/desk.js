@@ -67,3 +67,30 @@
     });
   });
 })();
+
+// 办件的“验证”徽章: the case page comes without the proofs (they cost tens of ms); this asks for the same page
+// with ?verify=1 and puts its badge and result in place. The answer is the desk's own escaped HTML, parsed as
+// an inert document (no script runs from it; the CSP forbids inline script anyway). Without this file the
+// badge is a link to that page.
+(function () {
+  "use strict";
+  var badge = document.querySelector("[data-verify-href]");
+  if (!badge || !window.fetch || !window.DOMParser) {
+    return;
+  }
+  badge.textContent = "验证中…";
+  window.fetch(badge.getAttribute("data-verify-href"), { credentials: "same-origin" }).then(function (r) {
+    return r.ok ? r.text() : Promise.reject(new Error("HTTP " + r.status));
+  }).then(function (html) {
+    var doc = new window.DOMParser().parseFromString(html, "text/html");
+    ["case-verify", "case-verify-detail"].forEach(function (id) {
+      var fresh = doc.querySelector("[data-testid='" + id + "']");
+      var old = document.querySelector("[data-testid='" + id + "']");
+      if (fresh && old) {
+        old.parentNode.replaceChild(document.importNode(fresh, true), old);
+      }
+    });
+  }, function () {
+    badge.textContent = "验证";
+  });
+})();
