@@ -219,12 +219,13 @@ def test_sms_in_the_shape_of_sendsms_with_a_token(gateway: Any, tmp_path: Path) 
 def test_a_gateway_that_fails_then_succeeds_and_one_that_always_fails(gateway: Any) -> None:
     notifier = SmsNotifier(SmsConfig(url=gateway.url, timeout_s=5))
     slept: list[float] = []
-    gateway.answers += [(503, {"Code": "ServiceUnavailable"}), (200, {"Code": "isv.BUSINESS_LIMIT_CONTROL"})]
-    assert deliver(notifier, MESSAGE, retries=3, backoff_s=0.5, sleep=slept.append) == ("", 3)
-    assert slept == [0.5, 1.0]  # backoff: doubled each time
+    gateway.answers += [(503, {"Code": "ServiceUnavailable"}), (200, {"Code": "isv.BUSINESS_LIMIT_CONTROL"}),
+                        (502, {})]  # down, throttled (a code that says "later"), a proxy's error: then accepted
+    assert deliver(notifier, MESSAGE, retries=3, backoff_s=0.5, sleep=slept.append) == ("", 4)
+    assert slept == [0.5, 1.0, 2.0]  # backoff: doubled each time
     gateway.default = (500, {"Code": "InternalError"})
     error, attempts = deliver(notifier, MESSAGE, retries=2, backoff_s=0, sleep=slept.append)
-    assert attempts == 3 and "HTTP 500" in error and len(gateway.requests) == 6
+    assert attempts == 3 and "HTTP 500" in error and len(gateway.requests) == 7
     gateway.default = (200, {"Code": "isv.MOBILE_NUMBER_ILLEGAL"})  # the number refused: no retry helps
     error, attempts = deliver(notifier, MESSAGE, retries=2, backoff_s=0, sleep=slept.append)
     assert attempts == 1 and "MOBILE_NUMBER_ILLEGAL" in error
@@ -357,3 +358,56 @@ def test_check_refuses_a_password_file_others_can_read(tree: Any) -> None:
     with pytest.raises(Exception, match="smtp_password_file"):
         NotifyConfig.from_section({"smtp_user": "jc", "smtp_host": "h", "smtp_sender": "a@b.cn"})
     home.close()
+
+
+@pytest.mark.slow
+def test_in_the_running_node_the_service_keeps_dead_letters_and_retry_goes_through_it(tmp_path: Path,
+                                                                                     gateway: Any) -> None:
+    """The routing service of `fednode run` sends, keeps what failed, and `notify retry` is done by the node
+    (admin op ``notify``) while it runs; the delivery is recorded and reaches the province."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.faultlib import COUNTY, PROVINCE, Cluster, wait_for
+
+    def fednode(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "node.interfaces.cli", *args], capture_output=True, text=True,
+                              timeout=120, env={**os.environ, "FEDNODE_USER": ""})
+
+    gateway.default = (503, {"Code": "ServiceUnavailable"})
+    with Cluster(tmp_path) as cl:
+        for key, value in (("yellow", ["sms"]), ("retries", 1), ("retry_backoff_s", 0), ("sms_url", gateway.url)):
+            cl.set_config(COUNTY, "notify", key, value)
+        county = str(cl.homes[COUNTY].dir)
+        (tmp_path / "dir.csv").write_text(CSV, encoding="utf-8")
+        assert fednode("directory", "import", county, str(tmp_path / "dir.csv")).returncode == 0
+        r = fednode("users", "add", county, "--login", "wangf", "--name", "王芳", "--role", "承办人", "--mobile",
+                    "13800000001", "--no-password")
+        assert r.returncode == 0, r.stderr
+        cl.start()
+        rows_ = [*case("C1", "WF001"), alert("C1", 2)]
+        out = cl.call(COUNTY, {"op": "ingest", "records": [{**r, "position": f"t:{i}"} for i, r in enumerate(rows_)]})
+        assert out["ingested"] == len(rows_), out
+
+        def dead_letters() -> dict[str, Any]:
+            r = fednode("notify", "dead-letters", county, "--json")
+            assert r.returncode == 0, r.stderr
+            return dict(json.loads(r.stdout))
+
+        wait_for(lambda: dead_letters()["dead"] == 1, 60, "the service keeps the failed text message")
+        [letter] = dead_letters()["letters"]
+        assert (letter["name"], letter["channel"], letter["address"], letter["attempts"]) == (
+            "王芳", "sms", "138****0001", 2)
+        gateway.default = (200, {"Code": "OK"})
+        r = fednode("notify", "retry", county, str(letter["id"]), "--json")
+        assert r.returncode == 0, r.stderr + r.stdout
+        assert json.loads(r.stdout)["sent"] == 1 and gateway.requests[-1][0]["PhoneNumbers"] == "13800000001"
+        assert dead_letters()["dead"] == 0
+        yellow = alert("C1", 2)["payload"]["alert_id"]
+
+        def province_knows() -> bool:
+            r = fednode("alerts", "show", str(cl.homes[PROVINCE].dir), yellow, "--json")
+            told = json.loads(r.stdout).get("notified", []) if r.returncode == 0 else []
+            return ("王芳", "sms", "sent") in {(n["name"], n["channel"], n["outcome"]) for n in told}
+        wait_for(province_knows, 90, "the province sees the retried delivery")
