@@ -41,8 +41,6 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +58,7 @@ from node.features.notify_channels import (
     SmtpConfig,
     SmtpNotifier,
     check_secret_file,
+    post_json,
     resolve_path,
 )
 
@@ -174,21 +173,9 @@ class WebhookNotifier:
         self.timeout_s = timeout_s
 
     def send(self, alert: Mapping[str, Any]) -> None:
-        body = json.dumps(alert, ensure_ascii=False).encode("utf-8")
-        req = urllib.request.Request(self.url, data=body, method="POST",
-                                     headers={"Content-Type": "application/json; charset=utf-8"})
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:  # noqa: S310 (operator URL)
-                status = resp.status
-        except urllib.error.HTTPError as e:
-            raise NotifyError(f"webhook {self.url} answered HTTP {e.code}",
-                              fix="check the receiving service's log") from None
-        except (urllib.error.URLError, OSError) as e:
-            reason = getattr(e, "reason", e)
-            raise NotifyError(f"webhook {self.url} unreachable: {reason}",
-                              fix="check notify.webhook_url and that the service is up") from None
-        if not 200 <= status < 300:
-            raise NotifyError(f"webhook {self.url} answered HTTP {status}", fix="check the receiving service's log")
+        post_json(self.url, json.dumps(alert, ensure_ascii=False).encode("utf-8"), {}, self.timeout_s,
+                  f"webhook {self.url}", answered_fix="check the receiving service's log",
+                  unreachable_fix="check notify.webhook_url and that the service is up")
 
 
 class CommandNotifier:

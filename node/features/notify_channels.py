@@ -318,6 +318,29 @@ def _as_text(v: Any) -> str:
     return v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)
 
 
+PERMANENT_HTTP = (400, 401, 403, 404, 405, 413, 422)  # a request the endpoint will never take: not retried
+
+
+def post_json(url: str, body: bytes, headers: Mapping[str, str], timeout_s: float, where: str, *,
+              answered_fix: str, unreachable_fix: str) -> bytes:
+    """POST ``body`` (JSON) to ``url``; the answer's body (64 KiB at most) when it is 2xx, else NotifyError
+    (permanent for the codes of PERMANENT_HTTP). The webhook and the SMS gateway both post through it."""
+    req = urllib.request.Request(url, data=body, method="POST",
+                                 headers={"Content-Type": "application/json; charset=utf-8", **headers})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:  # noqa: S310 (operator URL)
+            status, raw = resp.status, resp.read(65536)
+    except urllib.error.HTTPError as e:
+        detail = e.read(300).decode("utf-8", "replace").strip()
+        raise NotifyError(f"{where} answered HTTP {e.code}{': ' + detail if detail else ''}", fix=answered_fix,
+                          permanent=e.code in PERMANENT_HTTP) from None
+    except (urllib.error.URLError, OSError) as e:
+        raise NotifyError(f"{where} unreachable: {getattr(e, 'reason', e)}", fix=unreachable_fix) from None
+    if not 200 <= status < 300:
+        raise NotifyError(f"{where} answered HTTP {status}", fix=answered_fix)
+    return bytes(raw)
+
+
 def _at_path(doc: Any, path: str) -> Any:
     for part in path.split("."):
         if isinstance(doc, dict) and part in doc:
@@ -362,22 +385,10 @@ class SmsNotifier:
         headers = {"Content-Type": "application/json; charset=utf-8", "Accept": "application/json"}
         if cfg.token_file:
             headers[cfg.token_header] = read_secret(cfg.token_file, "sms_token_file")
-        req = urllib.request.Request(cfg.url, data=body, method="POST", headers=headers)
         where = f"SMS gateway {cfg.url}"
-        try:
-            with urllib.request.urlopen(req, timeout=cfg.timeout_s) as resp:  # noqa: S310 (operator URL)
-                status, raw = resp.status, resp.read(65536)
-        except urllib.error.HTTPError as e:
-            detail = e.read(300).decode("utf-8", "replace").strip()
-            raise NotifyError(f"{where} answered HTTP {e.code}{': ' + detail if detail else ''}",
-                              fix="see the gateway's answer; check sms_url and sms_token_file",
-                              permanent=e.code in (400, 401, 403, 404, 405, 413, 422)) from None
-        except (urllib.error.URLError, OSError) as e:
-            reason = getattr(e, "reason", e)
-            raise NotifyError(f"{where} unreachable: {reason}",
-                              fix="check sms_url and that the gateway is up (sms_timeout_s)") from None
-        if not 200 <= status < 300:
-            raise NotifyError(f"{where} answered HTTP {status}", fix="see the gateway's log")
+        raw = post_json(cfg.url, body, headers, cfg.timeout_s, where,
+                        answered_fix="see the gateway's answer; check sms_url and sms_token_file",
+                        unreachable_fix="check sms_url and that the gateway is up (sms_timeout_s)")
         if not cfg.success_field:
             return
         try:
@@ -401,4 +412,4 @@ def _transient(code: str) -> bool:
 
 
 __all__ = ["PERSONAL", "NotifyError", "SmsConfig", "SmsNotifier", "SmtpConfig", "SmtpNotifier", "check_secret_file",
-           "fields_of", "mask_address", "mask_phone", "read_secret", "resolve_path", "sms_text", "subject_of", "text_of"]
+           "fields_of", "mask_address", "mask_phone", "post_json", "read_secret", "resolve_path", "sms_text", "subject_of", "text_of"]
