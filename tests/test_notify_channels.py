@@ -411,3 +411,26 @@ def test_in_the_running_node_the_service_keeps_dead_letters_and_retry_goes_throu
             told = json.loads(r.stdout).get("notified", []) if r.returncode == 0 else []
             return ("王芳", "sms", "sent") in {(n["name"], n["channel"], n["outcome"]) for n in told}
         wait_for(province_knows, 90, "the province sees the retried delivery")
+
+
+def test_users_with_the_handler_role_count_as_handlers_of_the_directory(tree: Any, tmp_path: Path) -> None:
+    from node.app import directory as app_directory
+    from node.app import notify as app_notify
+    from node.app import people as app_people
+    from node.features.alerts import routing
+
+    home = Home(tree.county.dir)
+    (tmp_path / "dir.csv").write_text(CSV, encoding="utf-8")
+    app_directory.import_directory(home, str(tmp_path / "dir.csv"))
+    for login, name, role, phone in (("zhaol", "赵六", "handler", "13900000006"), ("qianq", "钱七", "dept_supervisor",
+                                                                                 "13900000007")):
+        app_people.run_request(home, {"action": "add", "auth": {"os_user": "root"}, "login": login, "name": name,
+                                      "roles": [role], "scope": "320303-ZJ", "phone": phone, "mail": ""})
+    directory, supervisors = app_notify.ladder_people(home.store())
+    a = {"alert_id": "x", "level": 2, "object": "case", "dept": "320303-ZJ", "division": "320303"}
+    told, missing = routing.recipients(a, "zhaol", directory, supervisors)
+    assert [(e.name, e.phone) for e, _w in told] == [("赵六", "13900000006")] and not missing
+    told, missing = routing.recipients(a, "X9", directory, supervisors)  # unknown: the 部门监察 user is the contact
+    assert [(e.name, e.phone) for e, _w in told] == [("钱七", "13900000007")] and missing
+    assert [e.name for e in app_directory.load(home.store()).entries] == ["王芳", "李局长"]  # the import unchanged
+    home.close()
