@@ -530,7 +530,8 @@ NOTIFY = Section(
         Key("smtp_port", "integer", 0, "Its port; 0 = by smtp_security: 587 (starttls), 465 (ssl), 25 (none).",
             lo=0, hi=65535),
         Key("smtp_security", "string", "starttls", "`starttls` (plain connection upgraded to TLS, refused if the "
-            "server cannot), `ssl` (TLS from the start, SMTPS) or `none` (loopback relays only).",
+            "server cannot), `ssl` (TLS from the start, SMTPS) or `none` (no TLS: a relay on loopback or the unit's own "
+            "network, without a login).",
             choices=("starttls", "ssl", "none")),
         Key("smtp_ca_file", "string", "", "CA certificates (PEM) the server's certificate is checked against; \"\" "
             "= the system's.", example="mail-ca.pem"),
