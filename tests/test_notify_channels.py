@@ -434,3 +434,29 @@ def test_users_with_the_handler_role_count_as_handlers_of_the_directory(tree: An
     assert [(e.name, e.phone) for e, _w in told] == [("钱七", "13900000007")] and missing
     assert [e.name for e in app_directory.load(home.store()).entries] == ["王芳", "李局长"]  # the import unchanged
     home.close()
+
+
+def test_the_dead_letter_table_on_sqlite_and_postgresql(tmp_path: Path, store_url: str) -> None:
+    from node.features import notify_dead as dead
+    from tests.conftest import Tree
+
+    t = Tree(tmp_path / "t", county_db=store_url)
+    try:
+        store = t.county.store()
+        with store.write() as tx:
+            assert dead.add(tx, [dead.new_row(MESSAGE, ch, "wangf", 3, f"{ch} down", "2026-03-16T10:00:00+08:00")
+                                 for ch in ("sms", "smtp")]) == 2
+        with store.read() as conn:
+            sms, smtp = dead.rows(conn)
+            assert (sms.channel, sms.address, sms.attempts, sms.message["to"]["name"]) == ("sms", "13800000001", 3, "王芳")
+            assert smtp.address == "wf@example.cn" and sms.public()["address"] == "138****0001"
+        with store.write() as tx:
+            dead.settle(tx, sms, error="", attempts=1, by="zhang", at="2026-03-16T11:00:00+08:00")
+            dead.settle(tx, smtp, error="still down", attempts=2, by="zhang", at="2026-03-16T11:00:00+08:00")
+        with store.read() as conn:
+            assert [(x.id, x.attempts, x.last_error) for x in dead.rows(conn)] == [(smtp.id, 5, "still down")]
+            assert dead.count(conn) == 1 and dead.count(conn, dead.SENT) == 1
+            [done] = [x for x in dead.rows(conn, include_sent=True) if x.state == dead.SENT]
+            assert (done.resolved_by, done.attempts) == ("zhang", 4)
+    finally:
+        t.close()
