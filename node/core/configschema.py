@@ -554,12 +554,15 @@ NOTIFY = Section(
             "(`${template_code}`).", example="SMS_000001"),
         Key("sms_params", "table", {"unit": "unit", "case": "case_no", "rule": "rule", "level": "level"},
             "The template's parameters (`${params}`, `${params_json}`): its variable name = the alert field "
-            "filled in.", valid=_sms_params_ok, rule="name = one of " + ", ".join(SMS_FIELDS)),
+            "filled in.", valid=_sms_params_ok, rule="name = one of " + ", ".join(SMS_FIELDS),
+            invalid="names an alert field that does not exist"),
         Key("sms_body", "table", SMS_BODY_ALIYUN, "The JSON body POSTed, with placeholders: `${phones}` (numbers "
             "joined by commas), `${phones_list}` (a list), `${sign_name}`, `${template_code}`, `${params}` (a "
             "table), `${params_json}` (it as a JSON string), `${text}` (the message in Chinese, for gateways that "
             "take free text). The default is the shape of Alibaba Cloud's SendSms.", valid=_sms_body_ok,
-            rule="a table whose strings use only those placeholders, ${phones} or ${phones_list} among them"),
+            invalid="names a placeholder that does not exist, or neither ${phones} nor ${phones_list}",
+            rule="a table whose strings use only the placeholders " + ", ".join(SMS_PLACEHOLDERS)
+            + " (${phones} or ${phones_list} among them)"),
         Key("sms_success_field", "string", "Code", "The field of the gateway's JSON answer that says it was "
             "accepted (dotted path, list items by number: `Response.SendStatusSet.0.Code`); \"\" = any 2xx "
             "answer is success."),

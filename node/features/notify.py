@@ -138,10 +138,7 @@ class NotifyConfig:
     def check_secrets(self) -> None:
         """The secret files named exist and only their owner may read them (`fednode check`, `fednode run`)."""
         for key, path in [*self.smtp.secrets(), *self.sms.secrets()]:
-            try:
-                check_secret_file(path, key)
-            except NotifyError as e:
-                raise NotifyError(f"[notify] {e.message}", fix=e.fix) from None
+            check_secret_file(path, key)
 
     def plan(self, alert: Mapping[str, Any]) -> tuple[str, ...]:
         """Which notifiers an alert goes to."""
