@@ -396,6 +396,7 @@ def test_in_the_running_node_the_service_keeps_dead_letters_and_retry_goes_throu
             return dict(json.loads(r.stdout))
 
         wait_for(lambda: dead_letters()["dead"] == 1, 60, "the service keeps the failed text message")
+        assert cl.status(COUNTY)["auto_tickets"]["dead_letters"] == 1
         [letter] = dead_letters()["letters"]
         assert (letter["name"], letter["channel"], letter["address"], letter["attempts"]) == (
             "王芳", "sms", "138****0001", 2)

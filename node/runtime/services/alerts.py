@@ -275,6 +275,7 @@ class AutoTicketService(Service):
         self.cfg = TicketsConfig.of_home(rt.home)
         self.dispatcher = self._dispatcher()
         self.told = 0
+        self.dead_letters = 0  # notifications kept as dead letters since the start (`fednode notify dead-letters`)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.counts: dict[str, int] = {}  # issue | draft | linked
@@ -315,6 +316,7 @@ class AutoTicketService(Service):
             payloads = await asyncio.to_thread(send, self.dispatcher, plans, clock, dead) if plans else []
             await self.rt.db(record_told, self.rt.ledger, payloads, mark, dead)
             self.told += sum(len(p["attempts"]) for p in payloads)
+            self.dead_letters += len(dead)
             if payloads:
                 self.rt.notify()
             if n == 0:
@@ -353,7 +355,8 @@ class AutoTicketService(Service):
     def status(self) -> dict[str, Any] | None:
         return {"mode": self.cfg.auto_from_red, "issued": self.counts.get("issue", 0),
                 "drafted": self.counts.get("draft", 0), "linked": self.counts.get("linked", 0),
-                "notifications": self.told, "routing": self.dispatcher is not None, "last_error": self.last_error}
+                "notifications": self.told, "dead_letters": self.dead_letters, "routing": self.dispatcher is not None,
+                "last_error": self.last_error}
 
 
 SERVICES = [AutoTicketService]
