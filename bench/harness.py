@@ -318,6 +318,7 @@ BENCHES = {
     "reconcile": _module_bench("bench.bench_reconcile"),
     "stats": _module_bench("bench.bench_stats"),
     "cases": _module_bench("bench.bench_cases"),
+    "desk": _module_bench("bench.bench_desk"),
     "nats": _module_bench("bench.bench_nats"),
     "shaped": _module_bench("bench.bench_shaped"),
     "fanin": _module_bench("bench.bench_fanin"),
