@@ -363,7 +363,7 @@ LINK = Section("link", "链路", "The links to the parent and to the children (m
         "and accepts it from children (the parent picks, per link; a peer without it gets plain batches), "
         "\"none\" turns it off. What is signed is never changed: records are verified after decoding.",
         choices=("zstd", "none")),
-    Key("receive_budget_mb", "integer", 32, "Megabytes of received batches that all links together hold "
+    Key("receive_budget_mb", "integer", 8, "Megabytes of received batches that all links together hold "
         "before they are applied (one budget for the node, shared fairly by its children: past it a child "
         "is held back by flow control). Bounds the node's memory whatever the number of children.",
         lo=1, hi=4096),
