@@ -105,11 +105,18 @@ def test_shaped_proxy_limits_rate_and_delays() -> None:
 @pytest.mark.slow
 def test_shaped_bench_rate_and_bytes_per_record() -> None:
     rows = _rows("shaped", 0.04)
-    rate = next(r for name, r in rows.items() if name.startswith("shaped-link drain county→city"))
-    wire = rows["bytes per record on the wire, county→city"]
+    rate = rows["shaped drain county→city, no compression"]
+    wire = rows["wire bytes per record county→city, no compression"]
     assert rate["ok"] and wire["ok"], (rate, wire)
     assert 50 <= wire["value"] <= 2000, wire
     # the shaping held: what crossed in the timed window fits in 20 Mbit/s (and the link was used)
     mbit = rate["value"] * wire["value"] * 8 / 1e6
     assert 2 < mbit <= bench_shaped.MBIT_S * 1.1, (rate, wire)
     assert 0 < rate["ratio"] <= 1.1
+    # zstd negotiated in Hello: a quarter of the bytes or less, and the same link drains faster for it
+    zrate = rows["shaped drain county→city, zstd"]
+    zwire = rows["wire bytes per record county→city, zstd"]
+    assert zwire["ok"] and zwire["ratio"] <= 0.25, zwire
+    assert zrate["value"] > rate["value"], (zrate, rate)
+    zmbit = zrate["value"] * zwire["value"] * 8 / 1e6
+    assert zmbit <= bench_shaped.MBIT_S * 1.1, (zrate, zwire)

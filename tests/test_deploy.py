@@ -292,7 +292,7 @@ def test_example_tree_comes_up_with_the_documented_commands(xuzhou_tree: tuple[P
 
     def running_status(code: str, tree: bool = False) -> dict[str, Any]:
         # polling goes through the admin socket directly: each CLI start costs seconds on a loaded machine
-        resp = admin.call(Home(base / code), {"op": "status", "tree": tree})
+        resp = admin.call(Home(base / code), {"op": "status", "tree": tree, "logs": True})
         assert resp is not None, f"{code} stopped"
         return dict(resp["result"])
 
@@ -394,14 +394,14 @@ def test_move_big_node_from_sqlite_to_postgresql(tmp_path: Path, pg_url: str) ->
         county_heads = demo.leaf_heads(homes, ["320303"])
 
         def city_holds_county() -> bool:
-            logs = {(lg["origin"], lg["channel"]): lg["seq"] for lg in js("status", city)["logs"]}
+            logs = {(lg["origin"], lg["channel"]): lg["seq"] for lg in js("status", city, "--logs")["logs"]}
             return all(logs.get((o, CHANNEL_NAMES[c]), 0) >= v for (o, c), v in county_heads.items())
 
         _wait(city_holds_county, 90, "the district's records in the city's PostgreSQL store")
         # and the city's own records flow up from PostgreSQL to the province (which never ran before the move)
         _wait(lambda: demo.root_counts(homes["320000"], [("320300", 3)])[0].get(("320300", 3), 0) > 0, 60,
               "the province to receive the city's records from PostgreSQL")
-        st = js("status", city)
+        st = js("status", city, "--logs")
         assert st["running"] is True and st["recovered"] is True
         logs = {(lg["origin"], lg["channel"]): lg["seq"] for lg in st["logs"]}
         assert logs[("320300", "bulk")] >= city_heads[("320300", 3)]
