@@ -90,3 +90,24 @@ def test_a_priority_batch_jumps_queued_bulk_only_when_none_of_its_logs_is_queued
     assert next_to_apply([bulk, ctl]) == 0
     assert next_to_apply([bulk, ctl, other_ctl]) == 2  # another log's priority batch may still jump
     assert next_to_apply([bulk_only]) == 0
+
+
+def test_waiting_batches_are_grouped_from_the_oldest_without_control_records_within_the_bytes() -> None:
+    from node.link.protocol import Queued, next_group
+
+    bulk = Queued(priority=False, logs=frozenset({("320303", BULK)}))
+    mon = Queued(priority=True, logs=frozenset({("320311", MONITOR)}))
+    ctl = Queued(priority=True, logs=frozenset({("320303", CONTROL)}))
+    bulk_ctl = Queued(priority=False, logs=frozenset({("320303", BULK), ("320311", CONTROL)}))
+    assert next_group([bulk, bulk, bulk], [3, 3, 3], 10) == [0, 1, 2]
+    assert next_group([bulk, bulk, bulk], [3, 3, 5], 10) == [0, 1]  # the third would pass the bytes
+    assert next_group([bulk, bulk], [12, 1], 10) == [0]  # one batch over the bytes still goes, alone
+    # a key record changes how every later batch is verified: a batch with control records goes alone
+    # and ends a group, so what follows it is verified once it is committed
+    assert next_group([bulk, bulk_ctl, bulk], [1, 1, 1], 10) == [0]
+    assert next_group([bulk_ctl, bulk], [1, 1], 10) == [0]
+    bulk_mon = Queued(priority=False, logs=frozenset({("320303", BULK), ("320311", MONITOR)}))
+    assert next_group([bulk_mon, mon, bulk], [1, 1, 1], 10) == [0, 1, 2]  # monitor in order with the rest
+    assert next_group([bulk, mon, bulk], [1, 1, 1], 10) == [1]  # the priority batch jumps, alone
+    assert next_group([bulk, ctl], [1, 1], 10) == [1]
+    assert next_group([bulk], [1], 10) == [0]

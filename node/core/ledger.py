@@ -36,7 +36,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from cryptography import x509
@@ -248,37 +248,52 @@ class Ledger:
     def accept_many(
         self, segs: Sequence[pb.Segment], *, sender_subtree: str | None, source: str
     ) -> tuple[dict[tuple[str, int], AppendResult], dict[tuple[str, int], FednodeError]]:
-        """Accept what can be accepted of a batch: verify every segment, append the good ones in one
-        transaction, and fall back to one transaction per segment if that one fails. Refused segments
-        come back with their error; the rest is committed."""
-        errors: dict[tuple[str, int], FednodeError] = {}
-        verified: list[VerifiedSegment] = []
-        for s in segs:
-            try:
-                verified.append(self.verify_segment(s, sender_subtree=sender_subtree))
-            except FednodeError as e:
-                errors[(s.origin, int(s.channel))] = e
+        """Accept what can be accepted of a batch (``accept_each``), by log: what each log's segment
+        appended, and the refused segments with their error; the rest is committed."""
         results: dict[tuple[str, int], AppendResult] = {}
-        current: VerifiedSegment | None = None
+        errors: dict[tuple[str, int], FednodeError] = {}
+        for s, got in zip(segs, self.accept_each(segs, sender_subtree=sender_subtree, source=source), strict=True):
+            if isinstance(got, FednodeError):
+                errors[(s.origin, int(s.channel))] = got
+            else:
+                results[(s.origin, int(s.channel))] = got
+        return results, errors
+
+    def accept_each(
+        self, segs: Sequence[pb.Segment], *, sender_subtree: str | None, source: str
+    ) -> list[AppendResult | FednodeError]:
+        """Accept what can be accepted of ``segs``, in their order (a log may come in several segments, e.g.
+        from several batches of a link): verify every segment, append the good ones in one transaction,
+        and fall back to one transaction per segment, in order, if that one fails. Each segment's result,
+        or the error that refused it, in its place."""
+        out: list[AppendResult | FednodeError | None] = [None] * len(segs)
+        verified: list[tuple[int, VerifiedSegment]] = []
+        for i, s in enumerate(segs):
+            try:
+                verified.append((i, self.verify_segment(s, sender_subtree=sender_subtree)))
+            except FednodeError as e:
+                out[i] = e
+        current: tuple[int, VerifiedSegment] | None = None
+        forked: tuple[tuple[int, VerifiedSegment] | None, ForkDetected] | None = None
         try:
             with self.store.write() as tx:
                 for current in verified:
-                    results[(current.origin, current.channel)] = self._append_verified(tx, current, source)
-            return results, errors
+                    out[current[0]] = self._append_verified(tx, current[1], source)
+            return cast(list[AppendResult | FednodeError], out)  # every place is filled
         except FednodeError as e:
-            results.clear()
             # a fork is recorded as an incident once, by the store: the segment is not tried again
             forked = (current, e) if isinstance(e, ForkDetected) else None
-        for v in verified:
-            if forked is not None and v is forked[0]:
-                errors[(v.origin, v.channel)] = forked[1]
+        for item in verified:
+            i, v = item
+            if forked is not None and item is forked[0]:
+                out[i] = forked[1]
                 continue
             try:
                 with self.store.write() as tx:
-                    results[(v.origin, v.channel)] = self._append_verified(tx, v, source)
+                    out[i] = self._append_verified(tx, v, source)
             except FednodeError as e:
-                errors[(v.origin, v.channel)] = e
-        return results, errors
+                out[i] = e
+        return cast(list[AppendResult | FednodeError], out)
 
     def _append_verified(self, tx: WriteTx, v: VerifiedSegment, source: str) -> AppendResult:
         res = tx.append(v.origin, v.channel, v.rows, expected_chain=v.expected_chain, checkpoint=v.checkpoint,

@@ -47,15 +47,23 @@ def choose(offers: Iterable[str], setting: str) -> str:
 
 def pack(batch: pb.Batch, codec: str) -> pb.LinkMessage:
     """The message that carries ``batch`` on a link using ``codec`` ("" or a tiny batch: plain)."""
+    packed = packed_batch(batch, codec)
+    return pb.LinkMessage(batch=batch) if packed is None else pb.LinkMessage(packed=packed)
+
+
+def packed_batch(batch: pb.Batch, codec: str) -> pb.PackedBatch | None:
+    """``batch`` packed with ``codec``, or None when it travels plain ("" or a tiny batch). A link sends
+    ``LinkMessage(packed=...)``, or else the message whose ``batch`` it read the records into (building
+    ``LinkMessage(batch=batch)`` would copy every record)."""
     if not codec:
-        return pb.LinkMessage(batch=batch)
+        return None
     raw = batch.SerializeToString()
     if len(raw) < MIN_PACK_BYTES:
-        return pb.LinkMessage(batch=batch)
+        return None
     if codec != ZSTD:
         raise ValueError(f"unknown codec {codec!r}")
     data = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(raw)
-    return pb.LinkMessage(packed=pb.PackedBatch(codec=codec, size=len(raw), data=data))
+    return pb.PackedBatch(codec=codec, size=len(raw), data=data)
 
 
 def check(packed: pb.PackedBatch, codec: str, limit: int) -> None:

@@ -15,7 +15,9 @@ Rules of this module (the gRPC shell in node/link/transport.py only moves messag
 - Memory is bounded: at most ``window`` batches are in flight; a batch holds at most ``max_records``.
 - The receiver applies batches in arrival order, except that a batch of control and monitor records
   only jumps the queue when no earlier queued batch touches any of its logs (``next_to_apply``): logs
-  are independent of each other, so no log ever sees its records out of order.
+  are independent of each other, so no log ever sees its records out of order. Consecutive queued
+  batches without control records may be applied together, in order, in one transaction
+  (``next_group``); each is still acked on its own.
 - A stream the peer refused (an error in its ack) is paused with its error and retried after
   ``retry_after_s``; the other streams go on.
 - An error ack rewinds ``sent`` to ``acked`` for that stream; acks of batches sent before the rewind
@@ -28,7 +30,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from node.core.records import BULK  # the one channel that never takes the priority slot
+from node.core.records import BULK, CONTROL  # BULK: the one channel that never takes the priority slot
 
 LOG, DOWN = "log", "down"
 StreamKey = tuple[str, str, int]  # (LOG | DOWN, origin, channel)
@@ -165,3 +167,24 @@ def next_to_apply(queue: Sequence[Queued]) -> int:
             return i
         earlier |= q.logs
     return 0
+
+
+def next_group(queue: Sequence[Queued], sizes: Sequence[int], max_bytes: int) -> list[int]:
+    """Indexes of the batches to apply next, together: ``next_to_apply``'s pick and, when that is the
+    oldest, the queued batches right after it while their ``sizes`` add up to at most ``max_bytes``.
+    A batch with control records goes alone and ends a group: a key record it carries changes how every
+    later batch is verified, so those are verified only once it is committed."""
+    first = next_to_apply(queue)
+    if first != 0 or _has_control(queue[0]):
+        return [first]
+    group, total = [0], sizes[0]
+    for i in range(1, len(queue)):
+        if _has_control(queue[i]) or total + sizes[i] > max_bytes:
+            break
+        group.append(i)
+        total += sizes[i]
+    return group
+
+
+def _has_control(q: Queued) -> bool:
+    return any(channel == CONTROL for _origin, channel in q.logs)

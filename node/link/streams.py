@@ -11,6 +11,7 @@ now, outside the tree) refuses only the segments its key signed, never the whole
 from __future__ import annotations
 
 from collections import OrderedDict, defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 import structlog
@@ -183,41 +184,52 @@ def apply_batch(ledger: Ledger, batch: pb.Batch, *, peer: str, from_child: bool,
 
     A store that cannot write (disk full, database down) answers with an error ack: the sender pauses and
     resends by itself, and this node keeps running."""
+    return apply_batches(ledger, [batch], peer=peer, from_child=from_child, relay=relay)[0]
+
+
+def apply_batches(ledger: Ledger, batches: Sequence[pb.Batch], *, peer: str, from_child: bool,
+                  relay: RelayCache | None = None) -> list[pb.Ack]:
+    """``apply_batch`` for several batches of one link, in their order, their log segments appended in one
+    transaction (one commit for all; ``Ledger.accept_each`` falls back to one per segment, in order, if it
+    fails): one ack per batch, each as it would be had the batches been applied one after the other,
+    except that a head it names may already include a later batch's records. Only for batches without
+    control records (``protocol.next_group``): a key record changes how every batch after it is verified."""
     try:
-        return _apply_batch(ledger, batch, peer=peer, from_child=from_child, relay=relay)
+        return _apply_batches(ledger, batches, peer=peer, from_child=from_child, relay=relay)
     except DBAPIError as e:
         log.error("store_write_failed", peer=peer, error=str(e.orig))
-        return pb.Ack(batch_id=batch.batch_id, ok=False, error_code="store_unavailable",
-                      error=f"{ledger.code} cannot write its store ({e.orig}) (fix: free disk space or restore the "
-                      f"database at {ledger.code}; the sender resends by itself)")
+        return [pb.Ack(batch_id=b.batch_id, ok=False, error_code="store_unavailable",
+                       error=f"{ledger.code} cannot write its store ({e.orig}) (fix: free disk space or restore the "
+                       f"database at {ledger.code}; the sender resends by itself)") for b in batches]
 
 
-def _apply_batch(ledger: Ledger, batch: pb.Batch, *, peer: str, from_child: bool,
-                 relay: RelayCache | None) -> pb.Ack:
-    ack = pb.Ack(batch_id=batch.batch_id, ok=True)
-    errors: dict[tuple[str, int], FednodeError] = {}
-    try:
-        # a refused key certificate (not valid now, outside the tree) refuses only what its key signed
-        ledger.admit_keys(batch.keys, strict=False)
-    except FednodeError as e:
-        ack.ok, ack.error_code, ack.error = False, e.code, str(e)
-        return ack
-    log_segs = [s for s in batch.segments if s.checkpoint.body]
-    down_segs = [s for s in batch.segments if not s.checkpoint.body]
+def _apply_batches(ledger: Ledger, batches: Sequence[pb.Batch], *, peer: str, from_child: bool,
+                   relay: RelayCache | None) -> list[pb.Ack]:
+    acks = [pb.Ack(batch_id=b.batch_id, ok=True) for b in batches]
+    errors: list[dict[tuple[str, int], FednodeError]] = [{} for _ in batches]
+    admitted: list[int] = []
+    for i, batch in enumerate(batches):
+        try:
+            # a refused key certificate (not valid now, outside the tree) refuses only what its key signed
+            ledger.admit_keys(batch.keys, strict=False)
+            admitted.append(i)
+        except FednodeError as e:
+            acks[i].ok, acks[i].error_code, acks[i].error = False, e.code, str(e)
     # a child may send only its own subtree's logs; a parent may repair only logs of our subtree
     subtree = peer if from_child else ledger.code
+    log_segs = [(i, s) for i in admitted for s in batches[i].segments if s.checkpoint.body]
     if log_segs:
-        results, errs = ledger.accept_many(log_segs, sender_subtree=subtree, source=peer)
-        errors.update(errs)
-        if relay is not None and from_child:
-            for s in log_segs:
-                res = results.get((s.origin, int(s.channel)))
-                if res is not None and res.duplicates == 0 and res.appended == len(s.records):
-                    relay.put(s, res.head.seq - res.appended)
-    if down_segs:
+        got = ledger.accept_each([s for _i, s in log_segs], sender_subtree=subtree, source=peer)
+        for (i, s), res in zip(log_segs, got, strict=True):
+            if isinstance(res, FednodeError):
+                errors[i][(s.origin, int(s.channel))] = res
+            elif relay is not None and from_child and res.duplicates == 0 and res.appended == len(s.records):
+                relay.put(s, res.head.seq - res.appended)
+    for i in admitted:
+        down_segs = [s for s in batches[i].segments if not s.checkpoint.body]
         if from_child:
             for s in down_segs:
-                errors[(s.origin, int(s.channel))] = MissingCheckpoint(
+                errors[i][(s.origin, int(s.channel))] = MissingCheckpoint(
                     f"{peer} sent records of {s.origin} without a checkpoint", origin=s.origin,
                     channel=channel_name(int(s.channel)), fix="children send only checkpointed logs")
         else:
@@ -225,24 +237,26 @@ def _apply_batch(ledger: Ledger, batch: pb.Batch, *, peer: str, from_child: bool
                 try:
                     ledger.accept_down(s.records, sender=peer, source=peer)
                 except FednodeError as e:
-                    errors[(s.origin, int(s.channel))] = e
+                    errors[i][(s.origin, int(s.channel))] = e
     view = ledger.store.heads_view()
-    for s in batch.segments:
-        if s.checkpoint.body:
-            h = view.head(s.origin, int(s.channel))
-            ack.heads.append(pb.LogHead(origin=s.origin, channel=s.channel, seq=h.seq,
-                                        chain=h.chain if h.seq else b""))
-        else:
-            ack.down_heads.append(pb.LogHead(origin=s.origin, channel=s.channel,
-                                             seq=view.held_down_seq(s.origin, int(s.channel))))
-    for (origin, channel), err in errors.items():
-        ack.errors.append(pb.SegmentError(origin=origin, channel=channel, error_code=err.code,  # type: ignore[arg-type]
-                                          error=str(err)))
-    if errors:
-        ack.ok = False
-        first = next(iter(errors.values()))
-        ack.error_code, ack.error = first.code, str(first)
-    return ack
+    for i in admitted:
+        ack = acks[i]
+        for s in batches[i].segments:
+            if s.checkpoint.body:
+                h = view.head(s.origin, int(s.channel))
+                ack.heads.append(pb.LogHead(origin=s.origin, channel=s.channel, seq=h.seq,
+                                            chain=h.chain if h.seq else b""))
+            else:
+                ack.down_heads.append(pb.LogHead(origin=s.origin, channel=s.channel,
+                                                 seq=view.held_down_seq(s.origin, int(s.channel))))
+        for (origin, channel), err in errors[i].items():
+            ack.errors.append(pb.SegmentError(origin=origin, channel=channel, error_code=err.code,  # type: ignore[arg-type]
+                                              error=str(err)))
+        if errors[i]:
+            ack.ok = False
+            first = next(iter(errors[i].values()))
+            ack.error_code, ack.error = first.code, str(first)
+    return acks
 
 
 def oldest_pending_time(ledger: Ledger, stream: StreamKey, acked: int) -> int | None:

@@ -8,7 +8,8 @@ Rules of this module:
 - a child dials its parent by the parent's hierarchical DNS name (node/core/pki.py), falling back to the
   flat legacy name when the handshake fails, so parents whose certificates predate the scheme answer;
 - ports are opened exclusively (``grpc.so_reuseport`` 0): a second node on a busy port fails to bind;
-- a link session reads at most ``INBOX_BATCHES`` batches ahead of what it has applied, and all the
+- a link session reads at most ``INBOX_BATCHES`` batches ahead of what it has applied (several that
+  wait are applied in one transaction, ``APPLY_BYTES`` at most, each acked on its own), and all the
   node's sessions together hold at most the node's receive budget (``rt.receive_budget``,
   node/link/budget.py: ``[link] receive_budget_mb``, granted in turn so no child starves): past either
   a session stops reading and the peer is held back by HTTP/2 flow control;
@@ -44,7 +45,7 @@ from node.core.errors import FednodeError, OutsideSubtree
 from node.core.records import BULK, now_us
 from node.core.store import HeadChange
 from node.link import packing, streams
-from node.link.protocol import DOWN, LOG, Outbox, Queued, StreamKey, next_to_apply
+from node.link.protocol import DOWN, LOG, Outbox, Queued, StreamKey, next_group
 from proto.fednode.v1 import fednode_pb2 as pb
 from proto.fednode.v1 import fednode_pb2_grpc as pbg
 
@@ -85,6 +86,10 @@ MAX_BACKOFF_S = 10.0
 # its window (at most 16, node/core/config.py) + the priority slot unacknowledged, so it is never held back;
 # one that floods is, by HTTP/2 flow control, instead of growing this node's memory without bound.
 INBOX_BATCHES = 16 + 1
+# received batches applied together, in one transaction and one hop to the database thread, when several
+# wait (protocol.next_group): at most this many of their bytes, about two 4,000-record batches, so the
+# rows being verified stay a few megabytes and a priority batch waits behind little more than one apply
+APPLY_BYTES = 4 * 1024 * 1024
 # how long a validated peer chain is trusted before it is checked again
 PEER_CHAIN_CACHE_S = 60.0
 PEER_CHAIN_CACHE_MAX = 256
@@ -286,16 +291,18 @@ class Session:
                     {k: v for k, v in self.heads.items() if k not in self._applying}
                 wants = self.outbox.wants(heads, time.monotonic())
                 if wants:
+                    # read straight into the message that goes out: LinkMessage(batch=...) copies every record
+                    msg = pb.LinkMessage()
                     batch, parts = await self.rt.db(streams.read_batch, self.rt.ledger, wants, self.peer,
-                                                    self.rt.relay if self.is_child_side else None)
+                                                    self.rt.relay if self.is_child_side else None, msg.batch)
                     if parts:
                         batch.batch_id = self.outbox.sent(parts)
                         if batch.segments:
                             self.sent_at[batch.batch_id] = time.monotonic()
                             # on the loop, not in a pool thread: each pool thread's malloc arena would keep its
                             # own megabytes of frames (a few ms per 4,000-record batch)
-                            msg = packing.pack(batch, self.codec)
-                            await self.write(msg)
+                            packed = packing.packed_batch(batch, self.codec)
+                            await self.write(msg if packed is None else pb.LinkMessage(packed=packed))
                             self.state.batches_out += 1
                             self.state.records_out += sum(len(s.records) for s in batch.segments)
                             self.state.last_records_us = now_us()
@@ -416,43 +423,49 @@ class Session:
                     raise ConnectionError(f"{self.peer} closed the link")
                 self._inbox_ready.clear()
                 continue
-            _queued, batch, n = self._inbox.pop(next_to_apply([q for q, _b, _n in self._inbox]))
+            picked = next_group([q for q, _b, _n in self._inbox], [n for _q, _b, n in self._inbox], APPLY_BYTES)
+            group = [self._inbox[i] for i in picked]
+            for i in sorted(picked, reverse=True):
+                del self._inbox[i]
             self._inbox_room.set()
             try:
-                await self._apply(batch)
+                await self._apply([b for _q, b, _n in group])
             finally:
-                self.budget.release(n)
+                for _q, _b, n in group:
+                    self.budget.release(n)
 
-    async def _apply(self, batch: pb.Batch) -> None:
+    async def _apply(self, batches: list[pb.Batch]) -> None:
         t0 = time.monotonic()
-        self._applying = {(LOG, s.origin, int(s.channel)) for s in batch.segments if s.checkpoint.body}
+        self._applying = {(LOG, s.origin, int(s.channel)) for b in batches for s in b.segments if s.checkpoint.body}
         try:
-            ack = await self.rt.db(streams.apply_batch, self.rt.ledger, batch, peer=self.peer,
-                                   from_child=not self.is_child_side, relay=self.rt.relay)
+            acks = await self.rt.db(streams.apply_batches, self.rt.ledger, batches, peer=self.peer,
+                                    from_child=not self.is_child_side, relay=self.rt.relay)
         except BaseException:
             self._applying = set()
             raise
         self.rt.instruments.applied(self.peer, self.state.direction, time.monotonic() - t0)
-        n = sum(len(s.records) for s in batch.segments)
+        got, n = self.state.channel_records_in, 0
+        for seg in (s for b in batches for s in b.segments):
+            got[seg.channel] = got.get(seg.channel, 0) + len(seg.records)
+            n += len(seg.records)
         self.state.records_in += n
         if n:
             self.state.last_records_us = now_us()
-        for seg in batch.segments:
-            got = self.state.channel_records_in
-            got[seg.channel] = got.get(seg.channel, 0) + len(seg.records)
         # the peer evidently holds what it just sent us: never echo it back
-        for h in ack.heads:
-            c = self.outbox.cursor((LOG, h.origin, int(h.channel)))
-            c.acked = max(c.acked, h.seq)
-            c.sent = max(c.sent, c.acked)
+        for ack in acks:
+            for h in ack.heads:
+                c = self.outbox.cursor((LOG, h.origin, int(h.channel)))
+                c.acked = max(c.acked, h.seq)
+                c.sent = max(c.sent, c.acked)
         self._applying = set()
         self.wake.set()  # what else moved meanwhile on those logs goes now
-        if ack.errors:
-            for e in ack.errors:
-                log.warning("batch_refused", peer=self.peer, origin=e.origin, channel=int(e.channel),
-                            code=e.error_code, error=e.error)
-            self.state.last_error = ack.error
-        await self.write(pb.LinkMessage(ack=ack))
+        for ack in acks:
+            if ack.errors:
+                for e in ack.errors:
+                    log.warning("batch_refused", peer=self.peer, origin=e.origin, channel=int(e.channel),
+                                code=e.error_code, error=e.error)
+                self.state.last_error = ack.error
+            await self.write(pb.LinkMessage(ack=ack))
         self.rt.notify()
 
     def _on_ack(self, ack: pb.Ack) -> None:
