@@ -15,9 +15,12 @@ Rules of this module:
 
 from __future__ import annotations
 
+import threading
+import time
 import weakref
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import func, select
 
@@ -34,13 +37,14 @@ from node.core.schema import cases as ci
 from node.core.schema import stats as sts
 from node.core.store import Store
 from node.features.people.accounts import LoginPolicy
-from node.features.people.roles import Person, Target, may
+from node.features.people.roles import GRANTS, Person, Target, may
 from node.features.stats import query
 from node.features.stats.config import StatsConfig
 from node.features.tickets import lifecycle as lc
 from node.features.tickets.desk import HeldIndex, project_store, summary
 from node.features.worklog import ACTION, REMIND, action_payload
 
+T = TypeVar("T")
 OPEN = (lc.ISSUED, lc.DELIVERED_STATE, lc.SIGNED_FOR, lc.REPLIED, lc.RETURNED)
 
 
@@ -111,7 +115,8 @@ def _overdue(st: lc.TicketState, now: datetime) -> str:
 
 
 def overview(store: Store, code: str, person: Person, status: dict[str, Any] | None,
-             now: datetime | None = None, index: HeldIndex | None = None) -> dict[str, Any]:
+             now: datetime | None = None, index: HeldIndex | None = None,
+             shared: Shared | None = None) -> dict[str, Any]:
     """总览: alerts by unit and level (today's and all), open and overdue tickets (the first
     ``OVERDUE_LIMIT`` overdue, oldest first, and ``overdue_total``), the subtree's links; each part only
     when the person may read it, and only inside their scope.
@@ -121,49 +126,104 @@ def overview(store: Store, code: str, person: Person, status: dict[str, Any] | N
     division and level in all), read for today and in all, plus the alerts of the person's own cases
     (the case index by handler), for ``may()``'s rule that nobody reads their own case's alert unless the
     table grants it as their own. The tickets are the desk's HeldIndex, projected again only when a
-    ticket record arrived."""
+    ticket record arrived.
+
+    With ``shared`` (the desk's), the aggregated parts are computed once and shared for its ``ttl_s``: the
+    alert counters by everyone, the tickets' figures by everyone of the same scope and roles (what
+    ``may()`` lets them read depends on nothing else); ``as_of`` says when the oldest part was counted
+    (the page shows it)."""
     now = now or people.now_cst()
     today = now.astimezone(CST).date().isoformat()
+    shared = shared or Shared(ttl_s=0.0)
     out: dict[str, Any] = {"node": code, "today": today, "person": people.stamp(person)}
+    counted: list[datetime] = [now]
     if may(person, "alerts.read"):
-        out["alerts"] = _alerts_by_unit(store, person, today)
+        counts, at = shared.get(("alerts", today), lambda: _alert_counts(store, today), now)
+        counted.append(at)
+        out["alerts"] = _alerts_by_unit(store, person, today, counts)
     if may(person, "tickets.read"):
-        proj = _projection(store, index)
-        visible = [st for st in proj.tickets.values() if may(person, "tickets.read", ticket_target(st, ""))]
-        overdue = []
-        for st in visible:
-            which = _overdue(st, now)
-            if which:
-                overdue.append((st, which))
-        overdue.sort(key=lambda x: x[0].issued_at)
-        out["tickets"] = {
-            "open": sum(1 for st in visible if st.state in OPEN),
-            "inbox": sum(1 for st in visible if st.state in OPEN and within(st.to, person.scope)
-                         and not within(st.issuer, person.scope)),
-            "outbox": sum(1 for st in visible if st.state in OPEN and within(st.issuer, person.scope)),
-            "overdue": [{**summary(st), "overdue": which} for st, which in overdue[:OVERDUE_LIMIT]],
-            "overdue_total": len(overdue),
-        }
+        # what may() lets a person read of the tickets: their scope and roles, and their name where a
+        # role grants only their own (an ``O`` of the table)
+        own = any(GRANTS["tickets.read"].get(r) == "O" for r in person.roles)
+        key = ("tickets", person.kind, person.state, person.scope, tuple(sorted(person.roles)),
+               (person.login, person.name) if own else ())
+        tickets, at = shared.get(key, lambda: _tickets_overview(store, person, now, index), now)
+        counted.append(at)
+        out["tickets"] = tickets
     if may(person, "node.read"):
         out["links"] = [r for r in links_of(status) if within(r["node"], person.scope) or within(person.scope, r["node"])]
+    out["as_of"] = min(counted).astimezone(CST).strftime("%H:%M:%S")
     return out
+
+
+class Shared:
+    """Values computed once and shared for ``ttl_s`` seconds (the desk's overview: every session of a
+    scope sees the same figures, counted at most ``ttl_s`` ago), each key computed by one thread at a time."""
+
+    def __init__(self, ttl_s: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl_s, self.clock = ttl_s, clock
+        self._values: dict[Any, tuple[float, datetime, Any]] = {}
+        self._locks: dict[Any, threading.Lock] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: Any, make: Callable[[], T], now: datetime) -> tuple[T, datetime]:
+        """(the value, when it was computed): the kept one while younger than ``ttl_s``, else ``make()``."""
+        with self._lock:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            kept = self._values.get(key)
+            if kept is not None and self.clock() - kept[0] < self.ttl_s:
+                return kept[2], kept[1]
+            value = make()
+            if self.ttl_s > 0:
+                with self._lock:
+                    if len(self._values) > 1000:  # scopes x role sets: a few dozen; never grows without bound
+                        self._values.clear()
+                    self._values[key] = (self.clock(), now, value)
+            return value, now
 
 
 OVERDUE_LIMIT = 50  # overdue tickets listed on the overview (``overdue_total`` counts them all)
 
 
-def _alerts_by_unit(store: Store, person: Person, today: str) -> list[dict[str, Any]]:
-    """[{division, today: [4 levels], all: [4 levels]}] of the alerts the person may read."""
+def _tickets_overview(store: Store, person: Person, now: datetime, index: HeldIndex | None) -> dict[str, Any]:
+    proj = _projection(store, index)
+    visible = [st for st in proj.tickets.values() if may(person, "tickets.read", ticket_target(st, ""))]
+    overdue = []
+    for st in visible:
+        which = _overdue(st, now)
+        if which:
+            overdue.append((st, which))
+    overdue.sort(key=lambda x: x[0].issued_at)
+    return {
+        "open": sum(1 for st in visible if st.state in OPEN),
+        "inbox": sum(1 for st in visible if st.state in OPEN and within(st.to, person.scope)
+                     and not within(st.issuer, person.scope)),
+        "outbox": sum(1 for st in visible if st.state in OPEN and within(st.issuer, person.scope)),
+        "overdue": [{**summary(st), "overdue": which} for st, which in overdue[:OVERDUE_LIMIT]],
+        "overdue_total": len(overdue),
+    }
+
+
+def _alert_counts(store: Store, today: str) -> dict[str, dict[str, list[int]]]:
+    """division -> {"today"|"all": [n per level]}: every alert held here (stats_alert_counts)."""
     ac = sts.alert_counts.c
-    counts: dict[str, dict[str, list[int]]] = {}  # division -> {"today"|"all": [n per level]}
-    mine: dict[str, dict[str, list[int]]] = {}  # the same, of the alerts on the person's own cases
-    handlers = [h[:128] for h in {person.login, person.name} if h]
+    counts: dict[str, dict[str, list[int]]] = {}
     with store.read() as conn:
         for day, division, level, n in conn.execute(
                 select(ac.day, ac.division, ac.level, ac.n).where(ac.day.in_(("", today)))):
             if 1 <= int(level) <= 4:
                 _bump(counts, str(division), "all" if day == "" else "today", int(level), int(n))
-        if handlers:
+    return counts
+
+
+def _alerts_by_unit(store: Store, person: Person, today: str,
+                    counts: dict[str, dict[str, list[int]]]) -> list[dict[str, Any]]:
+    """[{division, today: [4 levels], all: [4 levels]}] of the alerts the person may read."""
+    mine: dict[str, dict[str, list[int]]] = {}  # the same, of the alerts on the person's own cases
+    handlers = [h[:128] for h in {person.login, person.name} if h]
+    if handlers:
+        with store.read() as conn:
             h, a, al = ci.index.alias("h"), ci.index.alias("a"), sts.alerts
             own_cases = select(h.c.case_no).where(h.c.handler.in_(handlers))  # ix_cases_index_handler
             q = (select(al.c.division, al.c.level, func.min(t.records.c.time_us))

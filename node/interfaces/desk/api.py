@@ -69,8 +69,9 @@ async def whoami(request: Request, s: Session) -> Response:
 @api
 async def overview(request: Request, s: Session) -> Response:
     desk = desk_of(request)
-    status = await desk.op("status", {"tree": True}) if may(s.person, "node.read") else None
-    return ok(await desk.read(desk.with_index, app_desk.overview, desk.ledger.store, desk.code, s.person, status))
+    status = await desk.status() if may(s.person, "node.read") else None
+    return ok(await desk.read(desk.with_index, app_desk.overview, desk.store, desk.code, s.person, status,
+                              shared=desk.shared))
 
 
 @api
@@ -100,11 +101,11 @@ async def alert_act(request: Request, s: Session) -> Response:
     body = await _body(request)
     alert_id, act, note = request.path_params["alert_id"], request.path_params["act"], str(body.get("note", ""))
     if act == "reopen":
-        return ok(await desk.read(app_alerts.reopen_alert, desk.home, s.auth, alert_id, note))
+        return ok(await desk.run(app_alerts.reopen_alert, desk.home, s.auth, alert_id, note))
     if act == "handle":
-        return ok(await desk.read(app_alerts.handle_alert, desk.home, s.auth, alert_id, note))
+        return ok(await desk.run(app_alerts.handle_alert, desk.home, s.auth, alert_id, note))
     if act == "dispose":
-        return ok(await desk.read(app_alerts.dispose_alert, desk.home, s.auth, alert_id, str(body.get("result", "")),
+        return ok(await desk.run(app_alerts.dispose_alert, desk.home, s.auth, alert_id, str(body.get("result", "")),
                                   note, ticket=str(body.get("ticket", ""))))
     raise UsageError(f"unknown alert act {act!r}", fix="dispose, reopen or handle")
 
@@ -161,7 +162,7 @@ async def cases(request: Request, s: Session) -> Response:
         v = q.get(name) or ""
         return int(v) if v.isdigit() else default
 
-    return ok(await desk.read(app_cases.list_cases, desk.home, dept=q.get("dept") or "", item=q.get("item") or "",
+    return ok(await desk.read(app_cases.list_cases, desk.reader, dept=q.get("dept") or "", item=q.get("item") or "",
                               state=q.get("state") or "", handler=q.get("handler") or "",
                               since=q.get("since") or "", offset=number("offset", 0), limit=number("limit", 50),
                               person=s.person))
@@ -170,14 +171,14 @@ async def cases(request: Request, s: Session) -> Response:
 @api
 async def case(request: Request, s: Session) -> Response:
     desk = desk_of(request)
-    return ok(await desk.read(app_cases.show_case, desk.home, request.path_params["case_no"], s.person))
+    return ok(await desk.read(app_cases.show_case, desk.reader, request.path_params["case_no"], s.person))
 
 
 @api
 async def case_verify(request: Request, s: Session) -> Response:
     """The case's records proved back to the nodes that wrote them (node/app/cases.py ``verify_case``)."""
     desk = desk_of(request)
-    return ok(await desk.read(app_cases.verify_case, desk.home, request.path_params["case_no"], s.person))
+    return ok(await desk.read(app_cases.verify_case, desk.reader, request.path_params["case_no"], s.person))
 
 
 @api
@@ -192,7 +193,7 @@ async def stats(request: Request, s: Session) -> Response:
 @api
 async def worklog(request: Request, s: Session) -> Response:
     desk = desk_of(request)
-    return ok(await desk.read(app_desk.worklog, desk.ledger.store, desk.code, s.person,
+    return ok(await desk.read(app_desk.worklog, desk.store, desk.code, s.person,
                               actor=request.query_params.get("actor") or None, limit=500))
 
 

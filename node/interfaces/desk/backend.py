@@ -1,7 +1,18 @@
 """Where the desk's calls run, and what it keeps per session in memory.
 
 - ``Desk.read``: a use case that only reads, on the desk's own reader threads (never the event loop,
-  never the links' store thread: a supervisor's search must not slow a catch-up drain).
+  never the links' store thread: a supervisor's search must not slow a catch-up drain), through the
+  desk's own connections to the store, opened read-only (``reader_store``: SQLite ``query_only``, a
+  PostgreSQL session that is read-only), so a page never takes the store's write lock nor waits for it
+  (WAL readers never block the writer). ``Desk.reader`` is the node's home as these reads see it. The
+  alert and ticket reads of node/app (alerts.py ``_listed``/``_copies``, tickets.py ``_alert_states``)
+  fold the case index themselves, whatever the links do: they read through the node's store.
+- Folding on read (node/app/alerts.py ``catch_up``): a page shows a person's own act at once, so before
+  a read the desk folds the few records the node's services have not folded yet, through the node's
+  store, but only when the feed moved since it last looked and no link is moving records: during a
+  drain the services fold it gently, and a page never competes with the links for the write lock.
+- ``Desk.status``: the node's status (the admin op, on the store thread) at most once every
+  ``STATUS_TTL_S`` seconds, shared by every page that shows links.
 - ``Desk.op``: an act, through the admin op the CLI uses for it (node/interfaces/admin registers them on
   node.runtime.admin.OPS): the same use case, on the store thread, after the node has recovered its
   own logs, with the links woken afterwards. ``Desk.act``: the same for a desk use case of node/app/desk.py.
@@ -27,10 +38,16 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from sqlalchemy import event
+
 from node.app import alerts as app_alerts
+from node.app import desk as app_desk
 from node.app import people
 from node.app import tickets as app_tickets
 from node.core.errors import FednodeError
+from node.core.home import Home
+from node.core.ledger import Ledger
+from node.core.store import Store
 from node.features.tickets.desk import HeldIndex, TicketsConfig
 from node.runtime import admin
 from node.runtime.services import tickets as ticket_service
@@ -41,6 +58,9 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 FOLD_ON_READ = 2000  # records of the feed a desk read folds itself; more: the node's services fold them
+SHARED_S = 5.0  # the overview's figures are shared this long (node/app/desk.py ``Shared``)
+STATUS_TTL_S = 5.0  # the status shown on pages is at most this old (it costs the store thread a few ms)
+READERS = 2  # threads of the desk's reads: the node has a core or two, the links need one
 
 
 class Sessions:
@@ -148,26 +168,71 @@ class Desk:
     def __init__(self, rt: NodeRuntime, settings: DeskSettings) -> None:
         self.rt = rt
         self.settings = settings
-        self.home = rt.home
+        self.home = rt.home  # the node's: its acts, its admin socket
         self.ledger = rt.ledger
         self.code = rt.code
         self.name = rt.home.config.name
         self.policy = people.policy_of(rt.home)
-        # reads never fold a drain: the node's services do, gently (node/app/alerts.py fold_on_read_at_most)
-        self.readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="fednode-desk",
-                                          initializer=app_alerts.fold_on_read_at_most, initargs=(FOLD_ON_READ,))
+        self.store = reader_store(rt.home)
+        self.reader = ReaderHome(rt.home, self.store)
+        self.reader_ledger = Ledger(self.store, rt.code, None, rt.home.root())  # reads never sign
+        # a read folds nothing itself (its connections cannot write): Desk.read folds first, when it may
+        self.readers = ThreadPoolExecutor(max_workers=READERS, thread_name_prefix="fednode-desk",
+                                          initializer=app_alerts.fold_on_read_at_most, initargs=(0,))
         self.sessions = Sessions(idle_s=settings.idle_minutes * 60)
         self.login_forms = FormTokens()
         self.login_rate = RateLimit()
         self._index = HeldIndex()  # the desk's own view of the ticket records (reader threads, under the lock)
         self._index_lock = threading.Lock()
+        self._fold_lock = threading.Lock()
+        self._folded_at = -1  # the feed's counter when a read last folded
+        self._status: tuple[float, dict[str, Any]] | None = None
+        self.shared = app_desk.Shared(ttl_s=SHARED_S)  # the overview's aggregated parts, per scope
+        self._status_lock = asyncio.Lock()
 
     def close(self) -> None:
         self.readers.shutdown(wait=True, cancel_futures=True)
+        self.store.close()
 
     async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn`` on a reader thread, after folding what the services have not (``fold``)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.readers, functools.partial(self._folded, fn, *args, **kwargs))
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn`` on a reader thread, as it is (rendering a page)."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.readers, functools.partial(fn, *args, **kwargs))
+
+    def _folded(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        self.fold()
+        return fn(*args, **kwargs)
+
+    def fold(self) -> None:
+        """Fold the feed's last records into the case index and the statistics (at most ``FOLD_ON_READ``)
+        through the node's store, when the feed moved since the last fold here and the links are quiet."""
+        if self.rt.links_busy():
+            return
+        feed = int(self.store.get_meta("local_seq", "0") or 0)
+        if feed == self._folded_at:
+            return
+        with self._fold_lock:
+            if feed == self._folded_at:
+                return
+            app_alerts.fold_on_read_at_most(FOLD_ON_READ)
+            try:
+                app_alerts.catch_up(self.home, self.ledger.store)
+            finally:
+                app_alerts.fold_on_read_at_most(0)
+            self._folded_at = feed
+
+    async def status(self) -> dict[str, Any]:
+        """The node's status with its subtree (``status --tree``), shared for ``STATUS_TTL_S``."""
+        async with self._status_lock:
+            now = time.monotonic()
+            if self._status is None or now - self._status[0] > STATUS_TTL_S:
+                self._status = (now, await self.op("status", {"tree": True}))
+            return self._status[1]
 
     async def op(self, name: str, req: dict[str, Any]) -> Any:
         fn = admin.OPS.get(name)
@@ -196,3 +261,36 @@ class Desk:
         """``fn(..., index=the desk's HeldIndex)`` under its lock (reader threads)."""
         with self._index_lock:
             return fn(*args, index=self._index, **kwargs)
+
+
+def reader_store(home: Home) -> Store:
+    """The node's store opened again for the desk's readers: their own engine and connections, which
+    cannot write (SQLite ``query_only``; PostgreSQL sessions whose transactions are read-only)."""
+    store = Store.open(home.config.store_url, base_dir=home.dir, migrate=False)
+
+    @event.listens_for(store.engine, "connect")
+    def _read_only(dbapi_conn: Any, _record: Any) -> None:
+        if store.is_sqlite:
+            dbapi_conn.execute("PRAGMA query_only=ON")
+            return
+        dbapi_conn.autocommit = True  # a session setting, outside any transaction the pool would roll back
+        dbapi_conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+        dbapi_conn.autocommit = False
+
+    return store
+
+
+class ReaderHome(Home):
+    """The node's home as the desk's reads see it: the same directory and configuration, the store
+    through the desk's read-only connections."""
+
+    def __init__(self, home: Home, store: Store) -> None:  # noqa: D107 — no config read again from disk
+        self.dir = home.dir
+        self.keys = home.keys
+        self.node_home = home
+        self.config = home.config
+        self._store = self.reader_store = store
+
+    def store(self, migrate: bool | None = None) -> Store:
+        self.config = self.node_home.config  # a reload (SIGHUP) replaced it
+        return self.reader_store

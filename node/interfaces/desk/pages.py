@@ -83,15 +83,16 @@ async def logout(request: Request, s: Session) -> Response:
 
 
 async def _status(request: Request, s: Session) -> dict[str, Any] | None:
-    return await desk_of(request).op("status", {"tree": True}) if may(s.person, "node.read") else None
+    return await desk_of(request).status() if may(s.person, "node.read") else None
 
 
 @page
 async def overview(request: Request, s: Session) -> Response:
     desk = desk_of(request)
-    data = await desk.read(desk.with_index, app_desk.overview, desk.ledger.store, desk.code, s.person,
-                           await _status(request, s))
-    return await render(request, "overview.html", {"title": "总览", "data": data}, session=s)
+    data = await desk.read(desk.with_index, app_desk.overview, desk.store, desk.code, s.person,
+                           await _status(request, s), shared=desk.shared)
+    return await render(request, "overview.html", {"title": "总览", "data": data, "shared_s": desk.shared.ttl_s},
+                        session=s)
 
 
 # ---- 预警纠错 --------------------------------------------------------------------------------------------------------
@@ -147,9 +148,9 @@ async def alert_dispose(request: Request, s: Session) -> Response:
     form = await request.form()
     note = str(form.get("note") or "").strip()
     if request.path_params["act"] == "reopen":
-        await desk.read(app_alerts.reopen_alert, desk.home, s.auth, alert_id, note)
+        await desk.run(app_alerts.reopen_alert, desk.home, s.auth, alert_id, note)
     else:
-        await desk.read(app_alerts.dispose_alert, desk.home, s.auth, alert_id, str(form.get("result") or ""), note)
+        await desk.run(app_alerts.dispose_alert, desk.home, s.auth, alert_id, str(form.get("result") or ""), note)
     return RedirectResponse(f"/alerts/{quote(alert_id)}?done={request.path_params['act']}", status_code=303)
 
 
@@ -183,7 +184,7 @@ async def ticket_new(request: Request, s: Session) -> Response:
     desk = desk_of(request)
     app_desk.require(s.person, "tickets.issue")
     q = request.query_params
-    units = await desk.read(app_desk.units, desk.ledger.store, desk.code, s.person, await _status(request, s))
+    units = await desk.read(app_desk.units, desk.store, desk.code, s.person, await _status(request, s))
     return await render(request, "ticket_new.html", {
         "title": "签发督办单", "units": units, "to": q.get("to", ""), "alert_id": q.get("alert", ""),
         "case_no": q.get("case", ""), "subject": q.get("subject", ""),
@@ -216,7 +217,7 @@ async def ticket_issue(request: Request, s: Session) -> Response:
 async def ticket(request: Request, s: Session) -> Response:
     desk = desk_of(request)
     no = request.path_params["ticket"]
-    status = await desk.op("status", {"tree": True})
+    status = await desk.op("status", {"tree": True})  # fresh: whether the ticket reached its unit
     data = await desk.read(desk.tickets_read, {"action": "show", "ticket": no, "auth": s.auth}, status)
     return await render(request, "ticket.html", {
         "title": f"督办单 {no}", "t": data, "actions": app_desk.ticket_actions(data, s.person, desk.code),
@@ -318,7 +319,7 @@ async def cases(request: Request, s: Session) -> Response:
         return RedirectResponse(f"/cases/{quote(no)}", status_code=303)
     app_desk.require(s.person, "cases.read")
     offset = _int(q.get("offset"), "起始") or 0
-    data = await desk.read(app_cases.list_cases, desk.home, dept=q.get("dept") or "", item=q.get("item") or "",
+    data = await desk.read(app_cases.list_cases, desk.reader, dept=q.get("dept") or "", item=q.get("item") or "",
                            state=q.get("state") or "", handler=q.get("handler") or "", since=q.get("since") or "",
                            offset=max(offset, 0), limit=50, person=s.person)
     more = {k: v for k, v in q.items() if k != "offset" and v}
@@ -332,12 +333,12 @@ async def cases(request: Request, s: Session) -> Response:
 @page
 async def case(request: Request, s: Session) -> Response:
     desk = desk_of(request)
-    data = await desk.read(app_cases.show_case, desk.home, request.path_params["case_no"], s.person)
+    data = await desk.read(app_cases.show_case, desk.reader, request.path_params["case_no"], s.person)
     # the proofs read every record from the case's up to its origin's next checkpoint (tens of ms): asked for
     # with ?verify=1, which desk.js requests as soon as the page is shown (the badge links to it without JS)
     verified = None
     if request.query_params.get("verify"):
-        verified = await desk.read(app_cases.verify_case, desk.home, data["case_no"], s.person)
+        verified = await desk.read(app_cases.verify_case, desk.reader, data["case_no"], s.person)
     return await render(request, "case.html", {"title": f"办件 {data['case_no']}", "c": data, "v": verified},
                         session=s)
 
@@ -395,7 +396,7 @@ async def stats_html(request: Request, s: Session) -> Response:
 async def worklog(request: Request, s: Session) -> Response:
     desk = desk_of(request)
     actor = (request.query_params.get("actor") or "").strip() or None
-    data = await desk.read(app_desk.worklog, desk.ledger.store, desk.code, s.person, actor=actor, limit=200)
+    data = await desk.read(app_desk.worklog, desk.store, desk.code, s.person, actor=actor, limit=200)
     return await render(request, "worklog.html", {"title": "监察日志", "data": data, "actor": actor or "",
                                                   "entries": list(reversed(data["entries"])),
                                                   "reminders": list(reversed(data["reminders"]))}, session=s)
@@ -409,7 +410,7 @@ async def status(request: Request, s: Session) -> Response:
     desk = desk_of(request)
     app_desk.require(s.person, "node.read", (s.person.scope,), "联网状态")
     data = await desk.op("status", {"tree": True})
-    quarantine = await desk.read(app_desk.quarantine_list, desk.ledger.store, s.person)
+    quarantine = await desk.read(app_desk.quarantine_list, desk.store, s.person)
     return await render(request, "status.html", {
         "title": "联网状态", "st": data, "links": app_desk.links_of(data), "quarantine": quarantine,
         "may_operate": bool(may(s.person, "node.operate")), "done": request.query_params.get("done"),

@@ -103,7 +103,7 @@ async def current(request: Request) -> Session | None:
             await desk.op("people", {"action": "logout", "auth": {"login": login, "token": token}, "token": token})
         return None
     try:
-        person = await desk.read(app_desk.signed_in, desk.ledger, desk.policy, login, token)
+        person = await desk.run(app_desk.signed_in, desk.reader_ledger, desk.policy, login, token)
     except (people.SignInFailed, people.Refused, UsageError):
         desk.sessions.forget(digest)
         return None
@@ -173,7 +173,7 @@ async def render(request: Request, template: str, context: dict[str, Any], statu
     if session is not None:
         ctx.update(me=session.person, me_role=" / ".join(ROLES.get(r, r) for r in session.person.roles),
                    nav=nav_of(session.person, request.url.path), csrf=csrf_of(request, session))
-    html = await desk.read(ENV.get_template(template).render, ctx)
+    html = await desk.run(ENV.get_template(template).render, ctx)
     return HTMLResponse(html, status_code=status)
 
 
