@@ -4,6 +4,8 @@
 - the budget alone (asyncio, no processes): a request never overtakes an earlier waiting one, so a link
   that keeps asking (a flooding child) cannot starve another; a batch bigger than the whole budget
   still gets in when nothing else is held; a link that ends while waiting gives its turn away;
+- a link's session, in-process: once a batch is applied and its bytes given back, the session keeps
+  nothing of it while it waits for the next message (the budget counts all that a link holds);
 - real `fednode run` processes: a child floods the city (ten 4,000-record batches written without
   waiting for acks, past its window) with a 1 MB budget; the city's peak of held bytes stays at one
   batch, the flood is held back, and the other child's records are applied while the flood goes on.
@@ -12,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +25,11 @@ from bench.demo import TREE
 from node.core import config as config_mod
 from node.core.home import Home
 from node.core.records import BULK
+from node.link import transport
 from node.link.budget import ReceiveBudget
 from proto.fednode.v1 import fednode_pb2 as pb
 from proto.fednode.v1 import fednode_pb2_grpc as pbg
+from tests.conftest import Tree
 from tests.test_link_security import (
     CITY,
     COUNTY,
@@ -90,6 +95,68 @@ def test_a_batch_bigger_than_the_budget_gets_in_when_nothing_is_held_and_a_cance
 
     asyncio.run(scenario())
 
+
+
+# ---- a link's session ------------------------------------------------------------------------------------
+
+
+def _live_batches() -> list[int]:
+    """Batch ids of every received batch still alive in this process (a Batch, or a LinkMessage carrying one)."""
+    gc.collect()
+    ids = [o.batch_id for o in gc.get_objects() if type(o) is pb.Batch]
+    ids += [o.batch.batch_id for o in gc.get_objects() if type(o) is pb.LinkMessage and o.HasField("batch")]
+    return sorted(i for i in ids if i)
+
+
+def test_a_link_keeps_no_batch_it_has_applied_while_it_waits_for_the_next(tmp_path: Path) -> None:
+    """The budget counts everything a link holds: once a batch is applied and its bytes are given back,
+    the session lets it go. Left in the read loop's frame, every link's last batch stayed alive while it
+    waited for its next message, outside the budget (with 50 children, ~50 decoded batches of ~1.8 MB
+    at the city's peak)."""
+    from node.runtime.process import LinkState, NodeRuntime
+
+    tree = Tree(tmp_path)
+    n = 4
+
+    async def run() -> list[list[int]]:
+        rt = NodeRuntime(tree.city)
+        acks: list[int] = []
+        held: list[list[int]] = []
+        sent = 0
+
+        async def read() -> Any:
+            nonlocal sent
+            if sent:
+                async with asyncio.timeout(30):
+                    while len(acks) < sent:
+                        await asyncio.sleep(0.01)
+                await asyncio.sleep(0.05)  # the apply loop has given the bytes back and waits again
+                held.append(_live_batches())
+            if sent == n:
+                return grpc.aio.EOF
+            sent += 1
+            return pb.LinkMessage(batch=pb.Batch(batch_id=sent))
+
+        async def write(msg: pb.LinkMessage) -> None:
+            acks.append(msg.ack.batch_id)
+
+        session = transport.Session(rt, LinkState(COUNTY, "down"), read, write)
+        try:
+            with pytest.raises(ConnectionError, match="closed the link"):
+                await session._reader()
+        finally:
+            rt._executor.shutdown(wait=True)
+            rt._bg_executor.shutdown(wait=True)
+        assert acks == list(range(1, n + 1))
+        assert session.budget.used == 0
+        return held
+
+    try:
+        held = asyncio.run(run())
+    finally:
+        tree.close()
+    print(f"\n  batches alive while the link waited for message 2..{n + 1}: {held}")
+    assert held == [[]] * n, f"applied batches still alive while the link waited for the next message: {held}"
 
 # ---- real processes ----------------------------------------------------------------------------------------
 
