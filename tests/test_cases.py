@@ -118,6 +118,14 @@ def test_states_match_a_hand_count(fixed: Home) -> None:
     assert app.list_cases(fixed, dept=DEPT, item=ITEM, now=NOW)["total"] == 9
     page = app.list_cases(fixed, now=NOW, limit=4, offset=4)
     assert [r["case_no"] for r in page["cases"]] == ["E", "D", "C", "B"] and page["total"] == 9
+    # the desk counts up to a bound past the page: the same page, "more than 7" instead of 9
+    capped = app.list_cases(fixed, now=NOW, limit=4, offset=2, count_beyond=1)
+    assert ([r["case_no"] for r in capped["cases"]], capped["total"], capped["total_exact"]) == (
+        ["G", "F", "E", "D"], 7, False)
+    assert app.list_cases(fixed, now=NOW, limit=4, offset=2, count_beyond=3)["total_exact"]  # 9 = 2 + 4 + 3
+    for s, nos in HAND_COUNT.items():  # the state filters with a bound: the same cases, read through the open index
+        got = app.list_cases(fixed, state=s, now=NOW, limit=100, count_beyond=0)
+        assert (got["total"], got["total_exact"], {r["case_no"] for r in got["cases"]}) == (len(nos), True, nos), s
     # a 承办人 sees the cases he handles, nothing else
     li = Person(login="li", name="李四", roles=("handler",), scope=DIV)
     assert {r["case_no"] for r in app.list_cases(fixed, person=li, now=NOW)["cases"]} == {"A", "D"}

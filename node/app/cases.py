@@ -71,9 +71,10 @@ def _since(text: str) -> str:
 
 def list_cases(home: Home, *, dept: str = "", item: str = "", state: str = "", handler: str = "", since: str = "",
                offset: int = 0, limit: int = 50, person: Person | None = None,
-               now: datetime | None = None) -> dict[str, Any]:
+               now: datetime | None = None, count_beyond: int | None = None) -> dict[str, Any]:
     """`cases list`: the page ``offset``..``offset+limit`` of the matching cases (newest case number first),
-    each with its 办理状态, and ``total``."""
+    each with its 办理状态, and ``total``. With ``count_beyond`` the matches are counted only up to that
+    many past the page (``total_exact`` false when there are more): the desk's pages over a large store."""
     if state and state not in view.STATES:
         raise UsageError(f"--state {state!r} is not a 办理状态", fix="--state " + "|".join(view.STATES))
     if limit < 1 or limit > MAX_PAGE or offset < 0:
@@ -86,8 +87,10 @@ def list_cases(home: Home, *, dept: str = "", item: str = "", state: str = "", h
     catch_up(home, store)
     clock = build_calendar(home)
     with store.read() as conn:
-        rows, total = query.list_cases(conn, clock, now, f, offset, limit)
-    return {"here": home.code, "total": total, "offset": offset, "limit": limit, "counted_at": now.isoformat(
+        rows, total, exact = query.list_cases(conn, clock, now, f, offset, limit,
+                                              None if count_beyond is None else offset + limit + count_beyond)
+    return {"here": home.code, "total": total, "total_exact": exact, "offset": offset, "limit": limit,
+            "counted_at": now.isoformat(
         timespec="seconds"), "filters": {k: v for k, v in f.__dict__.items() if v}, "cases": rows}
 
 

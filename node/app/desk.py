@@ -184,6 +184,9 @@ class Shared:
 
 
 OVERDUE_LIMIT = 50  # overdue tickets listed on the overview (``overdue_total`` counts them all)
+# 办件查询 counts the matches up to this many past the page ("超过 N 件" beyond): a search over a
+# province's million cases reads the newest matches, not the whole table, for a page of 50
+CASES_COUNTED_BEYOND = 1000
 
 
 def _tickets_overview(store: Store, person: Person, now: datetime, index: HeldIndex | None) -> dict[str, Any]:

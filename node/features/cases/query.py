@@ -8,7 +8,8 @@ Rules of this module:
   calendar), so 100,000 cases are filtered without reading them; the few open cases with a pause
   (special procedure, correction) are judged one by one in Python.
 - Order: case number, descending (numbers carry the date of the case). Paging: ``offset``, ``limit``;
-  ``total`` counts every match.
+  ``total`` counts every match, or up to ``count_limit`` (the desk: a page over a million cases reads
+  the newest matches only, never all of them to count).
 - Scope: ``scope`` (a person's jurisdiction) keeps the cases whose division or department lies in it;
   ``only_cases`` (a 承办人: his own cases) keeps those.
 """
@@ -121,9 +122,12 @@ def _joined(cols: list[Any]) -> Any:
                                                                        i.item_code == c.item_code)))
 
 
-def list_cases(conn: Any, clock: Clock, now: datetime, f: Filters, offset: int = 0,
-               limit: int = 50) -> tuple[list[dict[str, Any]], int]:
-    """(the page of rows, each with its ``state`` and ``used_min``, and the total number of matches)."""
+def list_cases(conn: Any, clock: Clock, now: datetime, f: Filters, offset: int = 0, limit: int = 50,
+               count_limit: int | None = None) -> tuple[list[dict[str, Any]], int, bool]:
+    """(the page of rows, each with its ``state`` and ``used_min``, the number of matches, whether that
+    number is exact). With ``count_limit`` the matches are counted up to it only, newest first as the
+    pages read them (a person's page over a million cases need not read them all to say "more than
+    N"); the number is then ``count_limit`` and not exact when there are more."""
     if f.state and f.state not in STATES:
         raise ValueError(f"unknown state {f.state!r}; one of {', '.join(STATES)}")
     c = st.cases.c
@@ -169,9 +173,14 @@ def list_cases(conn: Any, clock: Clock, now: datetime, f: Filters, offset: int =
     def sel(cols: list[Any]) -> Any:
         return _joined(cols) if joined else select(*cols).select_from(st.cases)
 
-    total = int(conn.execute(sel([func.count()]).where(where)).scalar() or 0)
-    q = sel([c.case_no]).where(where).order_by(c.case_no.desc()).offset(offset).limit(limit)
-    return rows_of(conn, [r[0] for r in conn.execute(q)], clock, now), total
+    newest = sel([c.case_no]).where(where).order_by(c.case_no.desc())
+    if count_limit is None:
+        total, exact = int(conn.execute(sel([func.count()]).where(where)).scalar() or 0), True
+    else:
+        counted = int(conn.execute(select(func.count()).select_from(newest.limit(count_limit + 1).subquery())).scalar() or 0)
+        total, exact = min(counted, count_limit), counted <= count_limit
+    page = [r[0] for r in conn.execute(newest.offset(offset).limit(limit))]
+    return rows_of(conn, page, clock, now), total, exact
 
 
 def rows_of(conn: Any, case_nos: list[str], clock: Clock, now: datetime) -> list[dict[str, Any]]:

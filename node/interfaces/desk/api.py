@@ -165,7 +165,7 @@ async def cases(request: Request, s: Session) -> Response:
     return ok(await desk.read(app_cases.list_cases, desk.reader, dept=q.get("dept") or "", item=q.get("item") or "",
                               state=q.get("state") or "", handler=q.get("handler") or "",
                               since=q.get("since") or "", offset=number("offset", 0), limit=number("limit", 50),
-                              person=s.person))
+                              person=s.person, count_beyond=app_desk.CASES_COUNTED_BEYOND))
 
 
 @api

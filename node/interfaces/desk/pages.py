@@ -321,7 +321,7 @@ async def cases(request: Request, s: Session) -> Response:
     offset = _int(q.get("offset"), "起始") or 0
     data = await desk.read(app_cases.list_cases, desk.reader, dept=q.get("dept") or "", item=q.get("item") or "",
                            state=q.get("state") or "", handler=q.get("handler") or "", since=q.get("since") or "",
-                           offset=max(offset, 0), limit=50, person=s.person)
+                           offset=max(offset, 0), limit=50, person=s.person, count_beyond=app_desk.CASES_COUNTED_BEYOND)
     more = {k: v for k, v in q.items() if k != "offset" and v}
     return await render(request, "cases.html", {
         "title": "办件查询", "data": data, "q": q, "states": CASE_STATES,
