@@ -140,8 +140,11 @@ def test_runbooks_1_2_3(tmp_path: Path, procs: Procs) -> None:
     # ---- Runbook 3: backup, loss, restore -----------------------------------------------------------------
     backup = tmp_path / "backup"
     backup.mkdir()
-    subprocess.run([SQLITE3, str(county / "store.db"), f".backup '{backup / 'store.db'}'"], check=True, timeout=60,
-                   preexec_fn=lambda: os.umask(0o077))  # the runbook's `umask 077`
+    # the runbook's `umask 077` in a shell, as an operator runs it: not preexec_fn, which makes this
+    # process (gRPC's threads and fork handlers loaded by earlier tests) fork and run Python in the
+    # child; the child aborted once in CI (SIGABRT) before it reached sqlite3
+    subprocess.run(["sh", "-c", 'umask 077 && exec "$0" "$1" "$2"', SQLITE3, str(county / "store.db"),
+                    f".backup '{backup / 'store.db'}'"], check=True, timeout=60)
     assert (backup / "store.db").stat().st_mode & 0o077 == 0
     with tarfile.open(backup / "home.tgz", "w:gz") as tar:
         for name in ("node.toml", "keys"):
