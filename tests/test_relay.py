@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from node.core.records import BULK
 from node.link.protocol import LOG, Want
-from node.link.streams import RelayCache, apply_batch, read_batch
+from node.link.streams import HeldBatch, RelayCache, apply_batch, read_batch
 from tests.conftest import Tree
 from tests.test_reconcile import fill
 
@@ -66,15 +66,66 @@ def test_resent_segments_are_not_relayed_oversized_ones_are_whole(tree: Tree) ->
     assert got.SerializeToString() == from_store.SerializeToString()
 
 
-def test_the_cache_is_bounded() -> None:
+def test_the_cache_is_bounded_in_bytes_and_keeps_what_the_uplink_reaches_first() -> None:
+    """Full, it refuses new entries: the old ones are where a lagging uplink's cursors are (evicting them for
+    newer ones threw batches away unused). An entry the cursor went past goes at that log's next take."""
     from proto.fednode.v1 import fednode_pb2 as pb
 
-    relay = RelayCache(max_records=8)
+    def seg(origin: str) -> pb.Segment:
+        return pb.Segment(origin=origin, channel=BULK, records=[pb.SignedRecord(body=b"x")] * 2)  # type: ignore[arg-type]
+
+    relay = RelayCache(max_bytes=1000)
     for i in range(10):
-        relay.put(pb.Segment(origin="320303", channel=BULK, records=[pb.SignedRecord(body=b"x")] * 2), i)  # type: ignore[arg-type]
-    assert relay.take("320303", BULK, 0, 10) is None  # evicted, oldest first
-    assert relay.take("320303", BULK, 9, 10) is not None
-    assert len(relay._segments) == 3 and relay._records == 6
+        relay.put(seg("320303"), i * 2, HeldBatch(300))
+    assert relay.bytes == 900 and relay.refused == 7
+    assert relay.take("320303", BULK, 0, 10) is not None  # the oldest is kept: the uplink's next
+    relay.put(seg("320311"), 0, HeldBatch(300))  # room again
+    assert relay.bytes == 900
+    # the uplink read 320303 from the store past the entry at 2 (its cursor is at 4): that one can never be used
+    assert relay.take("320303", BULK, 4, 10) is not None
+    assert relay.passed == 1 and relay.bytes == 300 and ("320303", BULK, 2) not in relay._segments
+    assert relay.status() == {"segments": 1, "bytes": 300, "max_bytes": 1000, "hits": 2, "refused": 7, "passed": 1}
+    relay.forwarded("320311", BULK, 1)  # the uplink read 320311 from the store past its entry
+    assert relay.bytes == 0 and relay.passed == 2
+    # a batch bigger than the whole cache still goes in when nothing is held
+    empty = RelayCache(max_bytes=100)
+    empty.put(seg("320303"), 0, HeldBatch(500))
+    assert empty.bytes == 500 and empty.take("320303", BULK, 0, 10) is not None
+
+
+def test_a_batch_counts_once_while_any_of_its_segments_is_cached() -> None:
+    """A cached segment keeps its whole parsed batch alive (upb: one arena per parsed message), so the cache
+    counts the batch, once, until the last of its segments leaves."""
+    from proto.fednode.v1 import fednode_pb2 as pb
+
+    relay = RelayCache(max_bytes=10_000)
+    held = HeldBatch(4000)
+    for after in (0, 100):
+        relay.put(pb.Segment(origin="320303", channel=BULK), after, held)  # type: ignore[arg-type]
+    assert relay.bytes == 4000
+    assert relay.take("320303", BULK, 0, 10) is not None and relay.bytes == 4000
+    assert relay.take("320303", BULK, 100, 10) is not None and relay.bytes == 0
+
+
+def test_a_relay_holds_at_most_its_byte_budget_of_received_batches(tree: Tree) -> None:
+    """Applied with the sizes they were received at, a child's batches are cached up to the budget and
+    no further (the first ones: the uplink reaches them first), whatever the window and batch size (bounded by records, 2 x window x batch records,
+    the cache held ~20 MB at a 50-child city beside its 8 MB receive budget)."""
+    county, city = tree.county.ledger(), tree.city.ledger()
+    fill(county, 3000)  # checkpoints every 500 records: six segments of 500, one per batch
+    batches, after = [], 0
+    while after < 3000:
+        batch, parts = read_batch(county, [Want((LOG, "320303", BULK), after, 500)], "320300")
+        batches.append(batch)
+        after = parts[-1].last
+    sizes = [b.ByteSize() for b in batches]
+    budget = 2 * max(sizes) + max(sizes) // 2  # room for two batches
+    relay = RelayCache(max_bytes=budget)
+    for batch, size in zip(batches, sizes, strict=True):
+        assert apply_batch(city, batch, peer="320303", from_child=True, relay=relay, size=size).ok
+        assert relay.bytes <= budget
+    kept = [a for a in range(0, 3000, 500) if ("320303", BULK, a) in relay._segments]
+    assert kept == [0, 500] and relay.bytes == sum(sizes[:2]) and relay.refused == 4
 
 
 def test_a_batch_read_into_a_message_is_the_batch_read_alone(tree: Tree) -> None:

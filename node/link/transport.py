@@ -453,17 +453,17 @@ class Session:
             del self._inbox[i]
         self._inbox_room.set()
         try:
-            await self._apply([b for _q, b, _n in group])
+            await self._apply([b for _q, b, _n in group], [n for _q, _b, n in group])
         finally:
             for _q, _b, n in group:
                 self.budget.release(n)
 
-    async def _apply(self, batches: list[pb.Batch]) -> None:
+    async def _apply(self, batches: list[pb.Batch], sizes: list[int]) -> None:
         t0 = time.monotonic()
         self._applying = {(LOG, s.origin, int(s.channel)) for b in batches for s in b.segments if s.checkpoint.body}
         try:
             acks = await self.rt.db(streams.apply_batches, self.rt.ledger, batches, peer=self.peer,
-                                    from_child=not self.is_child_side, relay=self.rt.relay)
+                                    from_child=not self.is_child_side, relay=self.rt.relay, sizes=sizes)
         except BaseException:
             self._applying = set()
             raise

@@ -106,8 +106,10 @@ class NodeRuntime:
         self.ledger = home.ledger()
         self.window = window or home.config.window
         self.batch_records = batch_records or home.config.batch_records
-        # a relay forwards what its children just sent without reading it back (database thread only)
-        self.relay = streams.RelayCache(max_records=2 * self.window * self.batch_records) if self.parent_code else None
+        # a relay forwards what its children just sent without reading it back (database thread only); the
+        # batches it keeps for that are bounded like those waiting to be applied, by the receive budget
+        self.relay = streams.RelayCache(max_bytes=home.config.receive_budget_mb * 1024 * 1024) \
+            if self.parent_code else None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fednode-db")
         # background services (rules scans, projections, reconciliation) get their own thread, so a long
         # scan never stalls the links; writes still serialise on the store's write lock
@@ -298,6 +300,7 @@ class NodeRuntime:
         }
         if st.direction == "up" and self.relay is not None:
             out["relayed_segments"] = self.relay.hits  # forwarded from children without reading the store
+            out["relay_cache"] = self.relay.status()
         return out
 
     def status_sync(self, tree: bool = True, depth: int | None = None, code: str | None = None,
