@@ -223,3 +223,23 @@ def test_every_filter_agrees_with_the_rows_on_a_synthetic_county(tree: Tree) -> 
     for no in sample:  # `cases show` says the same
         assert app.show_case(tree.county, no, now=now)["state"] in (
             "超期在办" if no in by_state["超期在办"] else "在办",)
+    # the desk's bounded pages (count_beyond): for every state, page and bound, the same cases in the same
+    # order as the exact count, and the count capped; with the open cases that have a pause (judged one by
+    # one in Python, merged with the ones SQL decides) just inside, at and just outside where the bound cuts
+    with tree.county.store().read() as conn:
+        paused = {r[0] for r in conn.exec_driver_sql(
+            "SELECT case_no FROM stats_cases WHERE completed_at IS NULL AND pauses != '{}'")}
+    assert paused
+    for s in ("", *STATES):
+        exact = app.list_cases(tree.county, state=s, now=now, limit=app.MAX_PAGE)
+        order = [r["case_no"] for r in exact["cases"]]
+        pages = [(0, 10, 5), (7, 10, 20), (30, 25, 0), (0, 50, 1000)]
+        pages += [(b - 1, 1, 0) for p, no in enumerate(order) if no in paused for b in (p, p + 1, p + 2) if b >= 1]
+        for offset, limit, beyond in pages:
+            got = app.list_cases(tree.county, state=s, now=now, offset=offset, limit=limit, count_beyond=beyond)
+            bound = offset + limit + beyond
+            assert [r["case_no"] for r in got["cases"]] == order[offset:offset + limit], (s, offset, limit, beyond)
+            assert (got["total"], got["total_exact"]) == (min(exact["total"], bound), exact["total"] <= bound), s
+    judged = {r["case_no"] for s in ("在办", "超期在办") for r in
+              app.list_cases(tree.county, state=s, now=now, limit=app.MAX_PAGE)["cases"]} & paused
+    assert judged, paused  # the pages above did cut next to a case judged in Python

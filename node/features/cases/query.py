@@ -133,6 +133,10 @@ def list_cases(conn: Any, clock: Clock, now: datetime, f: Filters, offset: int =
     c = st.cases.c
     base = _base(f)
     sql_part: list[Any] | None = None  # conditions of the SQL-decided part (None: nothing from SQL)
+    # conditions the SQL-decided part shares with the cases judged in Python (open, in the filters): kept
+    # outside the OR of the two, so the index of the open cases serves both (inside it, SQLite walks
+    # every case by its number)
+    common: list[Any] = []
     py_states: set[str] = set()  # states taken from the open cases with a pause, judged in Python
     nopause = c.pauses == "{}"
     th = _thresholds(conn, clock, now) if f.state in ("", IN_PROGRESS, OVERDUE_OPEN) else {}
@@ -146,41 +150,64 @@ def list_cases(conn: Any, clock: Clock, now: datetime, f: Filters, offset: int =
     elif f.state == OVERDUE_DONE:
         sql_part = [*base, c.completed_at.isnot(None), c.measured == 1, c.on_time == 0]
     elif f.state == OVERDUE_OPEN:
-        sql_part, py_states = [*base, _open(), nopause, _overdue_sql(th)], {OVERDUE_OPEN}
+        common, sql_part, py_states = [*base, _open()], [nopause, _overdue_sql(th)], {OVERDUE_OPEN}
     elif f.state == IN_PROGRESS:
         not_overdue = or_(c.accepted.is_(None), c.accepted != 1, c.accepted_at.is_(None), not_(_overdue_sql(th)))
-        sql_part, py_states = [*base, _open(), nopause, not_overdue], {IN_PROGRESS}
+        common, sql_part, py_states = [*base, _open()], [nopause, not_overdue], {IN_PROGRESS}
     elif f.state == CORRECTION:
         py_states = {CORRECTION}
-    py_nos: list[str] = []
-    if py_states:  # open cases with a pause: few; each judged by the rule itself
-        q = _joined([c.case_no, c.accepted, c.accepted_at, c.completed_at, c.pauses, st.items.c.unit,
-                     st.items.c.promised_days]).where(and_(true(), *base, _open(), c.pauses != "{}"))
-        for r in conn.execute(q):
-            row = dict(r._mapping)
-            item = {"unit": row["unit"], "promised_days": row["promised_days"]} if row["unit"] else None
-            if row_state(row, item, clock, now)[0] in py_states:
-                py_nos.append(row["case_no"])
-    where: Any
-    if sql_part is None:
-        where = c.case_no.in_(py_nos) if py_nos else false()
-    elif py_nos:
-        where = or_(and_(true(), *sql_part), c.case_no.in_(py_nos))
-    else:
-        where = and_(true(), *sql_part)
     joined = f.state in (IN_PROGRESS, OVERDUE_OPEN)  # only the thresholds read the items
 
     def sel(cols: list[Any]) -> Any:
         return _joined(cols) if joined else select(*cols).select_from(st.cases)
 
-    newest = sel([c.case_no]).where(where).order_by(c.case_no.desc())
-    if count_limit is None:
-        total, exact = int(conn.execute(sel([func.count()]).where(where)).scalar() or 0), True
-    else:
+    def judged(down_to: str | None = None) -> list[str]:
+        """The open cases with a pause (from the newest down to ``down_to``, or all) whose state, judged
+        by the rule itself, is one asked for: few, and each needs the working-day clock."""
+        if not py_states:
+            return []
+        cond = [*base, _open(), c.pauses != "{}"]
+        if down_to is not None:
+            cond.append(c.case_no >= down_to)
+        q = _joined([c.case_no, c.accepted, c.accepted_at, c.completed_at, c.pauses, st.items.c.unit,
+                     st.items.c.promised_days]).where(and_(true(), *cond))
+        out = []
+        for r in conn.execute(q):
+            row = dict(r._mapping)
+            item = {"unit": row["unit"], "promised_days": row["promised_days"]} if row["unit"] else None
+            if row_state(row, item, clock, now)[0] in py_states:
+                out.append(row["case_no"])
+        return out
+
+    newest_first = c.case_no.desc()
+    if count_limit is not None and not py_states:  # counted and read in the store alone
+        newest = sel([c.case_no]).where(and_(true(), *common, *(sql_part or []))).order_by(newest_first)
         counted = int(conn.execute(select(func.count()).select_from(newest.limit(count_limit + 1).subquery())).scalar() or 0)
-        total, exact = min(counted, count_limit), counted <= count_limit
-    page = [r[0] for r in conn.execute(newest.offset(offset).limit(limit))]
-    return rows_of(conn, page, clock, now), total, exact
+        page = [r[0] for r in conn.execute(newest.offset(offset).limit(limit))]
+        return rows_of(conn, page, clock, now), min(counted, count_limit), counted <= count_limit
+    if count_limit is not None:
+        # the newest ``count_limit + 1`` matches of the SQL-decided part; of the judged part only those
+        # that could rank among them (newer than the last of them, when there are that many): the work
+        # of a page is bounded by the count, not by the store. Both merged in the store's own order.
+        k = count_limit + 1
+        sql_nos = [] if sql_part is None else [r[0] for r in conn.execute(
+            sel([c.case_no]).where(and_(true(), *common, *sql_part)).order_by(newest_first).limit(k))]
+        py_nos = judged(sql_nos[-1] if len(sql_nos) == k else None)
+        nos = sql_nos if not py_nos else [r[0] for r in conn.execute(
+            select(c.case_no).where(c.case_no.in_(sql_nos + py_nos)).order_by(newest_first).limit(k))]
+        page = nos[offset:offset + limit]
+        return rows_of(conn, page, clock, now), min(len(nos), count_limit), len(nos) <= count_limit
+    py_nos = judged()
+    where: Any
+    if sql_part is None:
+        where = c.case_no.in_(py_nos) if py_nos else false()
+    elif py_nos:  # each of them open and within the filters: ``common`` holds for them too
+        where = and_(true(), *common, or_(and_(true(), *sql_part), c.case_no.in_(py_nos)))
+    else:
+        where = and_(true(), *common, *sql_part)
+    total = int(conn.execute(sel([func.count()]).where(where)).scalar() or 0)
+    page = [r[0] for r in conn.execute(sel([c.case_no]).where(where).order_by(newest_first).offset(offset).limit(limit))]
+    return rows_of(conn, page, clock, now), total, True
 
 
 def rows_of(conn: Any, case_nos: list[str], clock: Clock, now: datetime) -> list[dict[str, Any]]:
