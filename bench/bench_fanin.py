@@ -16,6 +16,11 @@ service on, as deployed). Figures, each beside its reference measured in the sam
   whatever of that work had not run yet: most of it after a short drain, less after a long one, so
   the ratio compared unequal shares of the same work. Both drains are read the same way;
 - the city's peak RSS (VmHWM) during the fan-in against its RSS when idle with N children;
+- how far the province trails the city during the fan-in: every SAMPLE_S of the drain, the children's
+  records held at the province, then at the city (their heads tables, read-only); for each province
+  sample, the seconds since the city held as many (``trail``); max and p95, and the time from the city
+  holding every record to the province holding them (target: <= 2 s). Beside it, the city's relay
+  cache counters over the drain (segments forwarded from the cache, refused when full, passed);
 - `status --json` sizes at the city and the province, without and with the subtree.
 
 Run: ``fednode bench --only fanin --children 10`` (``--scale 0.2`` for a quick look).
@@ -44,6 +49,7 @@ PROVINCE, CITY = "320000", "320300"
 IDLE_WINDOW_S = 10.0
 SETTLE_S = 4.0
 QUIET_WINDOW_S = 1.0
+SAMPLE_S = 0.25  # the drain's sampling period: records held at the province and at the city
 
 
 def child_codes(n: int) -> list[str]:
@@ -109,6 +115,61 @@ def _bulk_heads(home: Home, origins: list[str]) -> dict[str, int]:
     return {o: heads.get((o, BULK), 0) for o in origins}
 
 
+class HeadsReader:
+    """A node's heads of the children's bulk logs, read from its store read-only with one connection
+    kept open for the whole drain: one small query per read, no write, nothing asked of the node."""
+
+    def __init__(self, home: Home, want: dict[str, int]) -> None:
+        from node.core.store import Store
+
+        self.want = want
+        self.store = Store.open(home.config.store_url, base_dir=home.dir, migrate=False)
+
+    def held(self) -> int:
+        """Records of the children's backlogs held (each child's counted up to what it holds)."""
+        return sum(min(h.seq, self.want[o]) for (o, c), h in self.store.heads().items()
+                   if c == BULK and o in self.want)
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def trail(city: list[tuple[float, int]], province: list[tuple[float, int]], total: int) -> dict[str, Any]:
+    """How far the province trails the city, from samples (monotonic time, records of the children held).
+    For each province sample (t, P): t minus the time the city first held P records, that time
+    interpolated linearly between the two city samples around it (0 when the city held P already at
+    the first sample, i.e. before the drain). Max and p95 over the province samples; ``after_city_s``: the
+    time from the first city sample holding ``total`` to the first province sample holding it."""
+    lags: list[float] = []
+    j = 0
+    for t, p in province:
+        while j < len(city) and city[j][1] < p:
+            j += 1
+        if j == len(city):  # cannot happen (the province reads first, and holds nothing the city lacks)
+            continue
+        if j == 0:
+            lags.append(0.0)
+            continue
+        (ta, ca), (tb, cb) = city[j - 1], city[j]
+        s = ta + (tb - ta) * (p - ca) / (cb - ca)
+        lags.append(max(0.0, t - s))
+    city_done = next((t for t, c in city if c >= total), None)
+    prov_done = next((t for t, p in province if p >= total), None)
+    lags.sort()
+    return {"lag_max_s": lags[-1] if lags else float("nan"),
+            "lag_p95_s": lags[min(len(lags) - 1, int(0.95 * len(lags)))] if lags else float("nan"),
+            "after_city_s": (prov_done - city_done) if city_done is not None and prov_done is not None else None,
+            "samples": len(lags), "city_done_s": None if city_done is None else city_done - city[0][0]}
+
+
+def relay_cache(home: Home) -> dict[str, Any] | None:
+    """The city's uplink relay cache counters, and the records its uplink has sent."""
+    for ln in _status(home)["links"]:
+        if ln["direction"] == "up" and "relay_cache" in ln:
+            return {**ln["relay_cache"], "records_out": ln["records_out"]}
+    return None
+
+
 def reset_peak_rss(pid: int) -> None:
     """Reset VmHWM (Linux: 5 > /proc/PID/clear_refs), so the next peak is this phase's."""
     with contextlib.suppress(OSError):
@@ -123,6 +184,7 @@ def drain(homes: dict[str, Home], procs: dict[str, subprocess.Popen[bytes]], sou
     city's CPU runs from the thaw until it has settled (``settle``), its share of one core when idle
     with every child connected being ``idle_share``."""
     pid = procs[CITY].pid
+    relay0 = relay_cache(homes[CITY])
     os.kill(pid, signal.SIGSTOP)
     try:
         for i, c in enumerate(sources):
@@ -138,19 +200,35 @@ def drain(homes: dict[str, Home], procs: dict[str, subprocess.Popen[bytes]], sou
     t0 = time.monotonic()
     total = sum(want.values())
     ok = False
-    while time.monotonic() - t0 < timeout:
-        held = _bulk_heads(homes[PROVINCE], sources)
-        if all(held[c] >= want[c] for c in sources):
-            ok = True
-            break
-        time.sleep(0.1)
+    # the province is read before the city at each sample, so the city's figure is never the older one
+    city_s: list[tuple[float, int]] = [(t0, held0)]  # frozen until the thaw: it held what the province held
+    prov_s: list[tuple[float, int]] = []
+    readers = {c: HeadsReader(homes[c], want) for c in (PROVINCE, CITY)}
+    try:
+        while time.monotonic() - t0 < timeout:
+            held = readers[PROVINCE].held()
+            prov_s.append((time.monotonic(), held))
+            if held >= total:
+                ok = True
+                break
+            if city_s[-1][1] < total:
+                city_s.append((time.monotonic(), readers[CITY].held()))
+            time.sleep(SAMPLE_S)
+    finally:
+        for r in readers.values():
+            r.close()
     t1 = time.monotonic()
     peak = _vm(pid, "VmHWM")
+    relay = relay_cache(homes[CITY])
+    if relay is not None and relay0 is not None:  # counters of this drain; segments and bytes: at its end
+        relay.update({k: relay[k] - relay0[k] for k in ("hits", "refused", "passed", "records_out")})
     settle_s, c1, settled = settle(homes[CITY], pid, idle_share)
     moved = total - held0
     return {"ok": ok, "records": moved, "elapsed_s": t1 - t0, "rate": moved / (t1 - t0),
             "city_us_per_record": (c1 - c0) * 1e6 / max(moved, 1), "city_peak_rss_mb": peak,
-            "settle_s": settle_s, "settled": settled, "links_kept": set(sources) <= connected_children(homes[CITY])}
+            "settle_s": settle_s, "settled": settled, "links_kept": set(sources) <= connected_children(homes[CITY]),
+            "trail": trail(city_s, prov_s, total), "relay_cache": relay,
+            "samples": {"city": [(t - t0, c) for t, c in city_s], "province": [(t - t0, p) for t, p in prov_s]}}
 
 
 def folds_caught_up(home: Home) -> bool:
@@ -252,6 +330,24 @@ def rows_for(r: dict[str, Any]) -> list[dict[str, Any]]:
          "ratio": round(fan["city_peak_rss_mb"] / r["city_idle_rss_mb"], 3),
          "ok": fan["city_peak_rss_mb"] <= 1.5 * r["city_idle_rss_mb"]},
     ]
+    tr, tr1 = fan["trail"], one["trail"]
+    after = "-" if tr["after_city_s"] is None else f"{tr['after_city_s']:.2f}"
+    city_done = "-" if tr["city_done_s"] is None else f"{tr['city_done_s']:.1f}"
+    rows.append({"name": f"province behind the city, fan-in {n} children", "value": round(tr["lag_max_s"], 2),
+                 "unit": "s (max)", "target": "<= 2",
+                 "reference": f"p95 {tr['lag_p95_s']:.2f} s over {tr['samples']} samples {SAMPLE_S} s apart; "
+                              f"province done {after} s after the city held every record ({city_done} s into the "
+                              f"drain); one child: max {tr1['lag_max_s']:.2f} s, p95 {tr1['lag_p95_s']:.2f} s",
+                 "ratio": None, "ok": fan["ok"] and tr["lag_max_s"] <= 2.0})
+    rc = fan["relay_cache"]
+    if rc is not None:
+        rows.append({"name": f"city relay cache, fan-in {n} children", "value": rc["hits"], "unit": "segments hit",
+                     "target": "-",
+                     "reference": f"refused {rc['refused']} (cache full), passed {rc['passed']} (the uplink read "
+                                  f"the store past them); {rc['segments']} left ({rc['bytes'] / 1e6:.1f} of "
+                                  f"{rc['max_bytes'] / 1e6:.1f} MB); uplink sent {rc['records_out']} records "
+                                  f"(during the fan-in's drain)",
+                     "ratio": None, "ok": True})
     for label, size in r["status_bytes"].items():
         rows.append({"name": f"status --json {label} ({n} children)", "value": size, "unit": "bytes",
                      "target": "-", "reference": "admin op status", "ratio": None, "ok": True})
