@@ -365,6 +365,24 @@ def _facts(records: list[tuple[str, str, dict[str, Any]]]) -> auditlog.Facts:
 
 
 def test_supervisor_rules_remind_then_escalate_once() -> None:
+    fold, seen = auditlog.FactsFold("320303"), 0
+
+    def _facts(records: list[tuple[str, str, dict[str, Any]]]) -> auditlog.Facts:
+        """The facts as the running node keeps them (folded record by record as they came), checked
+        against the facts of every record read whole."""
+        nonlocal seen
+        fold.add(records[seen:])
+        seen = len(records)
+        assert fold.facts() == auditlog.facts_from_records("320303", records)
+        return fold.facts()
+
+    def _due(records: list[tuple[str, str, dict[str, Any]]], now: datetime, names: tuple[str, ...] = ()) -> list[Any]:
+        """What is due, as the running node works it out (its open items kept while no record came) and
+        as read whole: the same."""
+        whole = auditlog.supervisor_actions(_facts(records), RULES, now, names=names)
+        assert fold.due(RULES, now, names) == whole
+        return whole
+
     alert = _alert("a-1", 2, "case", "320303", SC) | {"at": T0.isoformat()}
     handled = _alert("a-2", 2, "case", "320303", SC) | {"at": T0.isoformat()}
     records: list[tuple[str, str, dict[str, Any]]] = [
@@ -375,9 +393,9 @@ def test_supervisor_rules_remind_then_escalate_once() -> None:
     # the unanswered ticket from above (320300-000003); the two replied ones are done
     records += [(kind, writer, p) for writer, kind, p in ticket_records()]
     now = T0 + timedelta(days=1)
-    assert auditlog.supervisor_actions(_facts(records), RULES, now) == []
+    assert _due(records, now) == []
     now = T0 + timedelta(days=8)
-    due = auditlog.supervisor_actions(_facts(records), RULES, now, names=["王五"])
+    due = _due(records, now, ("王五",))
     got = sorted((d.kind, d.payload["rule"], d.payload["subject"]) for d in due)
     # unhandled alerts are reminded per due day (a-1 fell due on 2025-11-13), never one reminder per alert
     assert got == [("audit.remind", "alert_unhandled", "alerts@2025-11-13"), ("audit.remind", "login", "张三"),
@@ -385,12 +403,12 @@ def test_supervisor_rules_remind_then_escalate_once() -> None:
                    ("audit.remind", "ticket_inactive", "320300-000003")]
     records += [(d.kind, "320303", d.payload) for d in due]
     # the same moment again: nothing new (idempotent); half a day later: still inside escalate_after_days
-    assert auditlog.supervisor_actions(_facts(records), RULES, now, names=["王五"]) == []
-    assert auditlog.supervisor_actions(_facts(records), RULES, now + timedelta(hours=12), names=["王五"]) == []
+    assert _due(records, now, ("王五",)) == []
+    assert _due(records, now + timedelta(hours=12), ("王五",)) == []
     # 张三 looks at the system again (the day's visit: reads write nothing else): his login reminder will not escalate
     records.append(("audit.action", "320303", auditlog.action_payload("张三", auditlog.VISIT, "", {"via": "stats"}, now)))
     later = now + timedelta(days=1)
-    esc = auditlog.supervisor_actions(_facts(records), RULES, later, names=["王五"])
+    esc = _due(records, later, ("王五",))
     assert all(d.kind == "alert" for d in esc)
     assert sorted(d.payload["rule_id"] for d in esc) == ["supervisor_alert_unhandled", "supervisor_login",
                                                          "supervisor_login", "supervisor_ticket_inactive"]
@@ -399,7 +417,7 @@ def test_supervisor_rules_remind_then_escalate_once() -> None:
     for d in esc:
         domain.validate("alert", d.payload)
     records += [(d.kind, "320303", d.payload) for d in esc]
-    assert auditlog.supervisor_actions(_facts(records), RULES, later + timedelta(days=3), names=["王五"]) == []
+    assert _due(records, later + timedelta(days=3), ("王五",)) == []
 
 
 def test_audit_payload_needs_actor_and_action() -> None:
@@ -463,6 +481,17 @@ def test_record_action_and_worklog_cli(tree: Any, capsys: pytest.CaptureFixture[
     assert [(w["kind"], w["subject"]) for w in written] == [("audit.remind", "王五")]
     assert main(["worklog", str(home.dir), "--check", "--json", *zhao]) == 0
     assert json.loads(capsys.readouterr().out)["written"] == []
+    # the running node's way: a fold kept between ticks reads only what came after it, its own reminders too
+    cfg = StatsConfig.of_home(home)
+    fold, now = auditlog.FactsFold(home.code), datetime.now(auditlog.CST)
+    assert stats_cmd.check_supervisors(home.ledger(), cfg, now, fold) == []  # 王五's reminder is held
+    held = fold.after
+    assert held > 0
+    more = replace(cfg, supervisors=replace(cfg.supervisors, names=("王五", "赵七")))
+    written = stats_cmd.check_supervisors(home.ledger(), more, now, fold)
+    assert [(w["kind"], w["subject"]) for w in written] == [("audit.remind", "赵七")] and fold.after == held
+    assert stats_cmd.check_supervisors(home.ledger(), more, now, fold) == [] and fold.after > held
+    assert stats_cmd.check_supervisors(home.ledger(), more, now) == []  # read whole: the same
 
 
 # ---- the CLI ----------------------------------------------------------------------------------------------

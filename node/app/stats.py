@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
@@ -60,26 +61,38 @@ _WATCHED = ("audit.", "alert", "ticket.")
 
 def audit_records(store: Store) -> list[tuple[str, str, dict[str, Any]]]:
     """(kind, writer, payload) of every audit.*, alert and ticket.* record held here."""
-    out: list[tuple[str, str, dict[str, Any]]] = []
-    after = 0
+    return [(kind, origin, p) for _seq, kind, origin, p in watched_changes(store)]
+
+
+def watched_changes(store: Store, after: int = 0) -> Iterator[tuple[int, str, str, dict[str, Any]]]:
+    """(local_seq, kind, writer, payload) of the audit.*, alert and ticket.* records after ``after``."""
     while True:
         batch = store.changes(after, 5000, kinds=_WATCHED)
         if not batch:
-            return out
+            return
         for c in batch:
             try:
                 p = c.payload()
             except Exception:  # noqa: BLE001 — a bad body is skipped, never fatal
                 continue
             if isinstance(p, dict):
-                out.append((c.kind, c.origin, p))
+                yield c.local_seq, c.kind, c.origin, p
         after = batch[-1].local_seq
 
 
-def check_supervisors(ledger: Ledger, cfg: StatsConfig, now: datetime) -> list[dict[str, Any]]:
-    """Run the supervisor rules once and write what is due; returns what was written."""
-    facts = auditlog.facts_from_records(ledger.code, audit_records(ledger.store))
-    due = auditlog.supervisor_actions(facts, cfg.supervisors, now, cfg.supervisors.names, watched_people(ledger.store))
+def check_supervisors(ledger: Ledger, cfg: StatsConfig, now: datetime,
+                      fold: auditlog.FactsFold | None = None) -> list[dict[str, Any]]:
+    """Run the supervisor rules once and write what is due; returns what was written. With ``fold`` (the
+    running node's, kept between ticks) only the records after the ones it holds are read."""
+    fold = fold or auditlog.FactsFold(ledger.code)
+
+    def new_records() -> Iterator[tuple[str, str, dict[str, Any]]]:
+        for seq, kind, origin, p in watched_changes(ledger.store, fold.after):
+            fold.after = seq
+            yield kind, origin, p
+
+    fold.add(new_records())
+    due = fold.due(cfg.supervisors, now, cfg.supervisors.names, watched_people(ledger.store))
     if due:
         ledger.append([NewRecord(d.kind, d.payload) for d in due])
     return [{"kind": d.kind, **d.payload} for d in due]

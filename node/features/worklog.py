@@ -58,7 +58,7 @@ from __future__ import annotations
 import getpass
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -346,7 +346,7 @@ class Facts:
     node: str
     last_action: dict[str, datetime] = field(default_factory=dict)  # actor -> latest action or visit
     acted_targets: set[str] = field(default_factory=set)  # targets of any act (reads excluded)
-    alerts: dict[str, tuple[datetime, str]] = field(default_factory=dict)  # alert_id -> (at, division)
+    alerts: dict[str, datetime] = field(default_factory=dict)  # alert_id -> at (of this subtree's alerts)
     ticketed_alerts: set[str] = field(default_factory=set)
     tickets: dict[str, tuple[datetime, bool]] = field(default_factory=dict)  # to this node: issued, done?
     reminders: dict[tuple[str, str, str], datetime] = field(default_factory=dict)  # (rule, subject, due) -> at
@@ -376,7 +376,7 @@ class Watched:
 SUPERVISING = frozenset({"supervisor", "leader", "dept_supervisor"})  # people the login rule watches
 
 
-def _open_items(f: Facts, rules: Any, names: Iterable[str], now: datetime,
+def _open_items(f: Facts, rules: Any, names: Iterable[str],
                 watched: tuple[Watched, ...] = ()) -> list[tuple[str, str, datetime, str]]:
     """(rule, subject, due, message) of every subject not done by its due time. With ``watched`` (the
     node has people), the login rule watches each supervising person, not whoever happened to act."""
@@ -392,7 +392,7 @@ def _open_items(f: Facts, rules: Any, names: Iterable[str], now: datetime,
     # unhandled alerts are reminded per day, not per alert: one reminder (and at most one escalation)
     # lists every alert that fell due that day, so a backlog of old alerts cannot flood the control log
     by_day: dict[str, list[tuple[datetime, str]]] = {}
-    for alert_id, (at, _div) in sorted(f.alerts.items()):
+    for alert_id, at in sorted(f.alerts.items()):
         if alert_id in f.disposed_alerts:
             continue
         if alert_id in f.reopened_alerts:
@@ -415,15 +415,16 @@ def _open_items(f: Facts, rules: Any, names: Iterable[str], now: datetime,
 
 
 def supervisor_actions(f: Facts, rules: Any, now: datetime, names: Iterable[str] = (),
-                       watched: Iterable[Watched] = ()) -> list[Due]:
+                       watched: Iterable[Watched] = (),
+                       items: list[tuple[str, str, datetime, str]] | None = None) -> list[Due]:
     """The reminders and escalations due at ``now`` (idempotent over the facts). With people: a reminder
     names who it is for (``to``: the person, or the node's supervisors), an escalation the node's leaders
-    (监察领导)."""
+    (监察领导). ``items``: the facts' open items when already known (``FactsFold.due``)."""
     people = tuple(watched)
     supervisors = sorted(w.login for w in people if {"supervisor", "leader"} & set(w.roles))
     leaders = sorted(w.login for w in people if "leader" in w.roles)
     out: list[Due] = []
-    for rule, subject, due, message in _open_items(f, rules, tuple(names), now, people):
+    for rule, subject, due, message in (_open_items(f, rules, tuple(names), people) if items is None else items):
         if now < due:
             continue
         key = (rule, subject, fmt(due))
@@ -466,53 +467,96 @@ def _time(v: Any) -> datetime | None:
 
 def facts_from_records(node: str, records: Iterable[tuple[str, str, Mapping[str, Any]]]) -> Facts:
     """Facts from (kind, writer, payload) of audit.*, alert and ticket.* records held here (pure)."""
-    from node.core import codes
-    from node.features.alerts import disposal
-    from node.features.tickets import lifecycle
+    fold = FactsFold(node)
+    fold.add(records)
+    return fold.facts()
 
-    f = Facts(node)
-    ticket_events = []
-    disposal_events: list[tuple[str, Mapping[str, Any], str]] = []
-    for kind, writer, p in records:
-        if kind == ACTION and writer == node:
-            at = _time(p.get("at"))
-            actor = str(p.get("actor", ""))
-            if at and actor:
-                f.last_action[actor] = max(at, f.last_action.get(actor, at))
-            # looking is not handling: a read recorded by an older version (`alerts show` with its target) does
-            # not close an alert; its time still counts as presence above
-            if p.get("target") and str(p.get("action", "")) not in READS | VISIT_READS | DISPOSAL_ACTIONS:
-                f.acted_targets.add(str(p["target"]))
-        elif kind == REMIND and writer == node:
-            at = _time(p.get("at"))
-            if at:
-                f.reminders[(str(p.get("rule")), str(p.get("subject")), str(p.get("due")))] = at
-        elif kind == "alert":
-            if p.get("object") == "supervisor":
-                if writer == node:
-                    f.escalated.add(str(p.get("alert_id", "")))
-                continue  # escalations about supervisors are not themselves watched
-            at = _time(p.get("at"))
-            division = str(p.get("division", ""))
-            if at and (codes.within(division, node) or codes.within(str(p.get("dept") or ""), node)):
-                f.alerts[str(p.get("alert_id"))] = (at, division)
-        elif kind.startswith("ticket.") and isinstance(p, dict):
-            ticket_events.append((kind, dict(p), writer))
-            if kind == "ticket.issue":
-                f.ticketed_alerts.update(str(a) for a in p.get("alert_ids", []) or [])
-                disposal_events.append((kind, p, writer))
-        elif kind.startswith("alert."):
-            disposal_events.append((kind, p, writer))
-    for st in lifecycle.project(ticket_events).values():
-        if st.to == node and st.issuer != node:
-            issued = _time(st.issued_at)
-            if issued:
-                f.tickets[st.ticket] = (issued, st.signed_at is not None and st.first_reply_at is not None)
-    for alert_id, d in disposal.project(disposal_events).items():
-        if d.state in disposal.DISPOSED:
-            f.disposed_alerts.add(alert_id)
-        elif d.at and any(h.get("reopened") for h in d.history):
-            reopened = _time(d.at)
-            if reopened:
-                f.reopened_alerts[alert_id] = reopened
-    return f
+
+class FactsFold:
+    """``facts_from_records`` folded as the records arrive (pure): ``add`` the new ones, ``facts()``
+    the facts of everything added so far. The running node keeps one, so each tick of the supervisor
+    rules reads only what arrived since the last (a province holds hundreds of thousands of alerts:
+    re-reading them every tick cost most of a core). What it keeps grows with the alerts (their id and
+    time) and with people's acts (ticket and disposal events, projected again on each ``facts()``)."""
+
+    def __init__(self, node: str) -> None:
+        self.node = node
+        self.after = 0  # the last local_seq added (node/app/stats.py reads the store past it)
+        self._f = Facts(node)
+        self._version = 0  # records added so far: what the kept facts and open items were computed at
+        self._facts: tuple[int, Facts] | None = None
+        self._items: tuple[Any, list[tuple[str, str, datetime, str]]] | None = None
+        self._ticket_events: list[tuple[str, dict[str, Any], str]] = []
+        self._disposal_events: list[tuple[str, Mapping[str, Any], str]] = []
+
+    def add(self, records: Iterable[tuple[str, str, Mapping[str, Any]]]) -> None:
+        from node.core import codes
+
+        f, node = self._f, self.node
+        for kind, writer, p in records:
+            self._version += 1
+            if kind == ACTION and writer == node:
+                at = _time(p.get("at"))
+                actor = str(p.get("actor", ""))
+                if at and actor:
+                    f.last_action[actor] = max(at, f.last_action.get(actor, at))
+                # looking is not handling: a read recorded by an older version (`alerts show` with its target)
+                # does not close an alert; its time still counts as presence above
+                if p.get("target") and str(p.get("action", "")) not in READS | VISIT_READS | DISPOSAL_ACTIONS:
+                    f.acted_targets.add(str(p["target"]))
+            elif kind == REMIND and writer == node:
+                at = _time(p.get("at"))
+                if at:
+                    f.reminders[(str(p.get("rule")), str(p.get("subject")), str(p.get("due")))] = at
+            elif kind == "alert":
+                if p.get("object") == "supervisor":
+                    if writer == node:
+                        f.escalated.add(str(p.get("alert_id", "")))
+                    continue  # escalations about supervisors are not themselves watched
+                at = _time(p.get("at"))
+                if at and (codes.within(str(p.get("division", "")), node) or codes.within(str(p.get("dept") or ""), node)):
+                    f.alerts[str(p.get("alert_id"))] = at
+            elif kind.startswith("ticket.") and isinstance(p, dict):
+                self._ticket_events.append((kind, dict(p), writer))
+                if kind == "ticket.issue":
+                    f.ticketed_alerts.update(str(a) for a in p.get("alert_ids", []) or [])
+                    self._disposal_events.append((kind, p, writer))
+            elif kind.startswith("alert."):
+                self._disposal_events.append((kind, p, writer))
+
+    def due(self, rules: Any, now: datetime, names: Iterable[str] = (), watched: Iterable[Watched] = ()) -> list[Due]:
+        """``supervisor_actions`` of the facts so far; their open items (every unhandled alert held, sorted
+        and grouped by day) are worked out again only when records were added or the rules changed."""
+        people, facts = tuple(watched), self.facts()
+        key = (self._version, rules, tuple(names), people)
+        if self._items is None or self._items[0] != key:
+            self._items = (key, _open_items(facts, rules, tuple(names), people))
+        return supervisor_actions(facts, rules, now, names, people, items=self._items[1])
+
+    def facts(self) -> Facts:
+        """The facts so far: the folded parts shared (read them, never change them), the tickets and
+        the disposals projected from their events (again only when records were added)."""
+        if self._facts is None or self._facts[0] != self._version:
+            self._facts = (self._version, self._project())
+        return self._facts[1]
+
+    def _project(self) -> Facts:
+        from node.features.alerts import disposal
+        from node.features.tickets import lifecycle
+
+        tickets: dict[str, tuple[datetime, bool]] = {}
+        for st in lifecycle.project(self._ticket_events).values():
+            if st.to == self.node and st.issuer != self.node:
+                issued = _time(st.issued_at)
+                if issued:
+                    tickets[st.ticket] = (issued, st.signed_at is not None and st.first_reply_at is not None)
+        disposed: set[str] = set()
+        reopened: dict[str, datetime] = {}
+        for alert_id, d in disposal.project(self._disposal_events).items():
+            if d.state in disposal.DISPOSED:
+                disposed.add(alert_id)
+            elif d.at and any(h.get("reopened") for h in d.history):
+                at = _time(d.at)
+                if at:
+                    reopened[alert_id] = at
+        return replace(self._f, tickets=tickets, disposed_alerts=disposed, reopened_alerts=reopened)

@@ -35,6 +35,8 @@ class StatsService(Service):
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.last: dict[str, Any] = {}
+        # the supervisor rules' facts, folded tick by tick: each tick reads only the records since the last
+        self._facts = auditlog.FactsFold(rt.code)
 
     async def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop())
@@ -84,12 +86,12 @@ class StatsService(Service):
             try:
                 res = await self._fold_gently()
                 written: list[dict[str, Any]] = []
-                # the supervisor rules read every audit/alert/ticket record: on the interval tick only, never
-                # on each notification (that re-scan per batch starved the links of a busy relay)
+                # the supervisor rules: on the interval tick only, never on each notification (they judge
+                # every unhandled alert held, and a re-scan per batch once starved the links of a busy relay)
                 if time.monotonic() - self._last_check >= self.cfg.interval_s:
                     await self.rt.wait_recovered()
                     written = await self.rt.bg(check_supervisors, self.rt.ledger, self.cfg,
-                                               datetime.now(auditlog.CST))
+                                               datetime.now(auditlog.CST), self._facts)
                     self._last_check = time.monotonic()
                 if written:
                     self.rt.notify()
