@@ -61,6 +61,7 @@ async def _handle(rt: NodeRuntime, reader: asyncio.StreamReader, writer: asyncio
 
 
 async def _answer(rt: NodeRuntime, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    req: Any = None
     try:
         line = await reader.readline()
         req = json.loads(line)
@@ -74,9 +75,13 @@ async def _answer(rt: NodeRuntime, reader: asyncio.StreamReader, writer: asyncio
     except Exception as e:  # the node must survive a bad admin request
         log.exception("admin_request_failed")
         resp = {"ok": False, "code": "internal", "error": f"{type(e).__name__}: {e}"}
-    writer.write(json.dumps(resp, ensure_ascii=False, default=str).encode() + b"\n")
-    await writer.drain()
-    writer.close()
+    try:
+        writer.write(json.dumps(resp, ensure_ascii=False, default=str).encode() + b"\n")
+        await writer.drain()
+    except ConnectionError:  # the client went away first (killed, or it gave up waiting): its loss
+        log.info("admin_client_gone", op=str(req.get("op", "")) if isinstance(req, dict) else "")
+    finally:
+        writer.close()
 
 
 async def serve(rt: NodeRuntime) -> asyncio.AbstractServer:
