@@ -183,7 +183,10 @@ def _wait_rules_caught_up(home: Home, timeout: float) -> float:
 
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < timeout:
-        st = (admin.call(home, {"op": "status"}, timeout=30) or {}).get("result", {}).get("rules", {})
+        try:
+            st = (admin.call(home, {"op": "status"}, timeout=30) or {}).get("result", {}).get("rules", {})
+        except TimeoutError:  # a node busy rebuilding on a loaded machine answers late: ask again
+            continue
         if not st.get("enabled", True) or (st.get("state") == "running" and st.get("caught_up")):
             break
         time.sleep(0.5)
