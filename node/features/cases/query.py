@@ -167,6 +167,10 @@ def list_cases(conn: Any, clock: Clock, now: datetime, f: Filters, offset: int =
         if not py_states:
             return []
         cond = [*base, _open(), c.pauses != "{}"]
+        if py_states == {OVERDUE_OPEN}:  # a pause only lowers the time used: not past the limit without it,
+            cond.append(_overdue_sql(th))  # not past it with it (the same threshold as the cases without)
+        elif py_states == {CORRECTION}:  # an unanswered correction notice is an open "c:N" pause
+            cond.append(c.pauses.like('%"c:%'))
         if down_to is not None:
             cond.append(c.case_no >= down_to)
         q = _joined([c.case_no, c.accepted, c.accepted_at, c.completed_at, c.pauses, st.items.c.unit,
@@ -174,6 +178,10 @@ def list_cases(conn: Any, clock: Clock, now: datetime, f: Filters, offset: int =
         out = []
         for r in conn.execute(q):
             row = dict(r._mapping)
+            if py_states == {CORRECTION}:  # open and not refused (above): the notice alone decides (classify)
+                if pauses_of(row["pauses"])[1]:
+                    out.append(row["case_no"])
+                continue
             item = {"unit": row["unit"], "promised_days": row["promised_days"]} if row["unit"] else None
             if row_state(row, item, clock, now)[0] in py_states:
                 out.append(row["case_no"])
