@@ -406,9 +406,12 @@ def test_a_reply_with_attachments_metadata_is_signed_and_shown_escaped_at_every_
     zhao = Http(tree.urls["320000"], source=SRC_ATTACH)
     zhao.api_login("zhao")
     wait_for(lambda: state(zhao) == "replied", 60, "the reply reaches the province")
+    county.api_login("wang")  # the county's desk ends a sign-in idle for 3 s (this tree): the waits may pass that
     for node, login in (("320303", "wang"), ("320300", "zhang"), ("320000", "zhao")):
         api = county if node == "320303" else zhang if node == "320300" else zhao
-        data = api.get(f"/api/v1/tickets/{ticket}").json()
+        r = api.get(f"/api/v1/tickets/{ticket}")
+        assert r.status == 200, (node, r.status, r.text[:300])
+        data = r.json()
         assert data["reply_attachments"] == want, node
         assert [e["detail"].get("attachments") for e in data["timeline"] if e["event"] == "reply"] == [want], node
         html = signed_in(tree, node, login, SRC_ATTACH).get(f"/tickets/{ticket}").text
