@@ -14,6 +14,7 @@
   ``sitecustomize`` on the node's PYTHONPATH shifts ``time.time``/``time.time_ns`` by the offset written
   in a file the test controls. Only what the node computes from ``time.time*`` moves (record and
   checkpoint times); TLS in gRPC's C core and ``datetime.now`` keep the real clock.
+- ``hello_after_listening``: say Hello on a Link a test opened by hand, without racing a refusal.
 - ``everything_arrived``: the invariant of every fault test: the province holds every record born
   below it, none twice, and every chain verifies there.
 """
@@ -81,6 +82,22 @@ def wait_for(cond: Callable[[], bool], timeout: float, what: Callable[[], str] |
             return
         time.sleep(every)
     raise AssertionError(f"timed out after {timeout}s waiting until {what() if callable(what) else what}")
+
+
+async def hello_after_listening(call: Any, hello: Any, listen_s: float = 2.0) -> asyncio.Future[Any]:
+    """Write ``hello`` on a Link ``call`` unless the server ends the stream first; return the pending
+    first read (its result is the server's first message, or ``grpc.aio.EOF``).
+
+    A node refuses a peer as the stream opens, before reading anything. A Hello written at that moment
+    can meet the closed stream, and grpc then reports the failed write (INTERNAL, "Internal error from
+    Core") in place of the server's status (seen in a loaded CI run). Listening first for a moment lets
+    a refusal arrive as the end of the stream with its status; a server that waits for the Hello gets it
+    after that moment. The read is never cancelled: cancelling a read cancels the call."""
+    first = asyncio.ensure_future(call.read())
+    await asyncio.wait({first}, timeout=listen_s)
+    if not first.done():
+        await call.write(hello)
+    return first
 
 
 def open_store(home: Home) -> Store:

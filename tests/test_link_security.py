@@ -43,6 +43,7 @@ from node.link import streams
 from node.link.transport import CLIENT_OPTIONS
 from proto.fednode.v1 import fednode_pb2 as pb
 from proto.fednode.v1 import fednode_pb2_grpc as pbg
+from tests.faultlib import hello_after_listening
 
 pytestmark = pytest.mark.slow
 
@@ -238,8 +239,8 @@ async def try_link(cl: Cluster, server: str, creds: grpc.ChannelCredentials, cla
     async with channel_to(cl, server, creds) as ch:
         call = pbg.FederationStub(ch).Link(timeout=15)
         try:
-            await call.write(pb.LinkMessage(hello=pb.Hello(node_code=claimed, software="test")))
-            msg = await call.read()
+            msg = await (await hello_after_listening(call, pb.LinkMessage(hello=pb.Hello(node_code=claimed,
+                                                                                          software="test"))))
         except grpc.aio.AioRpcError as e:
             return e.code(), e.details() or ""
         if msg is grpc.aio.EOF:

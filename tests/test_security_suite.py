@@ -43,7 +43,18 @@ from node.core.records import BULK, build_body, now_us
 from node.link.transport import CLIENT_OPTIONS, MAX_MESSAGE
 from proto.fednode.v1 import fednode_pb2 as pb
 from proto.fednode.v1 import fednode_pb2_grpc as pbg
-from tests.faultlib import CITY, COUNTY, OTHER, PROVINCE, Cluster, Schedule, open_store, own_heads, wait_for
+from tests.faultlib import (
+    CITY,
+    COUNTY,
+    OTHER,
+    PROVINCE,
+    Cluster,
+    Schedule,
+    hello_after_listening,
+    open_store,
+    own_heads,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -162,11 +173,9 @@ def test_certificate_from_another_subtree_refused(cl: Cluster) -> None:
         async with channel_to_city(cl, credentials(cl.homes[STRANGER])) as ch:
             call = pbg.FederationStub(ch).Link(timeout=15)
             try:
-                await call.write(pb.LinkMessage(hello=pb.Hello(node_code=STRANGER, software="security-test")))
-                msg = await call.read()
+                hello = pb.LinkMessage(hello=pb.Hello(node_code=STRANGER, software="security-test"))
+                msg = await (await hello_after_listening(call, hello))
             except grpc.aio.AioRpcError:
-                # a write racing the server's abort can fail with a local INTERNAL; the call's own final
-                # status is what the city answered
                 return await call.code(), await call.details() or ""
             return await call.code(), f"the city answered {msg}"
 
