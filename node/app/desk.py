@@ -19,7 +19,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import func, select
@@ -130,8 +130,8 @@ def overview(store: Store, code: str, person: Person, status: dict[str, Any] | N
 
     With ``shared`` (the desk's), the aggregated parts are computed once and shared for its ``ttl_s``: the
     alert counters by everyone, the tickets' figures by everyone of the same scope and roles (what
-    ``may()`` lets them read depends on nothing else); ``as_of`` says when the oldest part was counted
-    (the page shows it)."""
+    ``may()`` lets them read depends on nothing else); ``as_of`` says when the oldest part was counted,
+    the status's ``as_of_us`` included (the page shows it)."""
     now = now or people.now_cst()
     today = now.astimezone(CST).date().isoformat()
     shared = shared or Shared(ttl_s=0.0)
@@ -152,13 +152,17 @@ def overview(store: Store, code: str, person: Person, status: dict[str, Any] | N
         out["tickets"] = tickets
     if may(person, "node.read"):
         out["links"] = [r for r in links_of(status) if within(r["node"], person.scope) or within(person.scope, r["node"])]
+        if status and status.get("as_of_us"):  # the desk's status is shared, fetched again in the background
+            counted.append(datetime.fromtimestamp(int(status["as_of_us"]) / 1e6, UTC))
     out["as_of"] = min(counted).astimezone(CST).strftime("%H:%M:%S")
     return out
 
 
 class Shared:
     """Values computed once and shared for ``ttl_s`` seconds (the desk's overview: every session of a
-    scope sees the same figures, counted at most ``ttl_s`` ago), each key computed by one thread at a time."""
+    scope sees the same figures, counted at most ``ttl_s`` ago), each key computed by one thread at a time.
+    While one thread computes a key again, the others get its previous value at once rather than wait
+    (stale-while-revalidate): only the first computation of a key is waited for."""
 
     def __init__(self, ttl_s: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl_s, self.clock = ttl_s, clock
@@ -167,11 +171,18 @@ class Shared:
         self._lock = threading.Lock()
 
     def get(self, key: Any, make: Callable[[], T], now: datetime) -> tuple[T, datetime]:
-        """(the value, when it was computed): the kept one while younger than ``ttl_s``, else ``make()``."""
+        """(the value, when it was computed): the kept one while younger than ``ttl_s`` or while another
+        thread computes it again, else ``make()``."""
         with self._lock:
             lock = self._locks.setdefault(key, threading.Lock())
-        with lock:
             kept = self._values.get(key)
+        if kept is not None and (self.clock() - kept[0] < self.ttl_s or not lock.acquire(blocking=False)):
+            return kept[2], kept[1]
+        if kept is None:
+            lock.acquire()
+        try:
+            with self._lock:
+                kept = self._values.get(key)
             if kept is not None and self.clock() - kept[0] < self.ttl_s:
                 return kept[2], kept[1]
             value = make()
@@ -181,6 +192,8 @@ class Shared:
                         self._values.clear()
                     self._values[key] = (self.clock(), now, value)
             return value, now
+        finally:
+            lock.release()
 
 
 OVERDUE_LIMIT = 50  # overdue tickets listed on the overview (``overdue_total`` counts them all)

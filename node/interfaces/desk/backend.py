@@ -11,8 +11,11 @@
   a read the desk folds the few records the node's services have not folded yet, through the node's
   store, but only when the feed moved since it last looked and no link is moving records: during a
   drain the services fold it gently, and a page never competes with the links for the write lock.
-- ``Desk.status``: the node's status (the admin op, on the store thread) at most once every
-  ``STATUS_TTL_S`` seconds, shared by every page that shows links.
+- ``Desk.status``: the node's status (the admin op, on the store thread), shared by every page that
+  shows links and fetched again when older than ``STATUS_TTL_S`` seconds, in the background
+  (``Revalidated``): only the first page after the start waits for it. The store thread is the
+  links' (a catch-up drain applies its batches there), so a page that waited for it would wait
+  behind the drain; the overview says how old the figures it shows are (``as_of_us``).
 - ``Desk.op``: an act, through the admin op the CLI uses for it (node/interfaces/admin registers them on
   node.runtime.admin.OPS): the same use case, on the store thread, after the node has recovered its
   own logs, with the links woken afterwards. ``Desk.act``: the same for a desk use case of node/app/desk.py.
@@ -34,10 +37,11 @@ import secrets
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+import structlog
 from sqlalchemy import event
 
 from node.app import alerts as app_alerts
@@ -57,10 +61,49 @@ if TYPE_CHECKING:
     from node.runtime.process import NodeRuntime
 
 T = TypeVar("T")
+log = structlog.get_logger(__name__)
 FOLD_ON_READ = 2000  # records of the feed a desk read folds itself; more: the node's services fold them
 SHARED_S = 5.0  # the overview's figures are shared this long (node/app/desk.py ``Shared``)
 STATUS_TTL_S = 5.0  # the status shown on pages is at most this old (it costs the store thread a few ms)
 READERS = 2  # threads of the desk's reads: the node has a core or two, the links need one
+
+
+class Revalidated(Generic[T]):
+    """A value fetched by ``fetch`` and served stale while it is fetched again in the background
+    (stale-while-revalidate): ``get`` waits only while there is no value yet. At most one fetch runs
+    at a time; a failed one is logged and leaves the previous value, to be tried again at the next
+    ``get`` after ``ttl_s``."""
+
+    def __init__(self, fetch: Callable[[], Awaitable[T]], ttl_s: float,
+                 clock: Callable[[], float] = time.monotonic, what: str = "") -> None:
+        self.fetch, self.ttl_s, self.clock, self.what = fetch, ttl_s, clock, what
+        self._value: tuple[float, T] | None = None
+        self._first = asyncio.Lock()
+        self._refresh: asyncio.Task[None] | None = None
+
+    async def get(self) -> T:
+        if self._value is None:
+            async with self._first:  # the pages that come before the first answer share its fetch
+                if self._value is None:
+                    self._value = (self.clock(), await self.fetch())
+            return self._value[1]
+        fetched, value = self._value
+        if self.clock() - fetched > self.ttl_s and self._refresh is None:
+            self._refresh = asyncio.create_task(self._fetch_again())
+        return value
+
+    async def _fetch_again(self) -> None:
+        try:
+            self._value = (self.clock(), await self.fetch())
+        except Exception as e:  # the previous value stays; the next get() after ttl_s tries again
+            log.warning("desk_refresh_failed", what=self.what, error=f"{type(e).__name__}: {e}")
+            self._value = (self.clock(), self._value[1]) if self._value is not None else None
+        finally:
+            self._refresh = None
+
+    def close(self) -> None:
+        if self._refresh is not None:
+            self._refresh.cancel()
 
 
 class Sessions:
@@ -186,11 +229,11 @@ class Desk:
         self._index_lock = threading.Lock()
         self._fold_lock = threading.Lock()
         self._folded_at = -1  # the feed's counter when a read last folded
-        self._status: tuple[float, dict[str, Any]] | None = None
         self.shared = app_desk.Shared(ttl_s=SHARED_S)  # the overview's aggregated parts, per scope
-        self._status_lock = asyncio.Lock()
+        self._status: Revalidated[dict[str, Any]] = Revalidated(self._fetch_status, STATUS_TTL_S, what="status")
 
     def close(self) -> None:
+        self._status.close()
         self.readers.shutdown(wait=True, cancel_futures=True)
         self.store.close()
 
@@ -227,12 +270,12 @@ class Desk:
             self._folded_at = feed
 
     async def status(self) -> dict[str, Any]:
-        """The node's status with its subtree (``status --tree``), shared for ``STATUS_TTL_S``."""
-        async with self._status_lock:
-            now = time.monotonic()
-            if self._status is None or now - self._status[0] > STATUS_TTL_S:
-                self._status = (now, await self.op("status", {"tree": True}))
-            return self._status[1]
+        """The node's status with its subtree (``status --tree``), at most ``STATUS_TTL_S`` old but for
+        the time a refresh takes (``Revalidated``); ``as_of_us`` says when it was taken."""
+        return await self._status.get()
+
+    async def _fetch_status(self) -> dict[str, Any]:
+        return {**await self.op("status", {"tree": True}), "as_of_us": int(time.time() * 1e6)}
 
     async def op(self, name: str, req: dict[str, Any]) -> Any:
         fn = admin.OPS.get(name)
