@@ -23,7 +23,10 @@ import pytest
 
 from node.app.desk import Shared
 from node.core.calendar import CST
-from node.interfaces.desk.backend import Revalidated
+from node.interfaces.desk.backend import SCANNERS, Desk, Revalidated
+from node.runtime.process import NodeRuntime
+from node.runtime.services.desk import DeskSettings
+from tests.conftest import Tree
 
 NOW = datetime(2026, 12, 6, 10, 0, tzinfo=CST)
 
@@ -151,3 +154,25 @@ def test_shared_first_figures_are_waited_for_and_counted_once() -> None:
     with ThreadPoolExecutor(max_workers=4) as pool:
         got = list(pool.map(lambda _: shared.get("k", make, NOW), range(4)))
     assert got == [(7, NOW)] * 4 and len(made) == 1
+
+
+def test_a_short_read_never_queues_behind_searches(tree: Tree) -> None:
+    """Every page signs its person in, reads and renders on the desk's reader threads; a case search over
+    a million cases takes them for hundreds of ms. Searches (``Desk.scan``) have threads of their own:
+    with both of theirs held (and two more searches waiting), a short read still answers at once."""
+    async def run() -> None:
+        desk = Desk(NodeRuntime(tree.county), DeskSettings())
+        held = threading.Event()
+        try:
+            searches = [asyncio.ensure_future(desk.scan(held.wait, 30)) for _ in range(SCANNERS + 2)]
+            await asyncio.sleep(0.1)
+            assert await asyncio.wait_for(desk.read(lambda: "one case"), 5.0) == "one case"
+            assert await asyncio.wait_for(desk.run(lambda: "a page rendered"), 5.0) == "a page rendered"
+            assert not any(s.done() for s in searches)
+            held.set()
+            assert await asyncio.wait_for(asyncio.gather(*searches), 10) == [True] * (SCANNERS + 2)
+        finally:
+            held.set()
+            desk.close()
+
+    asyncio.run(run())

@@ -80,7 +80,7 @@ async def alerts(request: Request, s: Session) -> Response:
     q = request.query_params
     app_desk.require(s.person, "alerts.read")
     level = q.get("level")
-    return ok(await desk.read(app_alerts.list_alert_rows, desk.home,
+    return ok(await desk.scan(app_alerts.list_alert_rows, desk.home,
                               level=int(level) if level and level.isdigit() else None, rule=q.get("rule") or None,
                               division=q.get("division") or None, case=q.get("case") or None,
                               limit=int(q.get("limit") or 500) if (q.get("limit") or "500").isdigit() else 500,
@@ -162,7 +162,7 @@ async def cases(request: Request, s: Session) -> Response:
         v = q.get(name) or ""
         return int(v) if v.isdigit() else default
 
-    return ok(await desk.read(app_cases.list_cases, desk.reader, dept=q.get("dept") or "", item=q.get("item") or "",
+    return ok(await desk.scan(app_cases.list_cases, desk.reader, dept=q.get("dept") or "", item=q.get("item") or "",
                               state=q.get("state") or "", handler=q.get("handler") or "",
                               since=q.get("since") or "", offset=number("offset", 0), limit=number("limit", 50),
                               person=s.person, count_beyond=app_desk.CASES_COUNTED_BEYOND))
@@ -185,7 +185,7 @@ async def case_verify(request: Request, s: Session) -> Response:
 async def stats(request: Request, s: Session) -> Response:
     desk = desk_of(request)
     q = request.query_params
-    return ok(await desk.read(app_desk.stats, desk.home, desk.ledger.store, s.person, by=q.get("by") or "division",
+    return ok(await desk.scan(app_desk.stats, desk.home, desk.ledger.store, s.person, by=q.get("by") or "division",
                               period=q.get("period") or "quarter", at=q.get("at") or None,
                               subtree=q.get("subtree") or None))
 
@@ -193,7 +193,7 @@ async def stats(request: Request, s: Session) -> Response:
 @api
 async def worklog(request: Request, s: Session) -> Response:
     desk = desk_of(request)
-    return ok(await desk.read(app_desk.worklog, desk.store, desk.code, s.person,
+    return ok(await desk.scan(app_desk.worklog, desk.store, desk.code, s.person,
                               actor=request.query_params.get("actor") or None, limit=500))
 
 

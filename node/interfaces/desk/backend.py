@@ -4,7 +4,10 @@
   never the links' store thread: a supervisor's search must not slow a catch-up drain), through the
   desk's own connections to the store, opened read-only (``reader_store``: SQLite ``query_only``, a
   PostgreSQL session that is read-only), so a page never takes the store's write lock nor waits for it
-  (WAL readers never block the writer). ``Desk.reader`` is the node's home as these reads see it. The
+  (WAL readers never block the writer). ``Desk.scan``: the same for the reads whose work grows with
+  the store (case search, lists, statistics), on threads of their own: every page's short reads (the
+  sign-in, one case, rendering) never queue behind them. ``Desk.reader`` is the node's home as these
+  reads see it. The
   alert and ticket reads of node/app (alerts.py ``_listed``/``_copies``, tickets.py ``_alert_states``)
   fold the case index themselves, whatever the links do: they read through the node's store.
 - Folding on read (node/app/alerts.py ``catch_up``): a page shows a person's own act at once, so before
@@ -66,6 +69,7 @@ FOLD_ON_READ = 2000  # records of the feed a desk read folds itself; more: the n
 SHARED_S = 5.0  # the overview's figures are shared this long (node/app/desk.py ``Shared``)
 STATUS_TTL_S = 5.0  # the status shown on pages is at most this old (it costs the store thread a few ms)
 READERS = 2  # threads of the desk's reads: the node has a core or two, the links need one
+SCANNERS = 2  # threads of the reads whose work grows with the store (``Desk.scan``), apart from the others
 
 
 class Revalidated(Generic[T]):
@@ -222,6 +226,8 @@ class Desk:
         # a read folds nothing itself (its connections cannot write): Desk.read folds first, when it may
         self.readers = ThreadPoolExecutor(max_workers=READERS, thread_name_prefix="fednode-desk",
                                           initializer=app_alerts.fold_on_read_at_most, initargs=(0,))
+        self.scanners = ThreadPoolExecutor(max_workers=SCANNERS, thread_name_prefix="fednode-desk-scan",
+                                           initializer=app_alerts.fold_on_read_at_most, initargs=(0,))
         self.sessions = Sessions(idle_s=settings.idle_minutes * 60)
         self.login_forms = FormTokens()
         self.login_rate = RateLimit()
@@ -235,12 +241,20 @@ class Desk:
     def close(self) -> None:
         self._status.close()
         self.readers.shutdown(wait=True, cancel_futures=True)
+        self.scanners.shutdown(wait=True, cancel_futures=True)
         self.store.close()
 
     async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``fn`` on a reader thread, after folding what the services have not (``fold``)."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.readers, functools.partial(self._folded, fn, *args, **kwargs))
+
+    async def scan(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``read`` for a read whose work grows with what the store holds (a search, a list, statistics):
+        on threads of its own, so that the short reads of every page (the sign-in, one case, rendering)
+        never queue behind searches over a million cases."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.scanners, functools.partial(self._folded, fn, *args, **kwargs))
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``fn`` on a reader thread, as it is (rendering a page)."""

@@ -121,7 +121,7 @@ async def alerts(request: Request, s: Session) -> Response:
     desk = desk_of(request)
     q = request.query_params
     app_desk.require(s.person, "alerts.read")
-    rows = await desk.read(app_alerts.list_alert_rows, desk.home, level=_int(q.get("level"), "级别"),
+    rows = await desk.scan(app_alerts.list_alert_rows, desk.home, level=_int(q.get("level"), "级别"),
                            rule=q.get("rule") or None, division=(q.get("division") or "").strip() or None,
                            case=(q.get("case") or "").strip() or None, limit=500, person=s.person,
                            state=q.get("state") or None)
@@ -319,7 +319,7 @@ async def cases(request: Request, s: Session) -> Response:
         return RedirectResponse(f"/cases/{quote(no)}", status_code=303)
     app_desk.require(s.person, "cases.read")
     offset = _int(q.get("offset"), "起始") or 0
-    data = await desk.read(app_cases.list_cases, desk.reader, dept=q.get("dept") or "", item=q.get("item") or "",
+    data = await desk.scan(app_cases.list_cases, desk.reader, dept=q.get("dept") or "", item=q.get("item") or "",
                            state=q.get("state") or "", handler=q.get("handler") or "", since=q.get("since") or "",
                            offset=max(offset, 0), limit=50, person=s.person, count_beyond=app_desk.CASES_COUNTED_BEYOND)
     more = {k: v for k, v in q.items() if k != "offset" and v}
@@ -353,7 +353,7 @@ async def _stats(request: Request, s: Session) -> dict[str, Any]:
     period = q.get("period") or "quarter"
     if by not in ("division", "dept", "item_type", "period") or period not in ("month", "quarter", "year"):
         raise UsageError("统计口径或期间无效", fix="请从页面选择")
-    data: dict[str, Any] = await desk.read(app_desk.stats, desk.home, desk.ledger.store, s.person, by=by,
+    data: dict[str, Any] = await desk.scan(app_desk.stats, desk.home, desk.ledger.store, s.person, by=by,
                                            period=period, at=(q.get("at") or "").strip() or None,
                                            subtree=(q.get("subtree") or "").strip() or None)
     return data
@@ -396,7 +396,7 @@ async def stats_html(request: Request, s: Session) -> Response:
 async def worklog(request: Request, s: Session) -> Response:
     desk = desk_of(request)
     actor = (request.query_params.get("actor") or "").strip() or None
-    data = await desk.read(app_desk.worklog, desk.store, desk.code, s.person, actor=actor, limit=200)
+    data = await desk.scan(app_desk.worklog, desk.store, desk.code, s.person, actor=actor, limit=200)
     return await render(request, "worklog.html", {"title": "监察日志", "data": data, "actor": actor or "",
                                                   "entries": list(reversed(data["entries"])),
                                                   "reminders": list(reversed(data["reminders"]))}, session=s)
@@ -410,7 +410,7 @@ async def status(request: Request, s: Session) -> Response:
     desk = desk_of(request)
     app_desk.require(s.person, "node.read", (s.person.scope,), "联网状态")
     data = await desk.op("status", {"tree": True})
-    quarantine = await desk.read(app_desk.quarantine_list, desk.store, s.person)
+    quarantine = await desk.scan(app_desk.quarantine_list, desk.store, s.person)
     return await render(request, "status.html", {
         "title": "联网状态", "st": data, "links": app_desk.links_of(data), "quarantine": quarantine,
         "may_operate": bool(may(s.person, "node.operate")), "done": request.query_params.get("done"),
